@@ -1,0 +1,103 @@
+//! Loading one component: read its bytes, compile (or load from the cache), link it against the
+//! host's imports and check that it exports what a route needs.
+//!
+//! Every step that can fail does so here, at load, with a message naming the component, its file
+//! and the reason — never on a request.
+
+use crate::compile_cache::{CompileCache, Origin, sha256_hex};
+use crate::manifest::{ComponentSpec, Limits, one_line};
+use crate::state::InstanceState;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// A component ready to serve: pre-linked, with its limits and its concurrency gate.
+pub struct LoadedComponent {
+    /// The manifest name.
+    pub name: Arc<str>,
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    /// SHA-256 of the component bytes, lowercase hex.
+    pub digest: String,
+    /// Whether the machine code was compiled now or came from the cache.
+    pub origin: Origin,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Per-instance limits.
+    pub limits: Limits,
+    /// The pre-linked instance a fresh instance per request is made from.
+    pub proxy: ProxyPre<InstanceState>,
+    /// One permit per instance allowed to run at once.
+    pub permits: Arc<Semaphore>,
+}
+
+/// Why a component could not be loaded. The message is one line naming component and file.
+#[derive(Debug, thiserror::Error)]
+#[error("component `{component}` ({}): {reason}", file.display())]
+pub struct LoadError {
+    /// The component's name.
+    pub component: String,
+    /// Its file.
+    pub file: PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// The linker every component is linked with: WASI 0.2 (including wasi:cli, which Rust guests
+/// import) and wasi:http — what `wasmtime serve -Scli` provides.
+pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Loads the component `spec` describes.
+pub fn load(
+    spec: &ComponentSpec,
+    engine: &Engine,
+    linker: &Linker<InstanceState>,
+    cache: &CompileCache,
+) -> Result<LoadedComponent, LoadError> {
+    let fail = |reason: String| LoadError {
+        component: spec.name.clone(),
+        file: spec.source.clone(),
+        reason: one_line(&reason),
+    };
+    let bytes = std::fs::read(&spec.source).map_err(|err| fail(format!("cannot read: {err}")))?;
+    if !bytes.starts_with(b"\0asm") {
+        return Err(fail("not a WebAssembly file".into()));
+    }
+    // A core module has version 1; a component has layer 1 in bytes 6..8.
+    if bytes.get(6..8) != Some(&[1, 0]) {
+        return Err(fail(
+            "a core WebAssembly module, not a component (build for wasm32-wasip2)".into(),
+        ));
+    }
+    let digest = sha256_hex(&bytes);
+    let (component, origin) = cache
+        .load(engine, &bytes, &digest)
+        .map_err(|err| fail(format!("does not compile: {err:#}")))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|err| fail(format!("cannot be linked: {err:#}")))?;
+    let proxy = ProxyPre::new(pre).map_err(|err| {
+        fail(format!(
+            "does not export wasi:http/incoming-handler@0.2 (is it a wasi:http/proxy component?): {err:#}"
+        ))
+    })?;
+    Ok(LoadedComponent {
+        name: Arc::from(spec.name.as_str()),
+        source: spec.source.clone(),
+        digest,
+        origin,
+        loaded_at: SystemTime::now(),
+        limits: spec.limits,
+        proxy,
+        permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
+    })
+}

@@ -1,0 +1,166 @@
+//! agora's host: runs WebAssembly components (wasi:http/proxy) behind an HTTP listener.
+//!
+//! [`Host::load`] reads a manifest, builds the one engine of the process, compiles (or loads
+//! from the on-disk cache) and pre-links every component, and builds the routing table. Every
+//! problem with the manifest or a component surfaces there, as a [`HostError`] whose message is
+//! one line. [`Host::serve`] then answers requests until its shutdown future resolves, and
+//! drains.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use agora_host::{Host, HostConfig};
+//! let host = Host::load(&HostConfig::new("agora.toml"))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! host.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+pub mod compile_cache;
+pub mod component;
+pub mod engine;
+pub mod manifest;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod triggers;
+
+use component::{LoadError, LoadedComponent};
+use engine::{EngineSettings, EpochTicker, HostEngine};
+use manifest::{Manifest, ManifestError};
+use router::Router;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use triggers::http::HttpTrigger;
+
+pub use compile_cache::Origin;
+pub use server::Drained;
+
+/// Default time in-flight requests get to finish after a shutdown signal.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to start a host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// Where the host keeps its state (the compile cache, embedded databases).
+    pub data_dir: PathBuf,
+    /// Allocate instances on demand even where the pooling allocator would work.
+    pub force_on_demand: bool,
+    /// Time in-flight requests get to finish after shutdown is requested.
+    pub drain_timeout: Duration,
+}
+
+impl HostConfig {
+    /// Defaults for `manifest`: data in `.agora/`, pooling when possible, 30 s drain.
+    pub fn new(manifest: impl Into<PathBuf>) -> HostConfig {
+        HostConfig {
+            manifest: manifest.into(),
+            data_dir: PathBuf::from(".agora"),
+            force_on_demand: false,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Why a host could not start. The message is one line, naming the file and the component.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The manifest is unreadable or invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A component failed to load.
+    #[error("manifest {manifest}: {error}", manifest = manifest.display())]
+    Component {
+        /// The manifest naming the component.
+        manifest: PathBuf,
+        /// What went wrong.
+        error: LoadError,
+    },
+    /// The engine could not be created.
+    #[error("cannot start the WebAssembly engine: {0:#}")]
+    Engine(anyhow::Error),
+}
+
+/// A loaded host, ready to serve.
+pub struct Host {
+    engine: HostEngine,
+    components: Vec<Arc<LoadedComponent>>,
+    trigger: Arc<HttpTrigger>,
+    drain_timeout: Duration,
+    _epoch: EpochTicker,
+}
+
+impl Host {
+    /// Loads the manifest and every component it names.
+    pub fn load(config: &HostConfig) -> Result<Host, HostError> {
+        let manifest = Manifest::load(&config.manifest)?;
+        let max_memory_bytes = manifest
+            .components
+            .iter()
+            .map(|c| c.limits.memory_bytes)
+            .max()
+            .unwrap_or(manifest::DEFAULT_MEMORY_MIB << 20);
+        let engine = HostEngine::new(EngineSettings {
+            max_memory_bytes,
+            force_on_demand: config.force_on_demand,
+        })
+        .map_err(HostError::Engine)?;
+        let linker = component::host_linker(&engine.engine).map_err(HostError::Engine)?;
+        let cache =
+            compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
+        let mut components = Vec::with_capacity(manifest.components.len());
+        for spec in &manifest.components {
+            let started = std::time::Instant::now();
+            let loaded =
+                component::load(spec, &engine.engine, &linker, &cache).map_err(|error| {
+                    HostError::Component {
+                        manifest: manifest.path.clone(),
+                        error,
+                    }
+                })?;
+            tracing::info!(
+                component = %loaded.name,
+                digest = %&loaded.digest[..12],
+                origin = ?loaded.origin,
+                load_ms = started.elapsed().as_millis() as u64,
+                "component loaded"
+            );
+            components.push(Arc::new(loaded));
+        }
+        let router = Router::new(
+            manifest
+                .components
+                .iter()
+                .zip(&components)
+                .flat_map(|(spec, loaded)| spec.routes.iter().map(|r| (r.clone(), loaded.clone()))),
+        );
+        let epoch = engine.start_epoch_ticker();
+        Ok(Host {
+            engine,
+            components,
+            trigger: Arc::new(HttpTrigger::new(router)),
+            drain_timeout: config.drain_timeout,
+            _epoch: epoch,
+        })
+    }
+
+    /// The loaded components, in manifest order.
+    pub fn components(&self) -> &[Arc<LoadedComponent>] {
+        &self.components
+    }
+
+    /// How instances are allocated on this machine.
+    pub fn allocation(&self) -> engine::Allocation {
+        self.engine.allocation
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves, then drains in-flight requests.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Drained {
+        server::serve(listener, self.trigger.clone(), shutdown, self.drain_timeout).await
+    }
+}

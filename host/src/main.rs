@@ -1,0 +1,121 @@
+//! `agora`: the command line of the host.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM, in-flight requests drained), 1 when
+//! the drain timed out or serving failed, 2 for a bad manifest, component or address — with a
+//! one-line message on stderr.
+
+use agora_host::{Drained, Host, HostConfig};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "Run WebAssembly components as an HTTP service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the components of a manifest over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The manifest (TOML) naming the components, their routes and limits.
+    #[arg(long, env = "AGORA_MANIFEST")]
+    manifest: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "AGORA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Folder for the host's state: compiled components, embedded databases.
+    #[arg(long, env = "AGORA_DATA_DIR", default_value = ".agora")]
+    data_dir: PathBuf,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "AGORA_DRAIN_TIMEOUT", default_value_t = 30)]
+    drain_timeout: u64,
+    /// Allocate instances on demand instead of from the pooling allocator.
+    #[arg(long, env = "AGORA_ON_DEMAND")]
+    on_demand: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    agora_host::telemetry::init();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = HostConfig {
+        manifest: args.manifest,
+        data_dir: args.data_dir,
+        force_on_demand: args.on_demand,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
+    let host = match Host::load(&config) {
+        Ok(host) => host,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("error: cannot listen on {}: {err}", args.listen);
+                return ExitCode::from(2);
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(args.listen);
+        // Scripts and tests read this line to find the port (`--listen 127.0.0.1:0`).
+        println!("agora listening on http://{addr}");
+        tracing::info!(%addr, allocation = ?host.allocation(), components = host.components().len(), "serving");
+        match host.serve(listener, shutdown_signal()).await {
+            Drained::Clean => ExitCode::SUCCESS,
+            Drained::TimedOut => ExitCode::FAILURE,
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

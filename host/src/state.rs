@@ -1,0 +1,196 @@
+//! What a store holds for one instance: the WASI and wasi:http contexts, its resource table, and
+//! the limits it runs under.
+//!
+//! A store lives exactly as long as one request: it is created before instantiation and dropped
+//! with the instance, so nothing a guest does survives into the next request.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// The data of a per-request store.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    /// Memory limits; also records whether a limit was hit.
+    pub limits: GuestLimits,
+    /// When the request's wall-clock deadline passes.
+    pub deadline: Instant,
+    /// Set by the epoch callback when it interrupted the guest for its deadline.
+    pub deadline_hit: bool,
+}
+
+impl InstanceState {
+    /// A fresh state for one instance of `component`.
+    pub fn new(component: &Arc<str>, max_memory_bytes: u64, deadline: Instant) -> InstanceState {
+        let wasi = WasiCtx::builder()
+            .stdout(GuestLog::new(component.clone(), Stream::Stdout))
+            .stderr(GuestLog::new(component.clone(), Stream::Stderr))
+            .build();
+        InstanceState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: GuestLimits {
+                max_memory_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
+                memory_denied: false,
+            },
+            deadline,
+            deadline_hit: false,
+        }
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+/// Caps each linear memory and table of an instance and remembers a refusal, so the host can
+/// tell "out of memory" from other traps.
+pub struct GuestLimits {
+    max_memory_bytes: usize,
+    /// A memory grow was refused because of the cap.
+    pub memory_denied: bool,
+}
+
+/// Table elements one table may hold; far above what a Rust guest uses.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl wasmtime::ResourceLimiter for GuestLimits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory_bytes {
+            self.memory_denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A guest's stdout or stderr: each line becomes a log event tagged with the component.
+#[derive(Clone)]
+struct GuestLog {
+    component: Arc<str>,
+    stream: Stream,
+}
+
+impl GuestLog {
+    fn new(component: Arc<str>, stream: Stream) -> GuestLog {
+        GuestLog { component, stream }
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            log: self.clone(),
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// Longest line kept before it is emitted anyway.
+const MAX_LINE: usize = 16 * 1024;
+
+struct LineWriter {
+    log: GuestLog,
+    pending: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end();
+        if line.is_empty() {
+            return;
+        }
+        let component = &*self.log.component;
+        match self.log.stream {
+            Stream::Stdout => tracing::info!(target: "agora::guest", component, "{line}"),
+            Stream::Stderr => tracing::warn!(target: "agora::guest", component, "{line}"),
+        }
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.pending.extend_from_slice(buf);
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.emit(&line);
+        }
+        if self.pending.len() > MAX_LINE {
+            let line = std::mem::take(&mut self.pending);
+            self.emit(&line);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let line = std::mem::take(&mut self.pending);
+        self.emit(&line);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.pending);
+        self.emit(&line);
+    }
+}

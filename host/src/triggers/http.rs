@@ -1,0 +1,411 @@
+//! The HTTP trigger: one request in, one fresh instance of the routed component, one response
+//! out.
+//!
+//! Invariants:
+//! - A request never touches an instance another request used: the store is created for it and
+//!   dropped when its guest task ends.
+//! - Whatever the guest does — trap, loop, exhaust memory, read too much — only its own request
+//!   fails, with a JSON error carrying the request id; the answer's status tells which limit was
+//!   hit (413 body, 503 concurrency, 504 deadline, 500 trap).
+//! - The guest runs in its own task so it can keep streaming the body after the response head
+//!   has gone out; the concurrency permit and the deadline cover that whole task.
+
+use crate::component::LoadedComponent;
+use crate::router::Router;
+use crate::state::InstanceState;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+use tracing::Instrument as _;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// The body type of every response the host sends.
+pub type ResponseBody = HyperOutgoingBody;
+
+/// Header carrying the request id on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Routes requests to components and runs them.
+pub struct HttpTrigger {
+    router: Router<Arc<LoadedComponent>>,
+    ids: RequestIds,
+}
+
+impl HttpTrigger {
+    /// A trigger serving `router`.
+    pub fn new(router: Router<Arc<LoadedComponent>>) -> HttpTrigger {
+        HttpTrigger {
+            router,
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// Answers one request. Never fails: every problem becomes an error response.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let request_id = self.ids.next();
+        let started = Instant::now();
+        let path = request.uri().path().to_owned();
+        let Some(route) = self.router.lookup(&path) else {
+            tracing::debug!(%request_id, %path, "no route");
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no component serves {path}"),
+                &request_id,
+            );
+        };
+        let component = route.target.clone();
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            component = %component.name,
+            route = %route.pattern,
+            method = %request.method(),
+            path = %path,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        async move {
+            let mut response = invoke(&component, request, &request_id).await;
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            let status = response.status().as_u16();
+            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let span = tracing::Span::current();
+            span.record("status", status);
+            span.record("duration_ms", duration_ms);
+            tracing::info!(status, duration_ms, "request served");
+            response
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// What ended a guest task, as far as the host can tell.
+struct TaskEnd {
+    result: wasmtime::Result<()>,
+    deadline_hit: bool,
+    memory_denied: bool,
+}
+
+async fn invoke(
+    component: &LoadedComponent,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let limits = component.limits;
+    let declared_length = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > limits.body_bytes) {
+        return body_too_large(limits.body_bytes, request_id);
+    }
+    let Ok(permit) = component.permits.clone().try_acquire_owned() else {
+        tracing::warn!(
+            concurrency = limits.concurrency,
+            "concurrency limit reached; refusing"
+        );
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            &format!(
+                "component `{}` is already running {} instances, its limit; retry shortly",
+                component.name, limits.concurrency
+            ),
+            request_id,
+        );
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+
+    let deadline = Instant::now() + Duration::from_millis(limits.deadline_ms);
+    let body_exceeded = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| LimitedBody {
+        inner: body,
+        remaining: limits.body_bytes,
+        limit: limits.body_bytes,
+        exceeded: body_exceeded.clone(),
+    });
+
+    let mut store = Store::new(
+        component.proxy.engine(),
+        InstanceState::new(&component.name, limits.memory_bytes, deadline),
+    );
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            ctx.data_mut().deadline_hit = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Not late yet: let other tasks on this thread run, then check again next tick.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let resources = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .and_then(|req| Ok((req, store.data_mut().http().new_response_outparam(sender)?)));
+    let (guest_request, outparam) = match resources {
+        Ok(resources) => resources,
+        Err(err) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("the request cannot be passed to the component: {err}"),
+                request_id,
+            );
+        }
+    };
+
+    let proxy = component.proxy.clone();
+    let task = tokio::spawn(
+        async move {
+            let _permit = permit;
+            let run = async {
+                let instance = proxy.instantiate_async(&mut store).await?;
+                instance
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, guest_request, outparam)
+                    .await
+            };
+            // Epoch interruption stops a guest that computes past its deadline; this timeout
+            // stops one that waits past it (on a timer or a slow body).
+            let (result, timed_out) = match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(result) => (result, false),
+                Err(_) => (
+                    Err(wasmtime::Error::msg("deadline elapsed while waiting")),
+                    true,
+                ),
+            };
+            let state = store.data();
+            TaskEnd {
+                result,
+                deadline_hit: timed_out || state.deadline_hit,
+                memory_denied: state.limits.memory_denied,
+            }
+        }
+        .in_current_span(),
+    );
+
+    let outcome = receiver.await;
+    if body_exceeded.load(Ordering::Relaxed) {
+        return body_too_large(limits.body_bytes, request_id);
+    }
+    match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => {
+            tracing::warn!(error = ?code, "component answered with an error");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "component_error",
+                &format!("component `{}` failed: {code:?}", component.name),
+                request_id,
+            )
+        }
+        Err(_) => {
+            let end = match task.await {
+                Ok(end) => end,
+                Err(join_error) => TaskEnd {
+                    result: Err(wasmtime::Error::msg(format!(
+                        "guest task failed: {join_error}"
+                    ))),
+                    deadline_hit: false,
+                    memory_denied: false,
+                },
+            };
+            failure_response(component, end, request_id, limits.deadline_ms)
+        }
+    }
+}
+
+/// The answer when the guest ended without setting a response.
+fn failure_response(
+    component: &LoadedComponent,
+    end: TaskEnd,
+    request_id: &str,
+    deadline_ms: u64,
+) -> Response<ResponseBody> {
+    let name = &component.name;
+    if end.deadline_hit {
+        tracing::warn!(deadline_ms, "component exceeded its deadline");
+        return error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            &format!("component `{name}` did not answer within {deadline_ms} ms"),
+            request_id,
+        );
+    }
+    let error = match end.result {
+        Ok(()) => {
+            tracing::error!("component returned without setting a response");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no_response",
+                &format!("component `{name}` returned without a response"),
+                request_id,
+            );
+        }
+        Err(error) => error,
+    };
+    if error
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        tracing::warn!(error = %error, "instance pool exhausted");
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the host is running as many instances as it can; retry shortly",
+            request_id,
+        );
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    if end.memory_denied {
+        tracing::error!(error = %format!("{error:#}"), memory_limit_bytes = component.limits.memory_bytes, "component trapped: out of memory");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "memory_limit_exceeded",
+            &format!(
+                "component `{name}` ran out of memory (limit {} MiB)",
+                component.limits.memory_bytes >> 20
+            ),
+            request_id,
+        );
+    }
+    tracing::error!(error = ?error, "component trapped");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "component_trapped",
+        &format!("component `{name}` trapped while handling the request"),
+        request_id,
+    )
+}
+
+fn body_too_large(limit: u64, request_id: &str) -> Response<ResponseBody> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!("the request body exceeds the limit of {limit} bytes"),
+        request_id,
+    )
+}
+
+/// A JSON error: `{"error": {"code", "message", "request_id"}}`.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": request_id }
+    });
+    let mut response = Response::new(
+        http_body_util::Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Request ids: a random per-process prefix and a counter — unique across replicas without a
+/// random draw per request.
+struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        RequestIds {
+            prefix: random[..12].to_owned(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{:08x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// The request body as the guest sees it: at most `limit` bytes, then an error (and a flag the
+/// host turns into 413).
+struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > self.remaining {
+                self.exceeded.store(true, Ordering::Relaxed);
+                self.remaining = 0;
+                let limit = self.limit;
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(limit),
+                ))));
+            }
+            self.remaining -= len;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

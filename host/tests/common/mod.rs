@@ -1,0 +1,126 @@
+//! Shared test support: real components from target/components, a host started in-process on
+//! an ephemeral port, and real HTTP to it.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use agora_host::{Drained, Host, HostConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The built component `name` (target/components/NAME.wasm).
+pub fn component(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build-components` (or `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// One `[[component]]` table serving `routes` from target/components/`file`.wasm, with extra
+/// TOML lines (limits) appended.
+pub fn component_table(name: &str, file: &str, routes: &[&str], extra: &str) -> String {
+    format!(
+        "[[component]]\nname = {name:?}\nsource = {:?}\nroutes = {routes:?}\n{extra}\n",
+        component(file).display().to_string()
+    )
+}
+
+/// A compile cache shared by the tests of one run, so each component compiles once.
+pub fn shared_data_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("agora-test-data")
+}
+
+/// A host serving on 127.0.0.1 at an ephemeral port until dropped.
+pub struct TestHost {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Drained>>,
+}
+
+impl TestHost {
+    /// Writes `manifest` to a temporary folder and starts a host on it.
+    pub async fn start(manifest: &str) -> TestHost {
+        TestHost::start_with(manifest, |_| {}).await
+    }
+
+    /// Like [`TestHost::start`], with a chance to adjust the configuration.
+    pub async fn start_with(manifest: &str, adjust: impl FnOnce(&mut HostConfig)) -> TestHost {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest_path = dir.path().join("agora.toml");
+        std::fs::write(&manifest_path, manifest).unwrap();
+        let mut config = HostConfig::new(&manifest_path);
+        config.data_dir = shared_data_dir();
+        adjust(&mut config);
+        let host = tokio::task::spawn_blocking(move || Host::load(&config))
+            .await
+            .unwrap()
+            .unwrap_or_else(|err| panic!("host failed to load: {err}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(host.serve(listener, async {
+            let _ = signal.await;
+        }));
+        TestHost {
+            addr,
+            dir,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests shutdown and waits for the drain to finish.
+    pub async fn stop(mut self) -> Drained {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Checks the JSON error shape and returns `(code, message, request_id)`.
+pub async fn json_error(response: reqwest::Response, status: u16) -> (String, String, String) {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let content_type = response.headers().get("content-type").cloned();
+    assert_eq!(
+        content_type.as_ref().and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = &body["error"];
+    let request_id = error["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(request_id, header_id, "body and header carry the same id");
+    assert!(!request_id.is_empty());
+    (
+        error["code"].as_str().unwrap().to_owned(),
+        error["message"].as_str().unwrap().to_owned(),
+        request_id,
+    )
+}

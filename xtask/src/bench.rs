@@ -1,0 +1,275 @@
+//! `cargo xtask bench`: throughput and latency of agora against its peers, measured in one run
+//! with one load generator, so the ratios compare like with like.
+//!
+//! `bench hello` serves components/hello three ways — agora, `wasmtime serve -Scli` (both with a
+//! fresh instance per request) and a native hyper handler — and prints a Markdown table for
+//! BENCHMARKS.md.
+
+use crate::loadgen::{self, LoadArgs, Report};
+use crate::{cargo, components, root, target_dir};
+use anyhow::{Context as _, bail};
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The wasmtime CLI the benchmark compares against (same wasmtime as the host).
+const WASMTIME_VERSION: &str = "48.0.8";
+
+#[derive(clap::Subcommand)]
+pub enum Which {
+    /// agora vs `wasmtime serve -Scli` vs native hyper on the hello component.
+    Hello {
+        /// Concurrent connections of the load generator.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds measured per server (after a 2 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Measure each server this many times, alternating, and keep the median run.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+pub fn run_bench(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Hello {
+            connections,
+            seconds,
+            rounds,
+        } => hello(connections, seconds, rounds.max(1)),
+    }
+}
+
+struct Server {
+    label: &'static str,
+    start: Box<dyn Fn() -> anyhow::Result<(Child, String)>>,
+}
+
+fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
+    let built = components::build_all()?;
+    let hello = built
+        .iter()
+        .find(|c| c.name == "hello")
+        .context("components/hello was not built")?
+        .path
+        .clone();
+    eprintln!("xtask: building agora and the native baseline (release)");
+    crate::run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "agora-host",
+        "--package",
+        "agora-native-hello",
+    ]))?;
+    let wasmtime = ensure_wasmtime_cli()?;
+    let release = target_dir().join("release");
+    let work = target_dir().join("bench-hello");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let manifest = work.join("agora.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[component]]\nname = \"hello\"\nsource = {:?}\nroutes = [\"/...\"]\n\
+             [component.limits]\nconcurrency = 1000\n",
+            hello.display().to_string()
+        ),
+    )?;
+
+    let agora = release.join("agora");
+    let native = release.join("agora-native-hello");
+    let data_dir = work.join("data");
+    let hello_for_wasmtime = hello.clone();
+    let servers = [
+        Server {
+            label: "agora serve",
+            start: Box::new(move || {
+                spawn_and_read_addr(
+                    Command::new(&agora)
+                        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+                        .arg(&manifest)
+                        .arg("--data-dir")
+                        .arg(&data_dir)
+                        .env("RUST_LOG", "warn"),
+                )
+            }),
+        },
+        Server {
+            label: "wasmtime serve -Scli",
+            start: Box::new(move || {
+                let port = free_port()?;
+                let child = Command::new(&wasmtime)
+                    .args(["serve", "-Scli", "--addr"])
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg(&hello_for_wasmtime)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("cannot start wasmtime serve")?;
+                Ok((child, format!("127.0.0.1:{port}")))
+            }),
+        },
+        Server {
+            label: "native hyper",
+            start: Box::new(move || spawn_and_read_addr(Command::new(&native).arg("127.0.0.1:0"))),
+        },
+    ];
+
+    let mut results: Vec<Vec<(Report, u64)>> = vec![Vec::new(); servers.len()];
+    for round in 1..=rounds {
+        for (index, server) in servers.iter().enumerate() {
+            eprintln!(
+                "xtask: round {round}/{rounds}: {} ({connections} connections, {seconds} s)",
+                server.label
+            );
+            let (mut child, addr) = (server.start)()?;
+            let outcome = measure_server(&mut child, &addr, connections, seconds);
+            let _ = child.kill();
+            let _ = child.wait();
+            let (report, rss_kib) = outcome?;
+            eprintln!(
+                "        {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}, RSS {} MiB",
+                report.rps(),
+                report.percentile_ms(0.5),
+                report.percentile_ms(0.99),
+                report.errors,
+                rss_kib / 1024
+            );
+            results[index].push((report, rss_kib));
+        }
+    }
+
+    let medians: Vec<(Report, u64)> = results
+        .into_iter()
+        .map(|mut runs| {
+            runs.sort_by(|a, b| a.0.rps().total_cmp(&b.0.rps()));
+            runs.swap_remove(runs.len() / 2)
+        })
+        .collect();
+    let agora_rps = medians[0].0.rps();
+    println!();
+    println!("| server | req/s | p50 ms | p99 ms | errors | RSS MiB | agora ÷ this (req/s) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (server, (report, rss_kib)) in servers.iter().zip(&medians) {
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {} | {:.2} |",
+            server.label,
+            report.rps(),
+            report.percentile_ms(0.5),
+            report.percentile_ms(0.99),
+            report.errors,
+            rss_kib / 1024,
+            agora_rps / report.rps()
+        );
+    }
+    println!();
+    println!(
+        "median of {rounds} rounds; {connections} connections; {seconds} s measured after 2 s warm-up; \
+         fresh instance per request on both wasm servers"
+    );
+    Ok(())
+}
+
+/// Waits until `addr` answers, loads it, and returns the report and the server's RSS.
+fn measure_server(
+    child: &mut Child,
+    addr: &str,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<(Report, u64)> {
+    wait_until_serving(child, addr)?;
+    let report = loadgen::measure(&LoadArgs {
+        url: format!("http://{addr}/"),
+        connections,
+        seconds,
+        warmup: 2,
+    })?;
+    let rss_kib = rss_kib(child.id()).unwrap_or(0);
+    if report.ok == 0 {
+        bail!("no successful request to {addr}");
+    }
+    Ok((report, rss_kib))
+}
+
+fn wait_until_serving(child: &mut Child, addr: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited early ({status})");
+        }
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{addr} did not start serving within 60 s")
+}
+
+/// Starts `command` and reads `... http://ADDR` from the first line of its stdout.
+fn spawn_and_read_addr(command: &mut Command) -> anyhow::Result<(Child, String)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(addr) = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .filter(|_| line.contains("http://"))
+    else {
+        let _ = child.kill();
+        bail!("{command:?} did not print its address (got {line:?})");
+    };
+    Ok((child, addr.trim_end_matches('/').to_owned()))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The wasmtime CLI, installed from crates.io on first use under the build folder.
+fn ensure_wasmtime_cli() -> anyhow::Result<PathBuf> {
+    let tools = target_dir().join("tools");
+    let binary = tools.join("bin/wasmtime");
+    if installed_version(&binary).is_some_and(|v| v.contains(WASMTIME_VERSION)) {
+        return Ok(binary);
+    }
+    eprintln!(
+        "xtask: installing wasmtime-cli {WASMTIME_VERSION} with cargo install (first use; takes a while)"
+    );
+    crate::run(
+        cargo()
+            .args(["install", "wasmtime-cli", "--locked", "--version"])
+            .arg(WASMTIME_VERSION)
+            .arg("--root")
+            .arg(&tools)
+            .env("CARGO_TARGET_DIR", target_dir().join("tools-build"))
+            .current_dir(root()),
+    )?;
+    if !binary.exists() {
+        bail!("cargo install did not produce {}", binary.display());
+    }
+    Ok(binary)
+}
+
+fn installed_version(binary: &Path) -> Option<String> {
+    let output = Command::new(binary).arg("--version").output().ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}

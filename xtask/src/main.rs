@@ -1,0 +1,144 @@
+//! `cargo xtask`: the project's own commands.
+//!
+//! - `build-components`: every component crate under components/ → target/components/NAME.wasm
+//! - `dev`: build components and host, serve agora.toml on embedded backends
+//! - `test`: build components, then format check, clippy and the whole test suite
+//! - `bench hello`: agora vs `wasmtime serve -Scli` vs native hyper, same load, same run
+
+mod bench;
+mod components;
+mod loadgen;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build every component under components/ into target/components/NAME.wasm.
+    BuildComponents,
+    /// Build components and host, then serve agora.toml (embedded backends).
+    Dev {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Build components, check formatting and lints, run the whole test suite.
+    Test,
+    /// Measure throughput and latency (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+    /// Run a load generator against a URL (used by `bench`; handy on its own).
+    Load(loadgen::LoadArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::BuildComponents => components::build_all().map(drop),
+        Task::Dev { listen } => dev(&listen),
+        Task::Test => test(),
+        Task::Bench { which } => bench::run_bench(which),
+        Task::Load(args) => loadgen::run_cli(args),
+    }
+}
+
+/// The repository root (the folder holding xtask/).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo that runs this xtask.
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// Where cargo puts build output for the host workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root().join(dir)
+            }
+        })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Runs `command`, failing with its description when it does not succeed.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let description = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {description}"))?;
+    if !status.success() {
+        bail!("{description} failed ({status})");
+    }
+    Ok(())
+}
+
+fn dev(listen: &str) -> anyhow::Result<()> {
+    components::build_all()?;
+    eprintln!("xtask: building and starting the host (release)");
+    run(cargo().args([
+        "run",
+        "--release",
+        "--package",
+        "agora-host",
+        "--bin",
+        "agora",
+        "--",
+        "serve",
+        "--manifest",
+        "agora.toml",
+        "--listen",
+        listen,
+    ]))
+}
+
+fn test() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    components::build_all()?;
+    eprintln!("xtask: cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo()
+        .args(["fmt", "--all", "--check", "--manifest-path"])
+        .arg(root().join("components/Cargo.toml")))?;
+    eprintln!("xtask: cargo clippy (host workspace and components)");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["clippy", "--workspace", "--release", "--manifest-path"])
+        .arg(root().join("components/Cargo.toml"))
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", components::target_dir()))?;
+    eprintln!("xtask: cargo test");
+    run(cargo().args(["test", "--workspace"]))?;
+    eprintln!(
+        "xtask: the whole suite passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
