@@ -46,7 +46,7 @@ impl<T> Router<T> {
                 }
             }
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|(stem, _, _)| std::cmp::Reverse(stem.len()));
         Router { exact, prefixes }
     }
 

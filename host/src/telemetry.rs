@@ -1,5 +1,6 @@
 //! Logging and tracing set-up: `tracing` events to stderr, filtered `RUST_LOG`-style.
 
+use std::io::IsTerminal as _;
 use tracing_subscriber::EnvFilter;
 
 /// The filter used when `RUST_LOG` is not set.
@@ -12,5 +13,6 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

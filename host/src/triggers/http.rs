@@ -84,7 +84,7 @@ impl HttpTrigger {
             let span = tracing::Span::current();
             span.record("status", status);
             span.record("duration_ms", duration_ms);
-            tracing::info!(status, duration_ms, "request served");
+            tracing::info!("request served");
             response
         }
         .instrument(span)
