@@ -21,6 +21,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Instance slots in the pool. Every instance alive at once, of every component, takes one.
 pub const POOL_INSTANCES: u32 = 1000;
 
+/// Bytes of each linear-memory slot kept resident between instances. Bounds the memory a warm
+/// slot keeps: at most this much per slot, and only pages a guest actually touched.
+pub const KEEP_RESIDENT: usize = 16 << 20;
+
 /// How the engine allocates instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocation {
@@ -59,10 +63,11 @@ impl HostEngine {
                 .total_stacks(POOL_INSTANCES)
                 .total_core_instances(POOL_INSTANCES * 8)
                 .max_memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
-                // Reset small memories and tables with memset rather than madvise: a fresh
-                // instance per request reuses its slot at once, and madvise would make it
-                // fault every page back in (and, across threads, flush TLBs).
-                .linear_memory_keep_resident(1 << 20)
+                // Reset the first KEEP_RESIDENT bytes of a slot in place (only the pages the
+                // guest dirtied, found with the kernel's pagemap) instead of madvise: a fresh
+                // instance per request reuses its slot at once, and madvise would make it fault
+                // every page back in. Worth 2x on `bench hello`; see BENCHMARKS.md.
+                .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(1 << 16);
             let mut config = base_config();
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

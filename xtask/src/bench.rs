@@ -83,6 +83,8 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
     let native = release.join("agora-native-hello");
     let data_dir = work.join("data");
     let hello_for_wasmtime = hello.clone();
+    let hello_for_tuned = hello.clone();
+    let wasmtime_tuned = wasmtime.clone();
     let servers = [
         Server {
             label: "agora serve",
@@ -99,17 +101,21 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
         },
         Server {
             label: "wasmtime serve -Scli",
+            start: Box::new(move || start_wasmtime(&wasmtime, &hello_for_wasmtime, &[])),
+        },
+        Server {
+            label: "wasmtime serve -Scli, agora's pool tuning",
             start: Box::new(move || {
-                let port = free_port()?;
-                let child = Command::new(&wasmtime)
-                    .args(["serve", "-Scli", "--addr"])
-                    .arg(format!("127.0.0.1:{port}"))
-                    .arg(&hello_for_wasmtime)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("cannot start wasmtime serve")?;
-                Ok((child, format!("127.0.0.1:{port}")))
+                start_wasmtime(
+                    &wasmtime_tuned,
+                    &hello_for_tuned,
+                    &[
+                        "-O",
+                        "pooling-memory-keep-resident=16777216",
+                        "-O",
+                        "pooling-table-keep-resident=65536",
+                    ],
+                )
             }),
         },
         Server {
@@ -171,6 +177,24 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
          fresh instance per request on both wasm servers"
     );
     Ok(())
+}
+
+/// Starts `wasmtime serve -Scli` on a free port with `options`.
+fn start_wasmtime(
+    wasmtime: &Path,
+    component: &Path,
+    options: &[&str],
+) -> anyhow::Result<(Child, String)> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(wasmtime)
+        .args(["serve", "-Scli", "--addr", &addr])
+        .args(options)
+        .arg(component)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start wasmtime serve")?;
+    Ok((child, addr))
 }
 
 /// Waits until `addr` answers, loads it, and returns the report and the server's RSS.
