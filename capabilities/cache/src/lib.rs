@@ -1,0 +1,157 @@
+//! `agora:platform/cache` — the host side of the cache capability.
+//!
+//! A component that imports the interface gets a [`CacheCtx`] in its store: the shared backend
+//! (Redis or in-memory) and the key prefix of its own namespace. Every key a guest names is
+//! prefixed with `agora:<component>:` before it reaches the backend, so no component can read
+//! or write another's keys. A component the manifest grants no cache gets `denied` from every
+//! call (and, before that, a load error from the host if it imports the interface at all).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use agora_cache::{CacheCtx, MemoryCache};
+//! # struct State { cache: CacheCtx }
+//! # fn link(linker: &mut wasmtime::component::Linker<State>) -> wasmtime::Result<()> {
+//! agora_cache::add_to_linker(linker, |state: &mut State| &mut state.cache)?;
+//! let ctx = CacheCtx::granted(Arc::new(MemoryCache::default()), "catalog");
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod backend;
+mod memory;
+mod redis;
+
+pub use backend::{BackendError, CacheBackend};
+pub use memory::MemoryCache;
+pub use redis::RedisCache;
+
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Generated bindings of the `agora:platform/cache` interface.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "agora:platform/cache-user",
+        imports: { default: async | trappable | tracing },
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+use bindings::agora::platform::cache::{Error, Host};
+
+/// The WIT name of the interface, as it appears in a component's imports.
+pub const INTERFACE: &str = "agora:platform/cache";
+
+/// Longest key a guest may use, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest value a guest may store, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// The cache state of one store.
+#[derive(Clone)]
+pub struct CacheCtx {
+    grant: Option<(Arc<dyn CacheBackend>, String)>,
+}
+
+impl CacheCtx {
+    /// A component with a cache grant: `backend`, namespaced under `component`.
+    pub fn granted(backend: Arc<dyn CacheBackend>, component: &str) -> CacheCtx {
+        CacheCtx {
+            grant: Some((backend, format!("agora:{component}:"))),
+        }
+    }
+
+    /// A component without a cache grant: every call answers `denied`.
+    pub fn denied() -> CacheCtx {
+        CacheCtx { grant: None }
+    }
+
+    fn namespaced(&self, key: &str) -> Result<(&dyn CacheBackend, String), Error> {
+        let Some((backend, prefix)) = &self.grant else {
+            return Err(Error::Denied);
+        };
+        if key.is_empty() {
+            return Err(Error::Invalid("the key is empty".into()));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(Error::Invalid(format!(
+                "the key is {} bytes, over the {MAX_KEY_BYTES}-byte limit",
+                key.len()
+            )));
+        }
+        Ok((backend.as_ref(), format!("{prefix}{key}")))
+    }
+}
+
+fn to_guest(err: BackendError) -> Error {
+    match err {
+        BackendError::Unavailable(message) => {
+            tracing::warn!(%message, "cache unavailable");
+            Error::Unavailable(message)
+        }
+        BackendError::NotANumber => Error::NotANumber,
+    }
+}
+
+impl Host for CacheCtx {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let (backend, key) = match self.namespaced(&key) {
+            Ok(found) => found,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(backend.get(&key).await.map_err(to_guest))
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let (backend, key) = match self.namespaced(&key) {
+            Ok(found) => found,
+            Err(err) => return Ok(Err(err)),
+        };
+        if value.len() > MAX_VALUE_BYTES {
+            return Ok(Err(Error::Invalid(format!(
+                "the value is {} bytes, over the {MAX_VALUE_BYTES}-byte limit",
+                value.len()
+            ))));
+        }
+        if ttl_ms == Some(0) {
+            return Ok(Err(Error::Invalid(
+                "ttl-ms must be greater than 0 (omit it for no expiry)".into(),
+            )));
+        }
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(backend.set(&key, &value, ttl).await.map_err(to_guest))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
+        let (backend, key) = match self.namespaced(&key) {
+            Ok(found) => found,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(backend.delete(&key).await.map_err(to_guest))
+    }
+
+    async fn incr(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, Error>> {
+        let (backend, key) = match self.namespaced(&key) {
+            Ok(found) => found,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(backend.incr(&key, delta).await.map_err(to_guest))
+    }
+}
+
+/// Adds `agora:platform/cache` to `linker`; `get` finds the [`CacheCtx`] in a store's data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut CacheCtx,
+) -> wasmtime::Result<()> {
+    bindings::agora::platform::cache::add_to_linker::<T, HasSelf<CacheCtx>>(linker, get)
+}

@@ -1,0 +1,160 @@
+//! The embedded default: an in-process cache, bounded in entries and bytes, TTL-aware.
+//!
+//! Expired entries are dropped when read and are the first to go when room is needed; beyond
+//! that the least recently used entry is evicted. A single mutex guards the map: every
+//! operation is a hash lookup, so contention stays low at the request rates one host serves.
+
+use crate::backend::{BackendError, CacheBackend};
+use lru::LruCache;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Entry {
+    value: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
+}
+
+struct State {
+    entries: LruCache<String, Entry>,
+    bytes: usize,
+}
+
+/// The in-memory cache.
+pub struct MemoryCache {
+    state: Mutex<State>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl MemoryCache {
+    /// A cache holding at most `max_entries` entries and `max_bytes` of keys plus values.
+    pub fn new(max_entries: usize, max_bytes: usize) -> MemoryCache {
+        MemoryCache {
+            state: Mutex::new(State {
+                entries: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            max_entries: max_entries.max(1),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map inconsistent (every mutation is
+        // a single call on it), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Default for MemoryCache {
+    /// 100 000 entries, 64 MiB.
+    fn default() -> Self {
+        MemoryCache::new(100_000, 64 << 20)
+    }
+}
+
+fn size(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len()
+}
+
+impl State {
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.entries.pop(key)?;
+        self.bytes -= size(key, &entry.value);
+        Some(entry)
+    }
+
+    fn insert(&mut self, key: &str, entry: Entry, max_entries: usize, max_bytes: usize) {
+        self.remove(key);
+        let needed = size(key, &entry.value);
+        let now = Instant::now();
+        if self.entries.len() >= max_entries || self.bytes + needed > max_bytes {
+            let expired: Vec<String> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.live(now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in expired {
+                self.remove(&key);
+            }
+        }
+        while self.entries.len() >= max_entries || self.bytes + needed > max_bytes {
+            match self.entries.pop_lru() {
+                Some((old_key, old)) => self.bytes -= size(&old_key, &old.value),
+                None => break,
+            }
+        }
+        self.bytes += needed;
+        self.entries.put(key.to_owned(), entry);
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheBackend for MemoryCache {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        match state.entries.get(key) {
+            Some(entry) if entry.live(now) => Ok(Some(entry.value.clone())),
+            Some(_) => {
+                state.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        let entry = Entry {
+            value: value.to_vec(),
+            expires: ttl.map(|ttl| Instant::now() + ttl),
+        };
+        self.lock()
+            .insert(key, entry, self.max_entries, self.max_bytes);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        Ok(state.remove(key).is_some_and(|entry| entry.live(now)))
+    }
+
+    async fn incr(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let (current, expires) = match state.entries.get(key) {
+            Some(entry) if entry.live(now) => {
+                let text = std::str::from_utf8(&entry.value).map_err(|_| BackendError::NotANumber)?;
+                let value = text.parse::<i64>().map_err(|_| BackendError::NotANumber)?;
+                (value, entry.expires)
+            }
+            _ => (0, None),
+        };
+        let next = current.checked_add(delta).ok_or(BackendError::NotANumber)?;
+        let entry = Entry {
+            value: next.to_string().into_bytes(),
+            expires,
+        };
+        state.insert(key, entry, self.max_entries, self.max_bytes);
+        Ok(next)
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
