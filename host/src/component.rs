@@ -5,14 +5,15 @@
 //! and the reason — never on a request.
 
 use crate::compile_cache::{CompileCache, Origin, sha256_hex};
-use crate::manifest::{ComponentSpec, Limits, one_line};
+use crate::manifest::{ComponentSpec, Grants, Limits, one_line};
 use crate::state::InstanceState;
+use agora_cache::{CacheBackend, CacheCtx};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// A component ready to serve: pre-linked, with its limits and its concurrency gate.
@@ -33,6 +34,17 @@ pub struct LoadedComponent {
     pub proxy: ProxyPre<InstanceState>,
     /// One permit per instance allowed to run at once.
     pub permits: Arc<Semaphore>,
+    /// What the manifest grants it.
+    pub grants: Grants,
+    /// Its cache namespace (cloned into every store), or denied.
+    pub cache: CacheCtx,
+}
+
+/// The capabilities a host offers, shared by every component it loads.
+#[derive(Clone)]
+pub struct Capabilities {
+    /// The cache backend (Redis or in-memory).
+    pub cache: Arc<dyn CacheBackend>,
 }
 
 /// Why a component could not be loaded. The message is one line naming component and file.
@@ -50,9 +62,10 @@ pub struct LoadError {
 /// The linker every component is linked with: WASI 0.2 (including wasi:cli, which Rust guests
 /// import) and wasi:http — what `wasmtime serve -Scli` provides.
 pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
-    let mut linker = Linker::new(engine);
+    let mut linker = Linker::<InstanceState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    agora_cache::add_to_linker(&mut linker, |state| &mut state.cache)?;
     Ok(linker)
 }
 
@@ -62,6 +75,7 @@ pub fn load(
     engine: &Engine,
     linker: &Linker<InstanceState>,
     cache: &CompileCache,
+    capabilities: &Capabilities,
 ) -> Result<LoadedComponent, LoadError> {
     let fail = |reason: String| LoadError {
         component: spec.name.clone(),
@@ -82,6 +96,7 @@ pub fn load(
     let (component, origin) = cache
         .load(engine, &bytes, &digest)
         .map_err(|err| fail(format!("does not compile: {err:#}")))?;
+    check_grants(spec, &component, engine).map_err(fail)?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|err| fail(format!("cannot be linked: {err:#}")))?;
@@ -99,5 +114,28 @@ pub fn load(
         limits: spec.limits,
         proxy,
         permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
+        grants: spec.grants,
+        cache: if spec.grants.cache {
+            CacheCtx::granted(capabilities.cache.clone(), &spec.name)
+        } else {
+            CacheCtx::denied()
+        },
     })
+}
+
+/// Refuses a component that imports a capability its manifest entry does not grant.
+fn check_grants(
+    spec: &ComponentSpec,
+    component: &Component,
+    engine: &Engine,
+) -> Result<(), String> {
+    for (name, _) in component.component_type().imports(engine) {
+        let interface = name.split('@').next().unwrap_or(name);
+        if interface == agora_cache::INTERFACE && !spec.grants.cache {
+            return Err(format!(
+                "imports {interface} but the manifest grants no cache (add `grants = {{ cache = true }}`)"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -53,6 +53,8 @@ pub struct HostConfig {
     pub force_on_demand: bool,
     /// Time in-flight requests get to finish after shutdown is requested.
     pub drain_timeout: Duration,
+    /// Redis for the cache capability; `None` = the in-memory cache.
+    pub redis_url: Option<String>,
 }
 
 impl HostConfig {
@@ -63,6 +65,7 @@ impl HostConfig {
             data_dir: PathBuf::from(".agora"),
             force_on_demand: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            redis_url: None,
         }
     }
 }
@@ -81,9 +84,24 @@ pub enum HostError {
         /// What went wrong.
         error: LoadError,
     },
+    /// A backend URL is malformed.
+    #[error("{0}")]
+    Backend(String),
     /// The engine could not be created.
     #[error("cannot start the WebAssembly engine: {0:#}")]
     Engine(anyhow::Error),
+}
+
+/// The cache backend: Redis when a URL is given, the in-memory cache otherwise.
+fn cache_backend(redis_url: Option<&str>) -> Result<Arc<dyn agora_cache::CacheBackend>, HostError> {
+    match redis_url {
+        Some(url) => {
+            let cache = agora_cache::RedisCache::new(url)
+                .map_err(|err| HostError::Backend(format!("invalid Redis URL `{url}`: {err}")))?;
+            Ok(Arc::new(cache))
+        }
+        None => Ok(Arc::new(agora_cache::MemoryCache::default())),
+    }
 }
 
 /// A loaded host, ready to serve.
@@ -113,24 +131,31 @@ impl Host {
         let linker = component::host_linker(&engine.engine).map_err(HostError::Engine)?;
         let cache =
             compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
+        let capabilities = component::Capabilities {
+            cache: cache_backend(config.redis_url.as_deref())?,
+        };
         let mut components = Vec::with_capacity(manifest.components.len());
+        let mut load_ms = Vec::with_capacity(manifest.components.len());
         for spec in &manifest.components {
             let started = std::time::Instant::now();
-            let loaded =
-                component::load(spec, &engine.engine, &linker, &cache).map_err(|error| {
-                    HostError::Component {
-                        manifest: manifest.path.clone(),
-                        error,
-                    }
+            let loaded = component::load(spec, &engine.engine, &linker, &cache, &capabilities)
+                .map_err(|error| HostError::Component {
+                    manifest: manifest.path.clone(),
+                    error,
                 })?;
+            load_ms.push(started.elapsed().as_millis() as u64);
+            components.push(Arc::new(loaded));
+        }
+        // Logged only once everything loaded: a failed load prints its one error line alone.
+        tracing::info!(backend = capabilities.cache.kind(), "cache");
+        for (loaded, load_ms) in components.iter().zip(load_ms) {
             tracing::info!(
                 component = %loaded.name,
                 digest = %&loaded.digest[..12],
                 origin = ?loaded.origin,
-                load_ms = started.elapsed().as_millis() as u64,
+                load_ms,
                 "component loaded"
             );
-            components.push(Arc::new(loaded));
         }
         let router = Router::new(
             manifest

@@ -42,6 +42,9 @@ struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "AGORA_DRAIN_TIMEOUT", default_value_t = 30)]
     drain_timeout: u64,
+    /// Redis for the cache capability (`redis://host:port/db`); default: in-memory cache.
+    #[arg(long, env = "AGORA_REDIS_URL")]
+    redis_url: Option<String>,
     /// Allocate instances on demand instead of from the pooling allocator.
     #[arg(long, env = "AGORA_ON_DEMAND")]
     on_demand: bool,
@@ -61,6 +64,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         force_on_demand: args.on_demand,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        redis_url: args.redis_url,
     };
     let host = match Host::load(&config) {
         Ok(host) => host,

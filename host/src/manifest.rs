@@ -51,6 +51,18 @@ pub struct ComponentSpec {
     pub routes: Vec<String>,
     /// Per-instance limits.
     pub limits: Limits,
+    /// Capabilities the component may use.
+    pub grants: Grants,
+}
+
+/// Capabilities granted to one component (`[component.grants]`). Deny by default: a component
+/// that imports a capability it is not granted fails to load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// `agora:platform/cache`, namespaced to the component.
+    #[serde(default)]
+    pub cache: bool,
 }
 
 /// Limits applied to every instance of one component.
@@ -142,6 +154,8 @@ struct RawComponent {
     routes: Vec<String>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    grants: Grants,
 }
 
 #[derive(Deserialize, Default)]
@@ -201,6 +215,7 @@ impl Manifest {
                 name: raw.name,
                 routes,
                 limits,
+                grants: raw.grants,
             });
         }
         let manifest = Manifest {

@@ -4,6 +4,7 @@
 //! A store lives exactly as long as one request: it is created before instantiation and dropped
 //! with the instance, so nothing a guest does survives into the next request.
 
+use agora_cache::CacheCtx;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,11 +26,18 @@ pub struct InstanceState {
     pub deadline: Instant,
     /// Set by the epoch callback when it interrupted the guest for its deadline.
     pub deadline_hit: bool,
+    /// agora:platform/cache: the backend and this component's namespace (or denied).
+    pub cache: CacheCtx,
 }
 
 impl InstanceState {
     /// A fresh state for one instance of `component`.
-    pub fn new(component: &Arc<str>, max_memory_bytes: u64, deadline: Instant) -> InstanceState {
+    pub fn new(
+        component: &Arc<str>,
+        max_memory_bytes: u64,
+        deadline: Instant,
+        cache: CacheCtx,
+    ) -> InstanceState {
         let wasi = WasiCtx::builder()
             .stdout(GuestLog::new(component.clone(), Stream::Stdout))
             .stderr(GuestLog::new(component.clone(), Stream::Stderr))
@@ -44,6 +52,7 @@ impl InstanceState {
             },
             deadline,
             deadline_hit: false,
+            cache,
         }
     }
 }

@@ -106,9 +106,14 @@ fn bad_manifests_and_components_exit_2_with_one_line() {
         .concat(),
         &["`first`", "`second`", "/shop/..."],
     );
+    // The second component fails after the first loaded: still one line.
     expect_load_error(
         dir.path(),
-        &table("ghost", &dir.path().join("missing.wasm")),
+        &[
+            table("hello", &component("hello")),
+            table("ghost", &dir.path().join("missing.wasm")),
+        ]
+        .concat(),
         &["component `ghost`", "missing.wasm", "cannot read"],
     );
     expect_load_error(

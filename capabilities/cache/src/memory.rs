@@ -139,7 +139,8 @@ impl CacheBackend for MemoryCache {
         let now = Instant::now();
         let (current, expires) = match state.entries.get(key) {
             Some(entry) if entry.live(now) => {
-                let text = std::str::from_utf8(&entry.value).map_err(|_| BackendError::NotANumber)?;
+                let text =
+                    std::str::from_utf8(&entry.value).map_err(|_| BackendError::NotANumber)?;
                 let value = text.parse::<i64>().map_err(|_| BackendError::NotANumber)?;
                 (value, entry.expires)
             }

@@ -68,7 +68,10 @@ async fn contract(backend: Arc<dyn CacheBackend>) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ctx.get("short".into()).await.unwrap(), Ok(Some(b"x".to_vec())));
+    assert_eq!(
+        ctx.get("short".into()).await.unwrap(),
+        Ok(Some(b"x".to_vec()))
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(ctx.get("short".into()).await.unwrap(), Ok(None), "expired");
 
@@ -111,7 +114,11 @@ async fn contract(backend: Arc<dyn CacheBackend>) {
         seen.push(task.await.unwrap());
     }
     seen.sort_unstable();
-    assert_eq!(seen, (1..=20).collect::<Vec<i64>>(), "each increment seen once");
+    assert_eq!(
+        seen,
+        (1..=20).collect::<Vec<i64>>(),
+        "each increment seen once"
+    );
 
     // Namespaces: another component does not see these keys, and vice versa.
     let mut other = CacheCtx::granted(backend.clone(), &component());
@@ -148,8 +155,14 @@ async fn contract(backend: Arc<dyn CacheBackend>) {
 
     // Without a grant every call is denied.
     let mut denied = CacheCtx::denied();
-    assert_eq!(denied.get("visits".into()).await.unwrap(), Err(Error::Denied));
-    assert_eq!(denied.incr("visits".into(), 1).await.unwrap(), Err(Error::Denied));
+    assert_eq!(
+        denied.get("visits".into()).await.unwrap(),
+        Err(Error::Denied)
+    );
+    assert_eq!(
+        denied.incr("visits".into(), 1).await.unwrap(),
+        Err(Error::Denied)
+    );
 
     for key in ["visits", "word", "big", "race"] {
         ctx.delete(key.into()).await.unwrap().unwrap();
@@ -177,7 +190,11 @@ async fn memory_backend_stays_within_its_bounds() {
     }
     cache.get("a").await.unwrap();
     cache.set("d", b"1", None).await.unwrap();
-    assert_eq!(cache.get("b").await.unwrap(), None, "least recently used goes");
+    assert_eq!(
+        cache.get("b").await.unwrap(),
+        None,
+        "least recently used goes"
+    );
     for key in ["a", "c", "d"] {
         assert!(cache.get(key).await.unwrap().is_some(), "{key} stays");
     }

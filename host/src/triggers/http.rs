@@ -144,7 +144,12 @@ async fn invoke(
 
     let mut store = Store::new(
         component.proxy.engine(),
-        InstanceState::new(&component.name, limits.memory_bytes, deadline),
+        InstanceState::new(
+            &component.name,
+            limits.memory_bytes,
+            deadline,
+            component.cache.clone(),
+        ),
     );
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);

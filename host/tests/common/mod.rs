@@ -124,3 +124,44 @@ pub async fn json_error(response: reqwest::Response, status: u16) -> (String, St
         request_id,
     )
 }
+
+/// The Redis the production-backend tests use (`AGORA_TEST_REDIS_URL`, default the local one),
+/// or None after printing SKIPPED when it is unreachable — except under `CI=true`, where an
+/// unreachable Redis fails the test.
+pub fn redis_url_or_skip() -> Option<String> {
+    let url =
+        std::env::var("AGORA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let authority = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let reachable = authority
+        .parse::<SocketAddr>()
+        .ok()
+        .and_then(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()
+        })
+        .is_some();
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "Redis at {url} is required under CI=true"
+    );
+    eprintln!("SKIPPED: Redis at {url} is unreachable");
+    None
+}
+
+/// A component name no other test run uses (for backends that outlive the test).
+pub fn unique_name(stem: &str) -> String {
+    format!(
+        "{stem}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}

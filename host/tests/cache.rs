@@ -1,0 +1,183 @@
+//! agora:platform/cache from a real component over real HTTP, on both backends: the in-memory
+//! default and the machine's Redis.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use agora_host::{Host, HostConfig};
+use common::{TestHost, component_table, redis_url_or_skip, unique_name};
+use std::time::Duration;
+
+const GRANTED: &str = "grants = { cache = true }";
+
+async fn start(redis_url: Option<String>) -> (TestHost, String, String) {
+    let (alpha, beta) = (unique_name("alpha"), unique_name("beta"));
+    let manifest = [
+        component_table(&alpha, "fixture-cache", &["/alpha/..."], GRANTED),
+        component_table(&beta, "fixture-cache", &["/beta/..."], GRANTED),
+        component_table("hello", "hello", &["/hello"], ""),
+    ]
+    .concat();
+    let host = TestHost::start_with(&manifest, |config| config.redis_url = redis_url).await;
+    (host, alpha, beta)
+}
+
+async fn status_and_text(response: reqwest::Response) -> (u16, String) {
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The same scenario on whichever backend the host was started with.
+async fn scenario(host: &TestHost) {
+    let http = reqwest::Client::new();
+    let put = |path: &str, body: &'static str| http.put(host.url(path)).body(body).send();
+
+    assert_eq!(put("/alpha/greeting", "hi").await.unwrap().status(), 204);
+    let (status, text) =
+        status_and_text(http.get(host.url("/alpha/greeting")).send().await.unwrap()).await;
+    assert_eq!((status, text.as_str()), (200, "hi"));
+
+    // Another component does not see alpha's keys.
+    let response = http.get(host.url("/beta/greeting")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+
+    // Counters.
+    for expected in [2, 4] {
+        let response = http
+            .post(host.url("/alpha/visits/incr?by=2"))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["value"], expected);
+    }
+    assert_eq!(put("/alpha/word", "abc").await.unwrap().status(), 204);
+    let (status, text) = status_and_text(
+        http.post(host.url("/alpha/word/incr"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("not_a_number"), "{text}");
+
+    // Delete.
+    let body: serde_json::Value = http
+        .delete(host.url("/alpha/greeting"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["deleted"], true);
+    assert_eq!(
+        http.get(host.url("/alpha/greeting"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Expiry.
+    assert_eq!(
+        put("/alpha/flash?ttl_ms=150", "x").await.unwrap().status(),
+        204
+    );
+    assert_eq!(
+        http.get(host.url("/alpha/flash"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        http.get(host.url("/alpha/flash"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Bad input is an error value the guest turns into 400.
+    let (status, text) = status_and_text(put("/alpha/flash?ttl_ms=0", "x").await.unwrap()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("ttl-ms"), "{text}");
+
+    for key in ["visits", "word"] {
+        http.delete(host.url(&format!("/alpha/{key}")))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_over_http_on_the_in_memory_backend() {
+    let (host, _, _) = start(None).await;
+    scenario(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_over_http_on_redis() {
+    let Some(url) = redis_url_or_skip() else {
+        return;
+    };
+    let (host, alpha, _) = start(Some(url.clone())).await;
+    scenario(&host).await;
+
+    // The keys really live in Redis, under the component's namespace.
+    let http = reqwest::Client::new();
+    http.put(host.url("/alpha/seen-by-redis"))
+        .body("yes")
+        .send()
+        .await
+        .unwrap();
+    let direct = agora_cache::RedisCache::new(&url).unwrap();
+    let stored = agora_cache::CacheBackend::get(&direct, &format!("agora:{alpha}:seen-by-redis"))
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(&b"yes"[..]));
+    agora_cache::CacheBackend::delete(&direct, &format!("agora:{alpha}:seen-by-redis"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_is_an_error_value_and_others_are_served() {
+    let (host, _, _) = start(Some("redis://127.0.0.1:1".into())).await;
+    let http = reqwest::Client::new();
+    let (status, text) =
+        status_and_text(http.get(host.url("/alpha/anything")).send().await.unwrap()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("unavailable"), "{text}");
+    assert_eq!(
+        http.get(host.url("/hello")).send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn importing_the_cache_without_a_grant_fails_to_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("agora.toml");
+    std::fs::write(
+        &manifest,
+        component_table("nogrant", "fixture-cache", &["/c/..."], ""),
+    )
+    .unwrap();
+    let mut config = HostConfig::new(&manifest);
+    config.data_dir = common::shared_data_dir();
+    let Err(err) = Host::load(&config) else {
+        panic!("a component importing an ungranted capability must not load");
+    };
+    let message = err.to_string();
+    assert!(message.contains("component `nogrant`"), "{message}");
+    assert!(message.contains("agora:platform/cache"), "{message}");
+    assert!(message.contains("grants no cache"), "{message}");
+}
