@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// A component ready to serve: pre-linked, with its limits and its concurrency gate.
@@ -38,6 +39,8 @@ pub struct LoadedComponent {
     pub grants: Grants,
     /// Its cache namespace (cloned into every store), or denied.
     pub cache: CacheCtx,
+    /// Its wasi:config/store values. Never logged: some come from secrets.
+    pub config: Arc<WasiConfigVariables>,
 }
 
 /// The capabilities a host offers, shared by every component it loads.
@@ -66,6 +69,7 @@ pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     agora_cache::add_to_linker(&mut linker, |state| &mut state.cache)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |state| WasiConfig::new(&state.config))?;
     Ok(linker)
 }
 
@@ -82,6 +86,7 @@ pub fn load(
         file: spec.source.clone(),
         reason: one_line(&reason),
     };
+    let config = resolve_config(spec).map_err(fail)?;
     let bytes = std::fs::read(&spec.source).map_err(|err| fail(format!("cannot read: {err}")))?;
     if !bytes.starts_with(b"\0asm") {
         return Err(fail("not a WebAssembly file".into()));
@@ -120,7 +125,24 @@ pub fn load(
         } else {
             CacheCtx::denied()
         },
+        config: Arc::new(config),
     })
+}
+
+/// The component's configuration: manifest values plus values read from the environment.
+/// Errors name the variable, never a value.
+fn resolve_config(spec: &ComponentSpec) -> Result<WasiConfigVariables, String> {
+    let mut config = WasiConfigVariables::new();
+    for (key, value) in &spec.config {
+        config.insert(key, value);
+    }
+    for (key, variable) in &spec.config_env {
+        let value = std::env::var(variable).map_err(|_| {
+            format!("config key `{key}` reads environment variable {variable}, which is not set")
+        })?;
+        config.insert(key, value);
+    }
+    Ok(config)
 }
 
 /// Refuses a component that imports a capability its manifest entry does not grant.

@@ -11,6 +11,12 @@
 //! source = "target/components/hello.wasm"
 //! routes = ["/hello", "/hello/..."]
 //!
+//! [component.config]             # wasi:config/store values
+//! greeting = "hello"
+//!
+//! [component.config_env]         # values read from the environment at load (secrets)
+//! api_key = "HELLO_API_KEY"
+//!
 //! [component.limits]
 //! memory_mib = 64
 //! deadline_ms = 5000
@@ -19,7 +25,7 @@
 //! ```
 
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Default cap on each linear memory of one instance.
@@ -53,6 +59,11 @@ pub struct ComponentSpec {
     pub limits: Limits,
     /// Capabilities the component may use.
     pub grants: Grants,
+    /// wasi:config/store values written in the manifest.
+    pub config: BTreeMap<String, String>,
+    /// wasi:config/store keys whose values come from environment variables (key → variable).
+    /// Secrets belong here: the manifest holds only the variable's name.
+    pub config_env: BTreeMap<String, String>,
 }
 
 /// Capabilities granted to one component (`[component.grants]`). Deny by default: a component
@@ -156,6 +167,10 @@ struct RawComponent {
     limits: RawLimits,
     #[serde(default)]
     grants: Grants,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    config_env: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,12 +225,19 @@ impl Manifest {
                 routes.push(normalise_route(route).map_err(invalid)?);
             }
             let limits = raw.limits.resolve().map_err(invalid)?;
+            if let Some(key) = raw.config.keys().find(|k| raw.config_env.contains_key(*k)) {
+                return Err(invalid(format!(
+                    "config key `{key}` is set both in `config` and in `config_env`"
+                )));
+            }
             components.push(ComponentSpec {
                 source: base.join(&raw.source),
                 name: raw.name,
                 routes,
                 limits,
                 grants: raw.grants,
+                config: raw.config,
+                config_env: raw.config_env,
             });
         }
         let manifest = Manifest {

@@ -13,6 +13,7 @@ use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The data of a per-request store.
@@ -28,6 +29,8 @@ pub struct InstanceState {
     pub deadline_hit: bool,
     /// agora:platform/cache: the backend and this component's namespace (or denied).
     pub cache: CacheCtx,
+    /// wasi:config/store: this component's resolved configuration.
+    pub config: Arc<WasiConfigVariables>,
 }
 
 impl InstanceState {
@@ -37,6 +40,7 @@ impl InstanceState {
         max_memory_bytes: u64,
         deadline: Instant,
         cache: CacheCtx,
+        config: Arc<WasiConfigVariables>,
     ) -> InstanceState {
         let wasi = WasiCtx::builder()
             .stdout(GuestLog::new(component.clone(), Stream::Stdout))
@@ -53,6 +57,7 @@ impl InstanceState {
             deadline,
             deadline_hit: false,
             cache,
+            config,
         }
     }
 }

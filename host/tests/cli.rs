@@ -157,10 +157,32 @@ fn a_missing_manifest_exits_2() {
 
 /// Starts `agora serve` on `manifest` and returns the child and its address (read from the
 /// listening line on stdout).
-fn start_agora(dir: &Path, manifest: &str) -> (Child, String) {
+fn start_agora(dir: &Path, manifest: &str) -> Agora {
+    start_agora_with_env(dir, manifest, &[])
+}
+
+/// A running `agora serve` child, its address and (once it exits) its stderr.
+struct Agora {
+    child: Child,
+    addr: String,
+    log: std::thread::JoinHandle<String>,
+}
+
+impl Agora {
+    /// Sends `signal`, waits for the exit and returns its code and everything logged.
+    fn stop(mut self, signal_number: libc::c_int) -> (Option<i32>, String) {
+        signal(&self.child, signal_number);
+        let status = wait_with_limit(&mut self.child, Duration::from_secs(20));
+        (status.code(), self.log.join().unwrap())
+    }
+}
+
+/// [`start_agora`] with extra environment variables.
+fn start_agora_with_env(dir: &Path, manifest: &str, env: &[(&str, &str)]) -> Agora {
     let manifest_path = dir.join("agora.toml");
     std::fs::write(&manifest_path, manifest).unwrap();
     let mut child = agora()
+        .envs(env.iter().copied())
         .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "10"])
         .arg("--manifest")
         .arg(&manifest_path)
@@ -170,6 +192,13 @@ fn start_agora(dir: &Path, manifest: &str) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Drain stderr continuously: a full pipe would block the server's logging.
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -179,7 +208,7 @@ fn start_agora(dir: &Path, manifest: &str) -> (Child, String) {
         .strip_prefix("agora listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_owned();
-    (child, addr)
+    Agora { child, addr, log }
 }
 
 fn signal(child: &Child, signal: libc::c_int) {
@@ -188,33 +217,35 @@ fn signal(child: &Child, signal: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
+/// GET `url` with a timeout (a hung server fails the test instead of hanging it).
+fn get_json(url: String) -> (u16, serde_json::Value) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let response = client.get(url).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    })
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = start_agora(
+    let agora = start_agora(
         dir.path(),
         &component_table("echo", "fixture-echo", &["/echo"], ""),
     );
-    let slow = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let response = reqwest::get(format!("http://{addr}/echo?sleep_ms=1000"))
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let body: serde_json::Value = response.json().await.unwrap();
-            (status, body)
-        })
-    });
+    let url = format!("http://{}/echo?sleep_ms=1000", agora.addr);
+    let slow = std::thread::spawn(move || get_json(url));
     std::thread::sleep(Duration::from_millis(300));
-    signal(&child, libc::SIGTERM);
+    let (exit, stderr) = agora.stop(libc::SIGTERM);
     let (status, body) = slow.join().unwrap();
     assert_eq!(status, 200, "the in-flight request finished after SIGTERM");
     assert_eq!(body["path"], "/echo");
-    let exit = wait_with_limit(&mut child, Duration::from_secs(20));
-    assert_eq!(exit.code(), Some(0));
-
-    let stderr = read_stderr(&mut child);
+    assert_eq!(exit, Some(0));
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     // The request's span names the component, route, status and duration.
     let served = stderr
@@ -234,11 +265,55 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
 #[test]
 fn sigint_with_nothing_in_flight_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, _addr) = start_agora(
+    let agora = start_agora(
         dir.path(),
         &component_table("hello", "hello", &["/hello"], ""),
     );
-    signal(&child, libc::SIGINT);
-    let exit = wait_with_limit(&mut child, Duration::from_secs(20));
-    assert_eq!(exit.code(), Some(0));
+    let (exit, _) = agora.stop(libc::SIGINT);
+    assert_eq!(exit, Some(0));
+}
+
+#[test]
+fn config_comes_from_the_manifest_and_the_environment_and_secrets_are_not_logged() {
+    const SECRET: &str = "s3cr3t-Value-never-logged";
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[component.config]\ngreeting = \"hello\"\n[component.config_env]\napi_key = \"AGORA_TEST_API_KEY\"";
+    let agora = start_agora_with_env(
+        dir.path(),
+        &component_table("config", "fixture-config", &["/config"], extra),
+        &[("AGORA_TEST_API_KEY", SECRET), ("RUST_LOG", "agora=trace,agora_host=trace,agora_cache=trace,info")],
+    );
+    let url = |query: &str| format!("http://{}/config{query}", agora.addr);
+    let (_, all) = get_json(url(""));
+    let (_, one) = get_json(url("?key=greeting"));
+    let (_, missing) = get_json(url("?key=nope"));
+    assert_eq!(all["all"]["greeting"], "hello");
+    assert_eq!(all["all"]["api_key"], SECRET);
+    assert_eq!(one["value"], "hello");
+    assert_eq!(missing["value"], serde_json::Value::Null);
+
+    let (exit, stderr) = agora.stop(libc::SIGTERM);
+    assert_eq!(exit, Some(0));
+    assert!(stderr.contains("request served"), "trace logging was on");
+    assert!(!stderr.contains(SECRET), "the secret appears in the log");
+}
+
+#[test]
+fn a_missing_config_variable_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    expect_load_error(
+        dir.path(),
+        &component_table(
+            "config",
+            "fixture-config",
+            &["/config"],
+            "config_env = { api_key = \"AGORA_TEST_SURELY_UNSET_VARIABLE\" }",
+        ),
+        &[
+            "component `config`",
+            "api_key",
+            "AGORA_TEST_SURELY_UNSET_VARIABLE",
+            "not set",
+        ],
+    );
 }

@@ -149,6 +149,7 @@ async fn invoke(
             limits.memory_bytes,
             deadline,
             component.cache.clone(),
+            component.config.clone(),
         ),
     );
     store.limiter(|state| &mut state.limits);
