@@ -281,7 +281,13 @@ fn config_comes_from_the_manifest_and_the_environment_and_secrets_are_not_logged
     let agora = start_agora_with_env(
         dir.path(),
         &component_table("config", "fixture-config", &["/config"], extra),
-        &[("AGORA_TEST_API_KEY", SECRET), ("RUST_LOG", "agora=trace,agora_host=trace,agora_cache=trace,info")],
+        &[
+            ("AGORA_TEST_API_KEY", SECRET),
+            (
+                "RUST_LOG",
+                "agora=trace,agora_host=trace,agora_cache=trace,info",
+            ),
+        ],
     );
     let url = |query: &str| format!("http://{}/config{query}", agora.addr);
     let (_, all) = get_json(url(""));
