@@ -53,8 +53,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The repository root (the folder holding xtask/).
+///
+/// Read from the environment `cargo run` sets, not from the path baked in at compile time:
+/// two clones sharing one CARGO_TARGET_DIR share the uplifted `xtask` binary, and a baked path
+/// would send one clone's commands to the other's tree.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
