@@ -69,6 +69,7 @@ pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     agora_cache::add_to_linker(&mut linker, |state| &mut state.cache)?;
+    agora_logging::add_to_linker(&mut linker, |state| &mut state.logging)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |state| WasiConfig::new(&state.config))?;
     Ok(linker)
 }

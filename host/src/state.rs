@@ -5,6 +5,7 @@
 //! with the instance, so nothing a guest does survives into the next request.
 
 use agora_cache::CacheCtx;
+use agora_logging::LoggingCtx;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,6 +32,8 @@ pub struct InstanceState {
     pub cache: CacheCtx,
     /// wasi:config/store: this component's resolved configuration.
     pub config: Arc<WasiConfigVariables>,
+    /// wasi:logging: tags the guest's log calls with the component.
+    pub logging: LoggingCtx,
 }
 
 impl InstanceState {
@@ -58,6 +61,7 @@ impl InstanceState {
             deadline_hit: false,
             cache,
             config,
+            logging: LoggingCtx::new(component.clone()),
         }
     }
 }

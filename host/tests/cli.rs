@@ -323,3 +323,45 @@ fn a_missing_config_variable_exits_2_naming_it() {
         ],
     );
 }
+
+#[test]
+fn wasi_logging_calls_become_log_lines_tagged_with_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let agora = start_agora_with_env(
+        dir.path(),
+        &component_table("logger", "fixture-logging", &["/log/..."], ""),
+        &[("RUST_LOG", "info")],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        reqwest::get(format!("http://{}/log/here", agora.addr))
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let (exit, stderr) = agora.stop(libc::SIGTERM);
+    assert_eq!(exit, Some(0));
+    for (level, name) in [("INFO", "info"), ("WARN", "warn"), ("ERROR", "error")] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("{name} message for /log/here")))
+            .unwrap_or_else(|| panic!("no {name} line in: {stderr}"));
+        assert!(line.contains(level), "{line}");
+        assert!(line.contains("agora::guest"), "{line}");
+        assert!(
+            line.contains("component=\"logger\""),
+            "the event's own field: {line}"
+        );
+        assert!(line.contains("context=fixture"), "{line}");
+    }
+    let critical = stderr
+        .lines()
+        .find(|l| l.contains("critical message for /log/here"))
+        .unwrap_or_else(|| panic!("no critical line in: {stderr}"));
+    assert!(critical.contains("critical=true"), "{critical}");
+    assert!(
+        !stderr.contains("debug message for /log/here"),
+        "RUST_LOG=info filters guest debug logs"
+    );
+}
