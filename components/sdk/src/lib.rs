@@ -1,0 +1,36 @@
+//! agora's guest SDK: what a domain component needs, as ordinary Rust.
+//!
+//! - [`cache`]: typed get/set (bytes or JSON), TTLs as `Duration`, counters — keys are private
+//!   to the component (the host namespaces them).
+//! - [`config`]: the component's configuration (manifest values and secrets from the
+//!   environment).
+//! - [`log`]: structured log lines that the host tags with the component and request.
+//! - [`http`]: JSON answers in agora's error shape and JSON request bodies.
+//!
+//! Every call returns a `Result` whose error says what went wrong; nothing here panics on bad
+//! input or a backend outage. HTTP handling itself is [wstd]'s: a component depends on both
+//! crates and marks its handler `#[wstd::http_server]` (the macro refers to `::wstd`).
+//!
+//! ```ignore
+//! use agora_sdk::{cache, http};
+//! #[wstd::http_server]
+//! async fn main(request: http::Request<http::Body>) -> Result<http::Response<http::Body>, http::Error> {
+//!     let visits = cache::incr("visits", 1).unwrap_or(0);
+//!     Ok(http::json(http::StatusCode::OK, &serde_json::json!({ "visits": visits })))
+//! }
+//! ```
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "agora:platform/sdk",
+        generate_all,
+    });
+}
+
+pub use wstd;
+
+pub mod cache;
+pub mod config;
+pub mod http;
+pub mod log;
