@@ -30,10 +30,21 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Per-call cost of each capability from a guest vs the same call made natively.
+    Capabilities {
+        /// Redis for the production-backend row.
+        #[arg(
+            long,
+            env = "AGORA_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379"
+        )]
+        redis_url: String,
+    },
 }
 
 pub fn run_bench(which: Which) -> anyhow::Result<()> {
     match which {
+        Which::Capabilities { redis_url } => crate::bench_capabilities::run(&redis_url),
         Which::Hello {
             connections,
             seconds,
@@ -233,7 +244,7 @@ fn wait_until_serving(child: &mut Child, addr: &str) -> anyhow::Result<()> {
 }
 
 /// Starts `command` and reads `... http://ADDR` from the first line of its stdout.
-fn spawn_and_read_addr(command: &mut Command) -> anyhow::Result<(Child, String)> {
+pub fn spawn_and_read_addr(command: &mut Command) -> anyhow::Result<(Child, String)> {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -6,6 +6,7 @@
 //! - `bench hello`: agora vs `wasmtime serve -Scli` vs native hyper, same load, same run
 
 mod bench;
+mod bench_capabilities;
 mod components;
 mod loadgen;
 
