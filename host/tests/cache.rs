@@ -83,7 +83,7 @@ async fn scenario(host: &TestHost) {
 
     // Expiry.
     assert_eq!(
-        put("/alpha/flash?ttl_ms=150", "x").await.unwrap().status(),
+        put("/alpha/flash?ttl_ms=1000", "x").await.unwrap().status(),
         204
     );
     assert_eq!(
@@ -94,7 +94,7 @@ async fn scenario(host: &TestHost) {
             .status(),
         200
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         http.get(host.url("/alpha/flash"))
             .send()

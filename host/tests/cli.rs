@@ -238,9 +238,9 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
         dir.path(),
         &component_table("echo", "fixture-echo", &["/echo"], ""),
     );
-    let url = format!("http://{}/echo?sleep_ms=1000", agora.addr);
+    let url = format!("http://{}/echo?sleep_ms=2500", agora.addr);
     let slow = std::thread::spawn(move || get_json(url));
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(800));
     let (exit, stderr) = agora.stop(libc::SIGTERM);
     let (status, body) = slow.join().unwrap();
     assert_eq!(status, 200, "the in-flight request finished after SIGTERM");

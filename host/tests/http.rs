@@ -307,10 +307,10 @@ async fn shutdown_drains_in_flight_requests() {
     let host = TestHost::start(&manifest).await;
     let http = client();
     let slow = tokio::spawn({
-        let url = host.url("/echo?sleep_ms=800");
+        let url = host.url("/echo?sleep_ms=2000");
         async move { http.get(url).send().await.unwrap().status() }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let drained = host.stop().await;
     assert_eq!(drained, agora_host::Drained::Clean);
     assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");

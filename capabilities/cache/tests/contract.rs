@@ -64,7 +64,7 @@ async fn contract(backend: Arc<dyn CacheBackend>) {
     assert_eq!(ctx.get("greeting".into()).await.unwrap(), Ok(None));
 
     // TTL: present before expiry, gone after.
-    ctx.set("short".into(), b"x".to_vec(), Some(150))
+    ctx.set("short".into(), b"x".to_vec(), Some(1000))
         .await
         .unwrap()
         .unwrap();
@@ -72,7 +72,7 @@ async fn contract(backend: Arc<dyn CacheBackend>) {
         ctx.get("short".into()).await.unwrap(),
         Ok(Some(b"x".to_vec()))
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(ctx.get("short".into()).await.unwrap(), Ok(None), "expired");
 
     // Counters: a missing key counts as 0, the value is decimal text, non-numbers are refused.
