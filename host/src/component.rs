@@ -5,12 +5,11 @@
 //! and the reason — never on a request.
 
 use crate::compile_cache::{CompileCache, Origin, sha256_hex};
-use crate::manifest::{ComponentSpec, Grants, Limits, one_line};
+use crate::manifest::{ComponentSpec, Limits, one_line};
 use crate::state::InstanceState;
 use agora_cache::{CacheBackend, CacheCtx};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
@@ -21,22 +20,16 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 pub struct LoadedComponent {
     /// The manifest name.
     pub name: Arc<str>,
-    /// The file it was loaded from.
-    pub source: PathBuf,
     /// SHA-256 of the component bytes, lowercase hex.
     pub digest: String,
     /// Whether the machine code was compiled now or came from the cache.
     pub origin: Origin,
-    /// When it was loaded.
-    pub loaded_at: SystemTime,
     /// Per-instance limits.
     pub limits: Limits,
     /// The pre-linked instance a fresh instance per request is made from.
     pub proxy: ProxyPre<InstanceState>,
     /// One permit per instance allowed to run at once.
     pub permits: Arc<Semaphore>,
-    /// What the manifest grants it.
-    pub grants: Grants,
     /// Its cache namespace (cloned into every store), or denied.
     pub cache: CacheCtx,
     /// Its wasi:config/store values. Never logged: some come from secrets.
@@ -113,14 +106,11 @@ pub fn load(
     })?;
     Ok(LoadedComponent {
         name: Arc::from(spec.name.as_str()),
-        source: spec.source.clone(),
         digest,
         origin,
-        loaded_at: SystemTime::now(),
         limits: spec.limits,
         proxy,
         permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
-        grants: spec.grants,
         cache: if spec.grants.cache {
             CacheCtx::granted(capabilities.cache.clone(), &spec.name)
         } else {

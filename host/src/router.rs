@@ -69,14 +69,6 @@ impl<T> Router<T> {
             })
             .map(|(_, pattern, target)| Match { pattern, target })
     }
-
-    /// Every pattern with its target.
-    pub fn routes(&self) -> impl Iterator<Item = (&str, &T)> {
-        self.exact
-            .values()
-            .map(|(p, t)| (p.as_str(), t))
-            .chain(self.prefixes.iter().map(|(_, p, t)| (p.as_str(), t)))
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! A store lives exactly as long as one request: it is created before instantiation and dropped
 //! with the instance, so nothing a guest does survives into the next request.
 
+use crate::component::LoadedComponent;
 use agora_cache::CacheCtx;
 use agora_logging::LoggingCtx;
 use std::pin::Pin;
@@ -37,31 +38,27 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    /// A fresh state for one instance of `component`.
-    pub fn new(
-        component: &Arc<str>,
-        max_memory_bytes: u64,
-        deadline: Instant,
-        cache: CacheCtx,
-        config: Arc<WasiConfigVariables>,
-    ) -> InstanceState {
+    /// A fresh state for one instance of `component`, due by `deadline`.
+    pub fn new(component: &LoadedComponent, deadline: Instant) -> InstanceState {
+        let name = &component.name;
         let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(component.clone(), Stream::Stdout))
-            .stderr(GuestLog::new(component.clone(), Stream::Stderr))
+            .stdout(GuestLog::new(name.clone(), Stream::Stdout))
+            .stderr(GuestLog::new(name.clone(), Stream::Stderr))
             .build();
         InstanceState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: GuestLimits {
-                max_memory_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
+                max_memory_bytes: usize::try_from(component.limits.memory_bytes)
+                    .unwrap_or(usize::MAX),
                 memory_denied: false,
             },
             deadline,
             deadline_hit: false,
-            cache,
-            config,
-            logging: LoggingCtx::new(component.clone()),
+            cache: component.cache.clone(),
+            config: component.config.clone(),
+            logging: LoggingCtx::new(name.clone()),
         }
     }
 }

@@ -31,78 +31,46 @@ async fn status_and_text(response: reqwest::Response) -> (u16, String) {
 async fn scenario(host: &TestHost) {
     let http = reqwest::Client::new();
     let put = |path: &str, body: &'static str| http.put(host.url(path)).body(body).send();
+    let post = |path: &str| http.post(host.url(path)).send();
+    let get = |path: &str| http.get(host.url(path)).send();
+    let get_status = async |path: &str| get(path).await.unwrap().status().as_u16();
 
     assert_eq!(put("/alpha/greeting", "hi").await.unwrap().status(), 204);
-    let (status, text) =
-        status_and_text(http.get(host.url("/alpha/greeting")).send().await.unwrap()).await;
+    let (status, text) = status_and_text(get("/alpha/greeting").await.unwrap()).await;
     assert_eq!((status, text.as_str()), (200, "hi"));
 
     // Another component does not see alpha's keys.
-    let response = http.get(host.url("/beta/greeting")).send().await.unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(get_status("/beta/greeting").await, 404);
 
     // Counters.
     for expected in [2, 4] {
-        let response = http
-            .post(host.url("/alpha/visits/incr?by=2"))
-            .send()
-            .await
-            .unwrap();
+        let response = post("/alpha/visits/incr?by=2").await.unwrap();
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["value"], expected);
     }
     assert_eq!(put("/alpha/word", "abc").await.unwrap().status(), 204);
-    let (status, text) = status_and_text(
-        http.post(host.url("/alpha/word/incr"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, text) = status_and_text(post("/alpha/word/incr").await.unwrap()).await;
     assert_eq!(status, 409, "{text}");
     assert!(text.contains("not_a_number"), "{text}");
 
     // Delete.
-    let body: serde_json::Value = http
+    let response = http
         .delete(host.url("/alpha/greeting"))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["deleted"], true);
-    assert_eq!(
-        http.get(host.url("/alpha/greeting"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(get_status("/alpha/greeting").await, 404);
 
     // Expiry.
     assert_eq!(
         put("/alpha/flash?ttl_ms=1000", "x").await.unwrap().status(),
         204
     );
-    assert_eq!(
-        http.get(host.url("/alpha/flash"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status("/alpha/flash").await, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        http.get(host.url("/alpha/flash"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(get_status("/alpha/flash").await, 404);
 
     // Bad input is an error value the guest turns into 400.
     let (status, text) = status_and_text(put("/alpha/flash?ttl_ms=0", "x").await.unwrap()).await;

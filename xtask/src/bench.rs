@@ -59,13 +59,7 @@ struct Server {
 }
 
 fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
-    let built = components::build_all()?;
-    let hello = built
-        .iter()
-        .find(|c| c.name == "hello")
-        .context("components/hello was not built")?
-        .path
-        .clone();
+    let hello = components::build_and_find("hello")?;
     eprintln!("xtask: building agora and the native baseline (release)");
     crate::run(cargo().args([
         "build",

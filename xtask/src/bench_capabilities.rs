@@ -10,7 +10,7 @@
 use crate::bench::spawn_and_read_addr;
 use crate::{cargo, components, target_dir};
 use agora_cache::{CacheBackend, MemoryCache, RedisCache};
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::process::Command;
@@ -21,25 +21,13 @@ const SAMPLES: usize = 25;
 const VALUE: &[u8] = b"a sixteen byte v";
 
 pub fn run(redis_url: &str) -> anyhow::Result<()> {
-    let built = components::build_all()?;
-    let fixture = built
-        .iter()
-        .find(|c| c.name == "fixture-cache")
-        .context("components/fixtures/cache was not built")?
-        .path
-        .clone();
+    let fixture = components::build_and_find("fixture-cache")?;
     crate::run(cargo().args(["build", "--release", "--package", "agora-host"]))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let redis_up = runtime.block_on(async {
-        RedisCache::new(redis_url)
-            .map(|cache| async move { cache.get("agora:probe").await.is_ok() })
-    });
-    let redis_up = match redis_up {
-        Ok(probe) => runtime.block_on(probe),
-        Err(_) => false,
-    };
+    let redis_up = RedisCache::new(redis_url)
+        .is_ok_and(|cache| runtime.block_on(cache.get("agora:probe")).is_ok());
     let mut rows = Vec::new();
     for backend in ["memory", "redis"] {
         if backend == "redis" && !redis_up {

@@ -61,6 +61,15 @@ pub fn build_all() -> anyhow::Result<Vec<Built>> {
     Ok(built)
 }
 
+/// Builds all components and returns the path of the one named `name`.
+pub fn build_and_find(name: &str) -> anyhow::Result<PathBuf> {
+    build_all()?
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(|c| c.path)
+        .with_context(|| format!("no component named {name} was built"))
+}
+
 /// `(package name, artifact file name)` for every component package, from `cargo metadata`.
 fn component_artifacts(manifest: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
     let output = cargo()

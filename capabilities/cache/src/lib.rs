@@ -54,14 +54,15 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// The cache state of one store.
 #[derive(Clone)]
 pub struct CacheCtx {
-    grant: Option<(Arc<dyn CacheBackend>, String)>,
+    /// The backend and the key prefix; cloned into every store, so both are shared.
+    grant: Option<(Arc<dyn CacheBackend>, Arc<str>)>,
 }
 
 impl CacheCtx {
     /// A component with a cache grant: `backend`, namespaced under `component`.
     pub fn granted(backend: Arc<dyn CacheBackend>, component: &str) -> CacheCtx {
         CacheCtx {
-            grant: Some((backend, format!("agora:{component}:"))),
+            grant: Some((backend, Arc::from(format!("agora:{component}:")))),
         }
     }
 

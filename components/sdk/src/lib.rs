@@ -28,8 +28,6 @@ mod bindings {
     });
 }
 
-pub use wstd;
-
 pub mod cache;
 pub mod config;
 pub mod http;

@@ -49,9 +49,19 @@ impl HttpTrigger {
         }
     }
 
-    /// Answers one request. Never fails: every problem becomes an error response.
+    /// Answers one request. Never fails: every problem becomes an error response. Every answer
+    /// carries the request id in [`REQUEST_ID_HEADER`].
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let request_id = self.ids.next();
+        let mut response = self.route(request, &request_id).await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
+    }
+
+    /// Finds the component for `request` and runs it inside the request's span.
+    async fn route(&self, request: Request<Incoming>, request_id: &str) -> Response<ResponseBody> {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
         let Some(route) = self.router.lookup(&path) else {
@@ -60,7 +70,7 @@ impl HttpTrigger {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("no component serves {path}"),
-                &request_id,
+                request_id,
             );
         };
         let component = route.target.clone();
@@ -75,10 +85,7 @@ impl HttpTrigger {
             duration_ms = tracing::field::Empty,
         );
         async move {
-            let mut response = invoke(&component, request, &request_id).await;
-            if let Ok(value) = HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert(REQUEST_ID_HEADER, value);
-            }
+            let response = invoke(&component, request, request_id).await;
             let status = response.status().as_u16();
             let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
             let span = tracing::Span::current();
@@ -118,19 +125,13 @@ async fn invoke(
             concurrency = limits.concurrency,
             "concurrency limit reached; refusing"
         );
-        let mut response = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+        return overloaded(
             &format!(
                 "component `{}` is already running {} instances, its limit; retry shortly",
                 component.name, limits.concurrency
             ),
             request_id,
         );
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
     };
 
     let deadline = Instant::now() + Duration::from_millis(limits.deadline_ms);
@@ -144,13 +145,7 @@ async fn invoke(
 
     let mut store = Store::new(
         component.proxy.engine(),
-        InstanceState::new(
-            &component.name,
-            limits.memory_bytes,
-            deadline,
-            component.cache.clone(),
-            component.config.clone(),
-        ),
+        InstanceState::new(component, deadline),
     );
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
@@ -238,7 +233,7 @@ async fn invoke(
                     memory_denied: false,
                 },
             };
-            failure_response(component, end, request_id, limits.deadline_ms)
+            failure_response(component, end, request_id)
         }
     }
 }
@@ -248,9 +243,9 @@ fn failure_response(
     component: &LoadedComponent,
     end: TaskEnd,
     request_id: &str,
-    deadline_ms: u64,
 ) -> Response<ResponseBody> {
     let name = &component.name;
+    let deadline_ms = component.limits.deadline_ms;
     if end.deadline_hit {
         tracing::warn!(deadline_ms, "component exceeded its deadline");
         return error_response(
@@ -277,16 +272,10 @@ fn failure_response(
         .is_some()
     {
         tracing::warn!(error = %error, "instance pool exhausted");
-        let mut response = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+        return overloaded(
             "the host is running as many instances as it can; retry shortly",
             request_id,
         );
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
     }
     if end.memory_denied {
         tracing::error!(error = %format!("{error:#}"), memory_limit_bytes = component.limits.memory_bytes, "component trapped: out of memory");
@@ -309,6 +298,20 @@ fn failure_response(
     )
 }
 
+/// 503 with `Retry-After: 1`: a limit on running instances was reached.
+fn overloaded(message: &str, request_id: &str) -> Response<ResponseBody> {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        message,
+        request_id,
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 fn body_too_large(limit: u64, request_id: &str) -> Response<ResponseBody> {
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -318,7 +321,8 @@ fn body_too_large(limit: u64, request_id: &str) -> Response<ResponseBody> {
     )
 }
 
-/// A JSON error: `{"error": {"code", "message", "request_id"}}`.
+/// A JSON error: `{"error": {"code", "message", "request_id"}}`. The `x-request-id` header is
+/// added by [`HttpTrigger::handle`], as on every answer.
 pub fn error_response(
     status: StatusCode,
     code: &str,
@@ -334,14 +338,10 @@ pub fn error_response(
             .boxed_unsync(),
     );
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, value);
-    }
     response
 }
 
