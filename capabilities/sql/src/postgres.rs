@@ -1,0 +1,755 @@
+//! The production backend: PostgreSQL, one schema and one login role per component.
+//!
+//! The backend connects with the database URL it is given (an administrative role: a superuser,
+//! or a role with CREATEROLE and CREATE on the database that is a member of the roles it
+//! creates). For each component it creates, idempotently and under an advisory lock, the role
+//! `agora_<name>` (LOGIN, nothing else) and the schema `<name>` (`-` becomes `_`) owned by
+//! that role. The component's statements then run on a pool of connections that log in *as*
+//! that role with `search_path` set to its schema: the role owns nothing else and is granted
+//! nothing else, so it cannot read or write another component's schema, and since it logged
+//! in as itself there is no `RESET ROLE` back to the administrator.
+//!
+//! The role's password is derived from the database URL and the role name, so every replica
+//! of the host derives the same one without storing it.
+
+use crate::backend::{Namespace, OutboxMessage, PublishFn, SqlBackend, Tx};
+use crate::migrate::{failed, pending};
+use crate::value::{
+    from_pg_timestamp, pg_date_text, pg_numeric, pg_numeric_text, pg_time_text, pg_timestamp,
+};
+use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
+use sha2::{Digest as _, Sha256};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{
+    PgArgumentBuffer, PgArguments, PgColumn, PgConnectOptions, PgConnection, PgPool, PgPoolOptions,
+    PgRow, PgTypeInfo, PgValueFormat, PgValueRef,
+};
+use sqlx::{
+    Arguments as _, AssertSqlSafe, Column as _, Connection as _, Encode, Executor as _, Postgres,
+    Row as _, SqlSafeStr as _, Statement as _, Type, TypeInfo as _, ValueRef as _,
+};
+use std::collections::HashMap;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+
+/// Connections per component, unless [`PostgresBackend::with_pool_size`] says otherwise.
+const DEFAULT_POOL_SIZE: u32 = 8;
+/// Connections of the administrative pool (namespace set-up only).
+const ADMIN_CONNECTIONS: u32 = 2;
+/// How long a call waits for a free connection (or a new one) before `unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle component connection is closed after this long, so quiet components hold none.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The PostgreSQL backend.
+pub struct PostgresBackend {
+    admin: PgPool,
+    base: PgConnectOptions,
+    /// The URL as given: the secret the role passwords are derived from. Never logged.
+    url: String,
+    pool_size: u32,
+    namespaces: Mutex<HashMap<String, Arc<PgNamespace>>>,
+}
+
+impl PostgresBackend {
+    /// Connects to the PostgreSQL at `url` (`postgres://user:password@host:port/database`).
+    /// Fails on a malformed URL or when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<PostgresBackend, SqlError> {
+        let base = PgConnectOptions::from_str(url)
+            .map_err(|err| SqlError::Config(format!("invalid PostgreSQL URL: {err}")))?;
+        let admin_options = base.clone().application_name("agora");
+        // One connection first: a pool would retry a refused connection until its acquire
+        // timeout, where a single attempt fails at once.
+        let unreachable = |cause: String| {
+            SqlError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {cause}",
+                describe(&base)
+            ))
+        };
+        let probe =
+            tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&admin_options))
+                .await
+                .map_err(|_| unreachable(format!("no answer within {ACQUIRE_TIMEOUT:?}")))?
+                .map_err(|err| unreachable(SqlError::from(err).detail()))?;
+        probe.close().await.ok();
+        let admin = PgPoolOptions::new()
+            .max_connections(ADMIN_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(admin_options);
+        Ok(PostgresBackend {
+            admin,
+            base,
+            url: url.to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+            namespaces: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// At most `size` connections per component (namespaces opened later). Each replica
+    /// holds up to components × size connections plus two: keep that under the server's
+    /// `max_connections` divided by the number of replicas.
+    pub fn with_pool_size(mut self, size: u32) -> PostgresBackend {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Drops the schema and the role of `component`, with all its data. For tests.
+    #[doc(hidden)]
+    pub async fn drop_namespace(&self, component: &str) -> Result<(), SqlError> {
+        check_component(component)?;
+        if let Some(namespace) = self.namespaces.lock().await.remove(component) {
+            namespace.pool.close().await;
+        }
+        let (schema, role) = names(component);
+        let mut tx = self.admin.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(lock_key("namespace", &schema))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            r#"DROP SCHEMA IF EXISTS "{schema}" CASCADE;
+            DO $agora$ BEGIN
+                IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                    DROP OWNED BY "{role}";
+                    DROP ROLE "{role}";
+                END IF;
+            END $agora$;"#
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Creates the role and the schema of a component, or brings them up to date.
+    async fn create(&self, schema: &str, role: &str, password: &str) -> Result<(), SqlError> {
+        let mut tx = self.admin.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(lock_key("namespace", schema))
+            .execute(&mut *tx)
+            .await?;
+        // The name is checked (a-z, 0-9, _) and the password is hex: both are safe to splice.
+        // CREATE ROLE is cluster-wide while the lock is per database: a concurrent creation
+        // from another database is caught as duplicate_object or unique_violation.
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            r#"DO $agora$ BEGIN
+                CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
+                    NOREPLICATION NOBYPASSRLS PASSWORD '{password}';
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                ALTER ROLE "{role}" LOGIN PASSWORD '{password}';
+            END $agora$;
+            CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role}";"#
+        )))
+        .execute(&mut *tx)
+        .await?;
+        let (privileged, owner): (bool, Option<String>) = sqlx::query_as(
+            "select r.rolsuper or r.rolcreaterole or r.rolcreatedb or r.rolreplication \
+                    or r.rolbypassrls, \
+                    (select pg_get_userbyid(n.nspowner) from pg_namespace n where n.nspname = $2) \
+             from pg_roles r where r.rolname = $1",
+        )
+        .bind(role)
+        .bind(schema)
+        .fetch_one(&mut *tx)
+        .await?;
+        if privileged {
+            return Err(SqlError::Config(format!(
+                "role {role} already exists with privileges beyond its own schema; \
+                 agora will not hand it to a component"
+            )));
+        }
+        if owner.as_deref() != Some(role) {
+            return Err(SqlError::Config(format!(
+                "schema {schema} already exists and belongs to {}, not to {role}",
+                owner.as_deref().unwrap_or("nobody")
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// host:port/database of the options, for messages (never the password).
+fn describe(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    )
+}
+
+/// The schema and the role of a component.
+fn names(component: &str) -> (String, String) {
+    let schema = component.replace('-', "_");
+    let role = format!("agora_{schema}");
+    (schema, role)
+}
+
+/// The password of `role`: the same on every replica that has the same URL, unguessable
+/// without it.
+fn role_password(url: &str, role: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"agora-sql-role\0");
+    hasher.update(url.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(role.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// An advisory lock key for `purpose` on `schema`.
+fn lock_key(purpose: &str, schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("agora-sql-{purpose}\0{schema}").as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
+#[async_trait::async_trait]
+impl SqlBackend for PostgresBackend {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn namespace(&self, component: &str) -> Result<Arc<dyn Namespace>, SqlError> {
+        check_component(component)?;
+        let mut namespaces = self.namespaces.lock().await;
+        if let Some(namespace) = namespaces.get(component) {
+            return Ok(namespace.clone());
+        }
+        let (schema, role) = names(component);
+        let password = role_password(&self.url, &role);
+        self.create(&schema, &role, &password).await?;
+
+        let options = self
+            .base
+            .clone()
+            .username(&role)
+            .password(&password)
+            .application_name(&format!("agora:{component}"))
+            // UTC, so a `timestamp` value written to a column without time zone keeps its
+            // instant whatever the server's default zone is.
+            .options([
+                ("search_path", format!("\"{schema}\"")),
+                ("TimeZone", "UTC".to_owned()),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(self.pool_size)
+            .min_connections(0)
+            .idle_timeout(IDLE_TIMEOUT)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|err| {
+                SqlError::Unavailable(format!(
+                    "cannot log in to PostgreSQL at {} as {role}: {}",
+                    describe(&self.base),
+                    SqlError::from(err).detail()
+                ))
+            })?;
+
+        // The host's own tables, owned by the component's role like the rest of its schema.
+        let mut tx = pool.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(lock_key("setup", &schema))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            r#"create table if not exists "{schema}"._agora_outbox (
+                seq bigint generated always as identity primary key,
+                id text not null unique,
+                subject text not null,
+                payload bytea not null,
+                headers text not null,
+                created_at timestamptz not null default now()
+            );
+            create table if not exists "{schema}"._agora_migrations (
+                version text primary key,
+                checksum text not null,
+                applied_at timestamptz not null default now()
+            );"#
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        let namespace = Arc::new(PgNamespace {
+            sql: HostSql::new(&schema),
+            schema,
+            pool,
+            signal: Arc::new(Notify::new()),
+        });
+        namespaces.insert(component.to_owned(), namespace.clone());
+        Ok(namespace)
+    }
+}
+
+/// The host's statements on a namespace, with the schema spelled out (a guest's temporary
+/// table of the same name must not shadow them).
+struct HostSql {
+    outbox_claim: String,
+    outbox_delete: String,
+    outbox_insert: String,
+    migrations_applied: String,
+    migrations_record: String,
+}
+
+impl HostSql {
+    fn new(schema: &str) -> HostSql {
+        let outbox = format!(r#""{schema}"._agora_outbox"#);
+        let migrations = format!(r#""{schema}"._agora_migrations"#);
+        HostSql {
+            outbox_claim: format!(
+                "select seq, id, subject, payload, headers from {outbox} \
+                 order by seq limit $1 for update skip locked"
+            ),
+            outbox_delete: format!("delete from {outbox} where seq = any($1)"),
+            outbox_insert: format!(
+                "insert into {outbox} (id, subject, payload, headers) values ($1, $2, $3, $4)"
+            ),
+            migrations_applied: format!("select version, checksum from {migrations}"),
+            migrations_record: format!(
+                "insert into {migrations} (version, checksum) values ($1, $2)"
+            ),
+        }
+    }
+}
+
+struct PgNamespace {
+    schema: String,
+    pool: PgPool,
+    sql: HostSql,
+    signal: Arc<Notify>,
+}
+
+struct PgTx {
+    tx: sqlx::Transaction<'static, Postgres>,
+    outbox_insert: String,
+    /// A statement failed in the database: PostgreSQL then refuses every statement until a
+    /// `ROLLBACK [TO SAVEPOINT]`, and answers COMMIT by rolling back without an error.
+    failed: bool,
+}
+
+impl PgTx {
+    fn note<T>(&mut self, result: Result<T, SqlError>) -> Result<T, SqlError> {
+        if let Err(SqlError::Query(_) | SqlError::UniqueViolation(_)) = &result {
+            self.failed = true;
+        }
+        result
+    }
+}
+
+/// NULL typed `unknown`, so the server infers its type from where it is used.
+struct UnknownNull;
+
+impl Type<Postgres> for UnknownNull {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(705))
+    }
+}
+
+impl Encode<'_, Postgres> for UnknownNull {
+    fn encode_by_ref(&self, _: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        Ok(IsNull::Yes)
+    }
+}
+
+/// A `timestamp` value as `timestamptz` (microseconds since 2000-01-01).
+struct Timestamptz(i64);
+
+impl Type<Postgres> for Timestamptz {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(1184))
+    }
+}
+
+impl Encode<'_, Postgres> for Timestamptz {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.extend_from_slice(&self.0.to_be_bytes());
+        Ok(IsNull::No)
+    }
+}
+
+/// A `decimal` value as binary `numeric`.
+struct Numeric(Vec<u8>);
+
+impl Type<Postgres> for Numeric {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(1700))
+    }
+}
+
+impl Encode<'_, Postgres> for Numeric {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.extend_from_slice(&self.0);
+        Ok(IsNull::No)
+    }
+}
+
+/// The statement to send and its arguments. sqlx caches prepared statements by their text
+/// and reuses them whatever the arguments' types, while PostgreSQL fixes a prepared
+/// statement's parameter types: a comment naming the types makes the text differ per type
+/// signature, so `$1` bound once as int and once as text gets two statements.
+fn prepare(sql: &str, params: Vec<Value>) -> Result<(String, PgArguments), SqlError> {
+    if params.is_empty() {
+        return Ok((sql.to_owned(), PgArguments::default()));
+    }
+    let mut signature = String::with_capacity(params.len());
+    let mut args = PgArguments::default();
+    for (index, param) in params.into_iter().enumerate() {
+        let unsupported = |err: &dyn std::fmt::Display| {
+            SqlError::Unsupported(format!("parameter ${}: {err}", index + 1))
+        };
+        let (code, added) = match param {
+            Value::Null => ('n', args.add(UnknownNull)),
+            Value::Boolean(value) => ('b', args.add(value)),
+            Value::Int(value) => ('i', args.add(value)),
+            Value::Float(value) => ('f', args.add(value)),
+            Value::Text(value) => ('t', args.add(value)),
+            Value::Bytes(value) => ('y', args.add(value)),
+            Value::Timestamp(micros) => {
+                let pg = pg_timestamp(micros).map_err(|e| unsupported(&e))?;
+                ('s', args.add(Timestamptz(pg)))
+            }
+            Value::Decimal(text) => {
+                let numeric = pg_numeric(&text).map_err(|e| unsupported(&e))?;
+                ('d', args.add(Numeric(numeric)))
+            }
+        };
+        added.map_err(|e| unsupported(&e))?;
+        signature.push(code);
+    }
+    Ok((format!("/*agora:{signature}*/{sql}"), args))
+}
+
+fn column_names(columns: &[PgColumn]) -> Vec<String> {
+    columns.iter().map(|c| c.name().to_owned()).collect()
+}
+
+fn row_values(row: &PgRow) -> Result<Vec<Value>, SqlError> {
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(index, column)| value(row.try_get_raw(index)?, column))
+        .collect()
+}
+
+/// The WIT value of one column of a row, by the column's type.
+fn value(raw: PgValueRef<'_>, column: &PgColumn) -> Result<Value, SqlError> {
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let ty = column.type_info();
+    let unsupported = |what: &str| {
+        SqlError::Unsupported(format!(
+            "column {:?} of type {}: {what}",
+            column.name(),
+            ty.name()
+        ))
+    };
+    let Some(Oid(oid)) = ty.oid() else {
+        return Err(unsupported(
+            "no value case for it; cast it in SQL, e.g. `x::text`",
+        ));
+    };
+    let bytes = raw.as_bytes().map_err(|e| unsupported(&e.to_string()))?;
+    let text = |bytes: &[u8]| {
+        String::from_utf8(bytes.to_vec()).map_err(|_| unsupported("not valid UTF-8"))
+    };
+    if raw.format() == PgValueFormat::Text {
+        // Results of prepared statements come in binary; text is only what the server sends
+        // for a simple query, and only the textual types are taken from it.
+        return match oid {
+            18 | 19 | 25 | 114 | 705 | 1042 | 1043 => Ok(Value::Text(text(bytes)?)),
+            _ => Err(unsupported(
+                "sent as text; only textual types are read that way",
+            )),
+        };
+    }
+    let fixed = |len: usize| -> Result<&[u8], SqlError> {
+        if bytes.len() == len {
+            Ok(bytes)
+        } else {
+            Err(unsupported("malformed binary value"))
+        }
+    };
+    let be8 = |b: &[u8]| <[u8; 8]>::try_from(b).map_err(|_| unsupported("malformed value"));
+    let be4 = |b: &[u8]| <[u8; 4]>::try_from(b).map_err(|_| unsupported("malformed value"));
+    let be2 = |b: &[u8]| <[u8; 2]>::try_from(b).map_err(|_| unsupported("malformed value"));
+    Ok(match oid {
+        16 => Value::Boolean(fixed(1)?[0] != 0),
+        20 => Value::Int(i64::from_be_bytes(be8(bytes)?)),
+        21 => Value::Int(i64::from(i16::from_be_bytes(be2(bytes)?))),
+        23 => Value::Int(i64::from(i32::from_be_bytes(be4(bytes)?))),
+        26 => Value::Int(i64::from(u32::from_be_bytes(be4(bytes)?))),
+        700 => Value::Float(f64::from(f32::from_be_bytes(be4(bytes)?))),
+        701 => Value::Float(f64::from_be_bytes(be8(bytes)?)),
+        // "char", name, text, json, unknown, bpchar, varchar
+        18 | 19 | 25 | 114 | 705 | 1042 | 1043 => Value::Text(text(bytes)?),
+        3802 => match bytes.split_first() {
+            Some((1, json)) => Value::Text(text(json)?),
+            _ => return Err(unsupported("unknown jsonb format version")),
+        },
+        2950 => Value::Text(
+            uuid::Uuid::from_slice(bytes)
+                .map_err(|_| unsupported("malformed uuid"))?
+                .hyphenated()
+                .to_string(),
+        ),
+        17 => Value::Bytes(bytes.to_vec()),
+        1114 | 1184 => {
+            let pg = i64::from_be_bytes(be8(bytes)?);
+            Value::Timestamp(from_pg_timestamp(pg).ok_or_else(|| {
+                unsupported("an infinite timestamp has no value; filter it out or cast it")
+            })?)
+        }
+        1700 => Value::Decimal(pg_numeric_text(bytes).map_err(|what| {
+            unsupported(&format!(
+                "{what} is not a decimal; filter it out or cast it"
+            ))
+        })?),
+        1082 => Value::Text(pg_date_text(i32::from_be_bytes(be4(bytes)?))),
+        1083 => Value::Text(pg_time_text(i64::from_be_bytes(be8(bytes)?))),
+        2278 => Value::Null, // void: what a function without a result returns
+        _ => {
+            return Err(unsupported(
+                "no value case for this type; cast it in SQL, e.g. `x::text`",
+            ));
+        }
+    })
+}
+
+async fn query(conn: &mut PgConnection, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+    let (sql, args) = prepare(sql, params)?;
+    let rows = sqlx::query_with(AssertSqlSafe(sql.as_str()), args)
+        .fetch_all(&mut *conn)
+        .await?;
+    let columns = match rows.first() {
+        Some(row) => column_names(row.columns()),
+        // No row to take the names from: the prepared statement, cached by now, has them.
+        None => column_names(
+            conn.prepare(AssertSqlSafe(sql.as_str()).into_sql_str())
+                .await?
+                .columns(),
+        ),
+    };
+    let rows = rows.iter().map(row_values).collect::<Result<_, _>>()?;
+    Ok(Rows { columns, rows })
+}
+
+async fn execute(conn: &mut PgConnection, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+    let (sql, args) = prepare(sql, params)?;
+    let done = sqlx::query_with(AssertSqlSafe(sql.as_str()), args)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// One outbox row, or why it cannot be relayed (a row written with plain SQL).
+fn outbox_message(row: &PgRow) -> Result<OutboxMessage, String> {
+    let text = |i: usize| row.try_get::<String, _>(i).map_err(|e| e.to_string());
+    let headers = text(4)?;
+    Ok(OutboxMessage {
+        id: text(1)?,
+        subject: text(2)?,
+        payload: row.try_get::<Vec<u8>, _>(3).map_err(|e| e.to_string())?,
+        headers: serde_json::from_str(&headers).map_err(|e| format!("headers: {e}"))?,
+    })
+}
+
+impl PgNamespace {
+    async fn migrate_locked(
+        &self,
+        conn: &mut PgConnection,
+        migrations: &[Migration],
+    ) -> Result<Vec<String>, SqlError> {
+        let applied: HashMap<String, String> =
+            sqlx::query_as(AssertSqlSafe(self.sql.migrations_applied.as_str()))
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
+        let mut done = Vec::new();
+        for migration in pending(migrations, &applied)? {
+            let mut tx = conn.begin().await?;
+            sqlx::raw_sql(AssertSqlSafe(migration.sql.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| failed(&migration.version, err))?;
+            sqlx::query(AssertSqlSafe(self.sql.migrations_record.as_str()))
+                .bind(&migration.version)
+                .bind(migration.checksum())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit()
+                .await
+                .map_err(|err| failed(&migration.version, err))?;
+            tracing::info!(schema = %self.schema, version = %migration.version,
+                "postgres migration applied");
+            done.push(migration.version.clone());
+        }
+        Ok(done)
+    }
+}
+
+#[async_trait::async_trait]
+impl Namespace for PgNamespace {
+    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+        let mut conn = self.pool.acquire().await?;
+        query(&mut conn, sql, params).await
+    }
+
+    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        let mut conn = self.pool.acquire().await?;
+        execute(&mut conn, sql, params).await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Tx>, SqlError> {
+        let tx = self.pool.begin().await?;
+        Ok(Box::new(PgTx {
+            tx,
+            outbox_insert: self.sql.outbox_insert.clone(),
+            failed: false,
+        }))
+    }
+
+    async fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
+        let mut conn = self.pool.acquire().await?;
+        // The session-level lock is released with the session: closing this connection after
+        // the run (whatever happens, even if this future is dropped) never leaves it held.
+        conn.close_on_drop();
+        let key = lock_key("migrate", &self.schema);
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+        let result = self.migrate_locked(&mut conn, migrations).await;
+        // Best effort: closing the connection releases the lock anyway.
+        let _unlocked = sqlx::query("select pg_advisory_unlock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await;
+        result
+    }
+
+    async fn relay_outbox(&self, limit: usize, publish: &PublishFn) -> Result<usize, SqlError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql.outbox_claim.as_str()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut done: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut relayed = 0;
+        for row in &rows {
+            let seq: i64 = row.try_get(0)?;
+            match outbox_message(row) {
+                Ok(message) => {
+                    if let Err(err) = publish(&message).await {
+                        tracing::warn!(schema = %self.schema, id = %message.id,
+                            subject = %message.subject, error = %err,
+                            "outbox relay stopped: publish failed, the message stays");
+                        break;
+                    }
+                    relayed += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(schema = %self.schema, seq, error = %err,
+                        "dropping an outbox row that cannot be read");
+                }
+            }
+            done.push(seq);
+        }
+        if !done.is_empty() {
+            sqlx::query(AssertSqlSafe(self.sql.outbox_delete.as_str()))
+                .bind(&done)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(relayed)
+    }
+
+    fn outbox_signal(&self) -> Arc<Notify> {
+        self.signal.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Tx for PgTx {
+    async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+        let result = query(&mut self.tx, sql, params).await;
+        self.note(result)
+    }
+
+    async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        let result = execute(&mut self.tx, sql, params).await;
+        self.note(result)
+    }
+
+    async fn outbox_insert(&mut self, msg: &OutboxMessage) -> Result<(), SqlError> {
+        let headers = serde_json::to_string(&msg.headers)
+            .map_err(|err| SqlError::Unsupported(format!("headers: {err}")))?;
+        let result = sqlx::query(AssertSqlSafe(self.outbox_insert.as_str()))
+            .bind(&msg.id)
+            .bind(&msg.subject)
+            .bind(&msg.payload)
+            .bind(headers)
+            .execute(&mut *self.tx)
+            .await;
+        self.note(result.map(|_| ()).map_err(SqlError::from))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
+        // After a failed statement, commit only if the guest recovered (with a savepoint):
+        // otherwise PostgreSQL would roll back and call it a commit.
+        if self.failed
+            && sqlx::raw_sql("select 1")
+                .execute(&mut *self.tx)
+                .await
+                .is_err()
+        {
+            self.tx.rollback().await?;
+            return Err(SqlError::Query(
+                "25P02: the transaction was rolled back, not committed: a statement in it \
+                 failed (recover from an expected error with a savepoint)"
+                    .into(),
+            ));
+        }
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), SqlError> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn passwords_and_keys_are_stable_and_distinct() {
+        let a = role_password("postgres://x@h/db", "agora_a");
+        assert_eq!(a, role_password("postgres://x@h/db", "agora_a"));
+        assert_ne!(a, role_password("postgres://x@h/db", "agora_b"));
+        assert_ne!(a, role_password("postgres://y@h/db", "agora_a"));
+        assert_eq!(a.len(), 64);
+        assert_ne!(lock_key("migrate", "a"), lock_key("setup", "a"));
+        assert_eq!(names("my-shop"), ("my_shop".into(), "agora_my_shop".into()));
+    }
+
+    #[test]
+    fn statements_are_keyed_by_their_parameter_types() {
+        let (sql, _) = prepare("select $1", vec![Value::Int(1)]).unwrap();
+        let (other, _) = prepare("select $1", vec![Value::Text("1".into())]).unwrap();
+        assert_ne!(sql, other);
+        let (plain, _) = prepare("select 1", vec![]).unwrap();
+        assert_eq!(plain, "select 1");
+    }
+}

@@ -1,0 +1,464 @@
+//! The embedded default: one SQLite file per component, `<dir>/<component>.sqlite`.
+//!
+//! Isolation: a component's connections open only its own file, and every connection gets
+//! `SQLITE_LIMIT_ATTACHED` = 0 before it is handed out, so `ATTACH` (and `VACUUM INTO`, which
+//! attaches its target) fail: a guest cannot open another file. Connections also run in
+//! SQLite's defensive mode (no `writable_schema`, no writes to shadow tables), with WAL, foreign
+//! keys on and a 5 s busy timeout. Transactions start with `BEGIN IMMEDIATE`, so two writers
+//! queue on the busy timeout instead of one failing with `SQLITE_BUSY` when it upgrades.
+
+use crate::backend::{Namespace, OutboxMessage, PublishFn, SqlBackend, Tx};
+use crate::migrate::{failed, pending};
+use crate::value::{check_decimal, rfc3339};
+use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{
+    Arguments as _, AssertSqlSafe, Column as _, Decode, Executor as _, Row as _, SqlSafeStr as _,
+    Sqlite, Statement as _, TypeInfo as _, ValueRef as _,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+
+/// Connections per component file.
+const MAX_CONNECTIONS: u32 = 8;
+/// How long a call waits for a free connection, and a writer for the lock.
+const WAIT: Duration = Duration::from_secs(5);
+
+const SETUP: &str = "
+create table if not exists _agora_outbox (
+    seq integer primary key autoincrement,
+    id text not null unique,
+    subject text not null,
+    payload blob not null,
+    headers text not null,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+create table if not exists _agora_migrations (
+    version text primary key,
+    checksum text not null,
+    applied_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+";
+
+/// The SQLite backend: a folder holding one database file per component.
+pub struct SqliteBackend {
+    dir: PathBuf,
+    namespaces: Mutex<HashMap<String, Arc<SqliteNamespace>>>,
+}
+
+impl SqliteBackend {
+    /// A backend keeping its files in `dir`, which is created when missing.
+    pub fn new(dir: &Path) -> Result<SqliteBackend, SqlError> {
+        std::fs::create_dir_all(dir).map_err(|err| {
+            SqlError::Config(format!(
+                "cannot create the sqlite folder {}: {err}",
+                dir.display()
+            ))
+        })?;
+        Ok(SqliteBackend {
+            dir: dir.to_owned(),
+            namespaces: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The folder holding the database files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[async_trait::async_trait]
+impl SqlBackend for SqliteBackend {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn namespace(&self, component: &str) -> Result<Arc<dyn Namespace>, SqlError> {
+        check_component(component)?;
+        let mut namespaces = self.namespaces.lock().await;
+        if let Some(namespace) = namespaces.get(component) {
+            return Ok(namespace.clone());
+        }
+        let path = self.dir.join(format!("{component}.sqlite"));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(WAIT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(WAIT)
+            .after_connect(|conn, _| Box::pin(confine(conn)))
+            .connect_with(options)
+            .await
+            .map_err(|err| {
+                SqlError::Unavailable(format!(
+                    "cannot open {}: {}",
+                    path.display(),
+                    SqlError::from(err).detail()
+                ))
+            })?;
+        sqlx::raw_sql(SETUP).execute(&pool).await?;
+        let namespace = Arc::new(SqliteNamespace {
+            pool,
+            signal: Arc::new(Notify::new()),
+        });
+        namespaces.insert(component.to_owned(), namespace.clone());
+        Ok(namespace)
+    }
+}
+
+/// Makes a fresh connection unable to reach any file but its own.
+async fn confine(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    use libsqlite3_sys::{
+        SQLITE_DBCONFIG_DEFENSIVE, SQLITE_LIMIT_ATTACHED, SQLITE_OK, sqlite3_db_config,
+        sqlite3_limit,
+    };
+    let mut handle = conn.lock_handle().await?;
+    let raw = handle.as_raw_handle().as_ptr();
+    // SAFETY: `raw` is the handle of this open connection, and the lock we hold keeps the
+    // connection's worker thread off it meanwhile. sqlite3_limit and sqlite3_db_config only
+    // change the connection's settings; DEFENSIVE takes an int and a nullable int pointer.
+    let (attached, defensive) = unsafe {
+        sqlite3_limit(raw, SQLITE_LIMIT_ATTACHED, 0);
+        let defensive = sqlite3_db_config(
+            raw,
+            SQLITE_DBCONFIG_DEFENSIVE,
+            1 as std::ffi::c_int,
+            std::ptr::null_mut::<std::ffi::c_int>(),
+        );
+        (sqlite3_limit(raw, SQLITE_LIMIT_ATTACHED, -1), defensive)
+    };
+    if attached != 0 || defensive != SQLITE_OK {
+        return Err(sqlx::Error::Configuration(
+            "could not disable ATTACH on a sqlite connection".into(),
+        ));
+    }
+    Ok(())
+}
+
+struct SqliteNamespace {
+    pool: SqlitePool,
+    signal: Arc<Notify>,
+}
+
+struct SqliteTx {
+    tx: sqlx::Transaction<'static, Sqlite>,
+}
+
+/// Refuses `$0` (or `$00`, `$0x`…) outside literals, identifiers and comments: SQLite takes
+/// it as a named parameter and sqlx would look up argument number 0, which crashes the
+/// connection's worker thread.
+fn check_parameters(sql: &str) -> Result<(), SqlError> {
+    let bytes = sql.as_bytes();
+    let skip_to = |from: usize, end: &[u8]| -> usize {
+        bytes[from..]
+            .windows(end.len())
+            .position(|w| w == end)
+            .map_or(bytes.len(), |at| from + at + end.len())
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        i = match bytes[i] {
+            // Quotes close at the next quote; a doubled quote reads as closing and reopening.
+            b'\'' => skip_to(i + 1, b"'"),
+            b'"' => skip_to(i + 1, b"\""),
+            b'`' => skip_to(i + 1, b"`"),
+            b'[' => skip_to(i + 1, b"]"),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => skip_to(i + 2, b"\n"),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => skip_to(i + 2, b"*/"),
+            b'$' => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                if digits > 0 && bytes[i + 1..i + 1 + digits].iter().all(|b| *b == b'0') {
+                    return Err(SqlError::Query(
+                        "parameter $0 does not exist: parameters are numbered from $1".into(),
+                    ));
+                }
+                i + 1 + digits
+            }
+            _ => i + 1,
+        };
+    }
+    Ok(())
+}
+
+fn arguments(params: Vec<Value>) -> Result<SqliteArguments, SqlError> {
+    let mut args = SqliteArguments::default();
+    for (index, param) in params.into_iter().enumerate() {
+        let unsupported = |err: &dyn std::fmt::Display| {
+            SqlError::Unsupported(format!("parameter ${}: {err}", index + 1))
+        };
+        let added = match param {
+            Value::Null => args.add(None::<i64>),
+            Value::Boolean(value) => args.add(value),
+            Value::Int(value) => args.add(value),
+            Value::Float(value) => args.add(value),
+            Value::Text(value) => args.add(value),
+            Value::Bytes(value) => args.add(value),
+            Value::Timestamp(micros) => args.add(rfc3339(micros).map_err(|e| unsupported(&e))?),
+            Value::Decimal(text) => {
+                check_decimal(&text).map_err(|e| unsupported(&e))?;
+                args.add(text)
+            }
+        };
+        added.map_err(|e| unsupported(&e))?;
+    }
+    Ok(args)
+}
+
+fn row_values(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
+    let mut values = Vec::with_capacity(row.len());
+    for (index, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(index)?;
+        let unsupported = |what: &dyn std::fmt::Display| {
+            SqlError::Unsupported(format!("column {:?}: {what}", column.name()))
+        };
+        if raw.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
+        let class = raw.type_info().name().to_owned();
+        let value = match class.as_str() {
+            "INTEGER" => {
+                Value::Int(<i64 as Decode<Sqlite>>::decode(raw).map_err(|e| unsupported(&e))?)
+            }
+            "REAL" => {
+                Value::Float(<f64 as Decode<Sqlite>>::decode(raw).map_err(|e| unsupported(&e))?)
+            }
+            "TEXT" => {
+                Value::Text(<String as Decode<Sqlite>>::decode(raw).map_err(|e| unsupported(&e))?)
+            }
+            "BLOB" => {
+                Value::Bytes(<Vec<u8> as Decode<Sqlite>>::decode(raw).map_err(|e| unsupported(&e))?)
+            }
+            other => {
+                return Err(unsupported(&format!(
+                    "storage class {other} has no value case"
+                )));
+            }
+        };
+        values.push(value);
+    }
+    Ok(values)
+}
+
+async fn query(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    params: Vec<Value>,
+) -> Result<Rows, SqlError> {
+    check_parameters(sql)?;
+    let args = arguments(params)?;
+    let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+        .fetch_all(&mut *conn)
+        .await?;
+    let columns = match rows.first() {
+        Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
+        // No row to take the names from: the (cached) prepared statement has them.
+        None => conn
+            .prepare(AssertSqlSafe(sql).into_sql_str())
+            .await?
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect(),
+    };
+    let rows = rows.iter().map(row_values).collect::<Result<_, _>>()?;
+    Ok(Rows { columns, rows })
+}
+
+async fn execute(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    params: Vec<Value>,
+) -> Result<u64, SqlError> {
+    check_parameters(sql)?;
+    let args = arguments(params)?;
+    let done = sqlx::query_with(AssertSqlSafe(sql), args)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// One outbox row, or why it cannot be relayed (a row written with plain SQL).
+fn outbox_message(row: &SqliteRow) -> Result<OutboxMessage, String> {
+    let text = |i: usize| row.try_get::<String, _>(i).map_err(|e| e.to_string());
+    let headers = text(4)?;
+    Ok(OutboxMessage {
+        id: text(1)?,
+        subject: text(2)?,
+        payload: row.try_get::<Vec<u8>, _>(3).map_err(|e| e.to_string())?,
+        headers: serde_json::from_str(&headers).map_err(|e| format!("headers: {e}"))?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Namespace for SqliteNamespace {
+    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+        let mut conn = self.pool.acquire().await?;
+        query(&mut conn, sql, params).await
+    }
+
+    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        let mut conn = self.pool.acquire().await?;
+        execute(&mut conn, sql, params).await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Tx>, SqlError> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    async fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
+        let applied: HashMap<String, String> =
+            sqlx::query_as("select version, checksum from _agora_migrations")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
+        let mut done = Vec::new();
+        for migration in pending(migrations, &applied)? {
+            // The write lock first, then a second look: another caller may have applied it.
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let now: Option<String> =
+                sqlx::query_scalar("select checksum from _agora_migrations where version = $1")
+                    .bind(&migration.version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(checksum) = now {
+                let applied = HashMap::from([(migration.version.clone(), checksum)]);
+                pending(std::slice::from_ref(migration), &applied)?;
+                continue;
+            }
+            sqlx::raw_sql(AssertSqlSafe(migration.sql.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| failed(&migration.version, err))?;
+            sqlx::query("insert into _agora_migrations (version, checksum) values ($1, $2)")
+                .bind(&migration.version)
+                .bind(migration.checksum())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit()
+                .await
+                .map_err(|err| failed(&migration.version, err))?;
+            tracing::info!(version = %migration.version, "sqlite migration applied");
+            done.push(migration.version.clone());
+        }
+        Ok(done)
+    }
+
+    async fn relay_outbox(&self, limit: usize, publish: &PublishFn) -> Result<usize, SqlError> {
+        // The write lock serialises relays (and keeps writers out while this one publishes).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "select seq, id, subject, payload, headers from _agora_outbox order by seq limit $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut relayed = 0;
+        for row in &rows {
+            let seq: i64 = row.try_get(0)?;
+            match outbox_message(row) {
+                Ok(message) => {
+                    if let Err(err) = publish(&message).await {
+                        tracing::warn!(id = %message.id, subject = %message.subject, error = %err,
+                            "outbox relay stopped: publish failed, the message stays");
+                        break;
+                    }
+                    relayed += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(seq, error = %err, "dropping an outbox row that cannot be read");
+                }
+            }
+            sqlx::query("delete from _agora_outbox where seq = $1")
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(relayed)
+    }
+
+    fn outbox_signal(&self) -> Arc<Notify> {
+        self.signal.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Tx for SqliteTx {
+    async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+        query(&mut self.tx, sql, params).await
+    }
+
+    async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        execute(&mut self.tx, sql, params).await
+    }
+
+    async fn outbox_insert(&mut self, msg: &OutboxMessage) -> Result<(), SqlError> {
+        let headers = serde_json::to_string(&msg.headers)
+            .map_err(|err| SqlError::Unsupported(format!("headers: {err}")))?;
+        sqlx::query(
+            "insert into _agora_outbox (id, subject, payload, headers) values ($1, $2, $3, $4)",
+        )
+        .bind(&msg.id)
+        .bind(&msg.subject)
+        .bind(&msg.payload)
+        .bind(headers)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), SqlError> {
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), SqlError> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_zero_is_refused_outside_literals_and_comments() {
+        for bad in [
+            "select $0",
+            "select $00 + $1",
+            "select $0abc",
+            "select 1 where x = $0",
+        ] {
+            assert!(check_parameters(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "select $1, $10, $20",
+            "select '$0'",
+            "select 'it''s $0'",
+            "select \"$0\"",
+            "select [$0]",
+            "select `$0`",
+            "select 1 -- $0\n, 2",
+            "select /* $0 */ 1",
+            "select $name",
+            "select 1 -- unterminated $",
+        ] {
+            assert!(check_parameters(good).is_ok(), "{good}");
+        }
+    }
+}
