@@ -8,6 +8,9 @@ use crate::compile_cache::{CompileCache, Origin, sha256_hex};
 use crate::manifest::{ComponentSpec, Limits, one_line};
 use crate::state::InstanceState;
 use agora_cache::{CacheBackend, CacheCtx};
+use agora_messaging::bindings::subscriber::SubscriberPre;
+use agora_messaging::{MessagingBackend, MessagingCtx};
+use agora_sql::{Migration, Namespace, SqlBackend, SqlCtx};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -26,12 +29,16 @@ pub struct LoadedComponent {
     pub origin: Origin,
     /// Per-instance limits.
     pub limits: Limits,
-    /// The pre-linked instance a fresh instance per request is made from.
-    pub proxy: ProxyPre<InstanceState>,
-    /// One permit per instance allowed to run at once.
+    /// The engine it was compiled for.
+    pub engine: Engine,
+    /// Pre-linked for requests, when it exports wasi:http/incoming-handler.
+    pub proxy: Option<ProxyPre<InstanceState>>,
+    /// Pre-linked for messages, when it exports agora:platform/handler.
+    pub subscriber: Option<SubscriberPre<InstanceState>>,
+    /// One permit per instance allowed to run at once (requests and events together).
     pub permits: Arc<Semaphore>,
-    /// Its cache namespace (cloned into every store), or denied.
-    pub cache: CacheCtx,
+    /// What its instances may use, per its grants.
+    pub capabilities: Granted,
     /// Its wasi:config/store values. Never logged: some come from secrets.
     pub config: Arc<WasiConfigVariables>,
 }
@@ -41,6 +48,49 @@ pub struct LoadedComponent {
 pub struct Capabilities {
     /// The cache backend (Redis or in-memory).
     pub cache: Arc<dyn CacheBackend>,
+    /// The sql backend (PostgreSQL or SQLite).
+    pub sql: Arc<dyn SqlBackend>,
+    /// The message broker (NATS JetStream or the in-process bus).
+    pub messaging: Arc<dyn MessagingBackend>,
+}
+
+/// One component's share of the host's capabilities, as its grants allow.
+#[derive(Clone)]
+pub struct Granted {
+    name: Arc<str>,
+    /// Its cache namespace, or denied.
+    pub cache: CacheCtx,
+    /// Its database namespace, when granted.
+    pub sql: Option<Arc<dyn Namespace>>,
+    /// The subject patterns it may publish to (empty: none).
+    pub publish: Arc<[String]>,
+    /// The broker.
+    pub messaging: Arc<dyn MessagingBackend>,
+    may_publish: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl Granted {
+    /// The sql context of one store.
+    pub fn sql_ctx(&self) -> SqlCtx {
+        match &self.sql {
+            Some(namespace) => SqlCtx::granted(namespace.clone(), self.may_publish.clone()),
+            None => SqlCtx::denied(),
+        }
+    }
+
+    /// The messaging context of one store.
+    pub fn messaging_ctx(&self) -> MessagingCtx {
+        if self.publish.is_empty() {
+            MessagingCtx::denied()
+        } else {
+            MessagingCtx::granted(self.messaging.clone(), &self.name, self.publish.clone())
+        }
+    }
+
+    /// Whether the component may publish to `subject`.
+    pub fn may_publish(&self, subject: &str) -> bool {
+        (self.may_publish)(subject)
+    }
 }
 
 /// Why a component could not be loaded. The message is one line naming component and file.
@@ -62,13 +112,16 @@ pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     agora_cache::add_to_linker(&mut linker, |state| &mut state.cache)?;
+    agora_sql::add_to_linker(&mut linker, InstanceState::sql_view)?;
+    agora_messaging::add_to_linker(&mut linker, |state| &mut state.messaging)?;
     agora_logging::add_to_linker(&mut linker, |state| &mut state.logging)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |state| WasiConfig::new(&state.config))?;
     Ok(linker)
 }
 
-/// Loads the component `spec` describes.
-pub fn load(
+/// Loads the component `spec` describes: compiles and links it, then opens its database
+/// namespace and applies its new migrations.
+pub async fn load(
     spec: &ComponentSpec,
     engine: &Engine,
     linker: &Linker<InstanceState>,
@@ -99,25 +152,86 @@ pub fn load(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|err| fail(format!("cannot be linked: {err:#}")))?;
-    let proxy = ProxyPre::new(pre).map_err(|err| {
-        fail(format!(
-            "does not export wasi:http/incoming-handler@0.2 (is it a wasi:http/proxy component?): {err:#}"
-        ))
-    })?;
+    let proxy = match ProxyPre::new(pre.clone()) {
+        Ok(proxy) => Some(proxy),
+        Err(_) if spec.routes.is_empty() => None,
+        Err(err) => {
+            return Err(fail(format!(
+                "does not export wasi:http/incoming-handler@0.2 (is it a wasi:http/proxy component?): {err:#}"
+            )));
+        }
+    };
+    let subscriber = match SubscriberPre::new(pre) {
+        Ok(subscriber) => Some(subscriber),
+        Err(_) if spec.messaging.subscribe.is_empty() => None,
+        Err(err) => {
+            return Err(fail(format!(
+                "subscribes to {} but does not export {} (register one with agora_sdk::export_handler!): {err:#}",
+                spec.messaging.subscribe.join(", "),
+                agora_messaging::HANDLER_INTERFACE
+            )));
+        }
+    };
+    let sql = if spec.grants.sql {
+        Some(open_database(spec, capabilities).await.map_err(fail)?)
+    } else {
+        None
+    };
+    let name: Arc<str> = Arc::from(spec.name.as_str());
+    let publish: Arc<[String]> = spec.grants.publish.clone().into();
+    let patterns = publish.clone();
     Ok(LoadedComponent {
-        name: Arc::from(spec.name.as_str()),
+        name: name.clone(),
         digest,
         origin,
         limits: spec.limits,
+        engine: engine.clone(),
         proxy,
+        subscriber,
         permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
-        cache: if spec.grants.cache {
-            CacheCtx::granted(capabilities.cache.clone(), &spec.name)
-        } else {
-            CacheCtx::denied()
+        capabilities: Granted {
+            name,
+            cache: if spec.grants.cache {
+                CacheCtx::granted(capabilities.cache.clone(), &spec.name)
+            } else {
+                CacheCtx::denied()
+            },
+            sql,
+            publish,
+            messaging: capabilities.messaging.clone(),
+            may_publish: Arc::new(move |subject| {
+                agora_messaging::validate_subject(subject).is_ok()
+                    && patterns
+                        .iter()
+                        .any(|pattern| agora_messaging::subject_matches(pattern, subject))
+            }),
         },
         config: Arc::new(config),
     })
+}
+
+/// Opens the component's database namespace and applies the migrations it has not seen.
+async fn open_database(
+    spec: &ComponentSpec,
+    capabilities: &Capabilities,
+) -> Result<Arc<dyn Namespace>, String> {
+    let backend = &capabilities.sql;
+    let namespace = backend
+        .namespace(&spec.name)
+        .await
+        .map_err(|err| format!("cannot open its {} database: {err}", backend.dialect()))?;
+    if let Some(dir) = &spec.migrations {
+        let migrations = Migration::load_dir(dir, backend.dialect())
+            .map_err(|err| format!("cannot read its migrations: {err}"))?;
+        let applied = namespace
+            .migrate(&migrations)
+            .await
+            .map_err(|err| format!("migration failed: {err}"))?;
+        if !applied.is_empty() {
+            tracing::info!(component = %spec.name, applied = ?applied, "migrations applied");
+        }
+    }
+    Ok(namespace)
 }
 
 /// The component's configuration: manifest values plus values read from the environment.
@@ -147,6 +261,16 @@ fn check_grants(
         if interface == agora_cache::INTERFACE && !spec.grants.cache {
             return Err(format!(
                 "imports {interface} but the manifest grants no cache (add `grants = {{ cache = true }}`)"
+            ));
+        }
+        if interface == agora_sql::INTERFACE && !spec.grants.sql {
+            return Err(format!(
+                "imports {interface} but the manifest grants no sql (add `grants = {{ sql = true }}`)"
+            ));
+        }
+        if interface == agora_messaging::INTERFACE && spec.grants.publish.is_empty() {
+            return Err(format!(
+                "imports {interface} but the manifest grants no subject to publish to (add `grants = {{ publish = [\"…\"] }}`)"
             ));
         }
     }

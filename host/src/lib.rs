@@ -9,7 +9,7 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use agora_host::{Host, HostConfig};
-//! let host = Host::load(&HostConfig::new("agora.toml"))?;
+//! let host = Host::load(&HostConfig::new("agora.toml")).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! host.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(()) }
@@ -19,6 +19,7 @@ pub mod compile_cache;
 pub mod component;
 pub mod engine;
 pub mod manifest;
+pub mod outbox;
 pub mod router;
 pub mod server;
 pub mod state;
@@ -55,6 +56,11 @@ pub struct HostConfig {
     pub drain_timeout: Duration,
     /// Redis for the cache capability; `None` = the in-memory cache.
     pub redis_url: Option<String>,
+    /// `postgres://…` or `sqlite://DIR` for the sql capability; `None` = SQLite files under
+    /// `data_dir/sql`.
+    pub database_url: Option<String>,
+    /// NATS (with JetStream) for messaging; `None` = the in-process bus.
+    pub nats_url: Option<String>,
 }
 
 impl HostConfig {
@@ -66,6 +72,8 @@ impl HostConfig {
             force_on_demand: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             redis_url: None,
+            database_url: None,
+            nats_url: None,
         }
     }
 }
@@ -107,15 +115,18 @@ fn cache_backend(redis_url: Option<&str>) -> Result<Arc<dyn agora_cache::CacheBa
 /// A loaded host, ready to serve.
 pub struct Host {
     engine: HostEngine,
+    manifest: Manifest,
     components: Vec<Arc<LoadedComponent>>,
+    capabilities: component::Capabilities,
     trigger: Arc<HttpTrigger>,
     drain_timeout: Duration,
     _epoch: EpochTicker,
 }
 
 impl Host {
-    /// Loads the manifest and every component it names.
-    pub fn load(config: &HostConfig) -> Result<Host, HostError> {
+    /// Loads the manifest and every component it names, connects the backends, opens each
+    /// component's database and applies its migrations.
+    pub async fn load(config: &HostConfig) -> Result<Host, HostError> {
         let manifest = Manifest::load(&config.manifest)?;
         let max_memory_bytes = manifest
             .components
@@ -133,12 +144,19 @@ impl Host {
             compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
         let capabilities = component::Capabilities {
             cache: cache_backend(config.redis_url.as_deref())?,
+            sql: agora_sql::connect(config.database_url.as_deref(), &config.data_dir)
+                .await
+                .map_err(|err| HostError::Backend(format!("sql: {err}")))?,
+            messaging: agora_messaging::connect(config.nats_url.as_deref())
+                .await
+                .map_err(|err| HostError::Backend(format!("messaging: {err}")))?,
         };
         let mut components = Vec::with_capacity(manifest.components.len());
         let mut load_ms = Vec::with_capacity(manifest.components.len());
         for spec in &manifest.components {
             let started = std::time::Instant::now();
             let loaded = component::load(spec, &engine.engine, &linker, &cache, &capabilities)
+                .await
                 .map_err(|error| HostError::Component {
                     manifest: manifest.path.clone(),
                     error,
@@ -147,7 +165,12 @@ impl Host {
             components.push(Arc::new(loaded));
         }
         // Logged only once everything loaded: a failed load prints its one error line alone.
-        tracing::info!(backend = capabilities.cache.kind(), "cache");
+        tracing::info!(
+            cache = capabilities.cache.kind(),
+            sql = %capabilities.sql.dialect(),
+            messaging = capabilities.messaging.kind(),
+            "backends"
+        );
         for (loaded, load_ms) in components.iter().zip(load_ms) {
             tracing::info!(
                 component = %loaded.name,
@@ -167,6 +190,8 @@ impl Host {
         let epoch = engine.start_epoch_ticker();
         Ok(Host {
             engine,
+            manifest,
+            capabilities,
             components,
             trigger: Arc::new(HttpTrigger::new(router)),
             drain_timeout: config.drain_timeout,
@@ -184,8 +209,46 @@ impl Host {
         self.engine.allocation
     }
 
-    /// Serves HTTP on `listener` until `shutdown` resolves, then drains in-flight requests.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Drained {
-        server::serve(listener, self.trigger.clone(), shutdown, self.drain_timeout).await
+    /// Serves HTTP on `listener` and the manifest's subscriptions until `shutdown` resolves,
+    /// then drains: in-flight requests and events finish, and the outboxes get a last pass.
+    ///
+    /// Fails only when a subscription cannot be created (the broker refused it).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Drained, HostError> {
+        let mut subscriptions = Vec::new();
+        for (spec, component) in self.manifest.components.iter().zip(&self.components) {
+            let started = triggers::event::subscribe(spec, component, &self.capabilities.messaging)
+                .await
+                .map_err(|error| HostError::Component {
+                    manifest: self.manifest.path.clone(),
+                    error: LoadError {
+                        component: spec.name.clone(),
+                        file: spec.source.clone(),
+                        reason: error,
+                    },
+                })?;
+            subscriptions.extend(started);
+        }
+        // Relays start once every subscription exists, so the messages a crashed host left in
+        // an outbox reach this host's consumers too.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let relays: Vec<_> = self
+            .components
+            .iter()
+            .filter_map(|component| outbox::spawn(component.clone(), stopped.clone()))
+            .collect();
+        let drained =
+            server::serve(listener, self.trigger.clone(), shutdown, self.drain_timeout).await;
+        for subscription in subscriptions {
+            subscription.stop().await;
+        }
+        let _ = stop.send(true);
+        for relay in relays {
+            let _ = relay.await;
+        }
+        Ok(drained)
     }
 }

@@ -45,6 +45,13 @@ struct ServeArgs {
     /// Redis for the cache capability (`redis://host:port/db`); default: in-memory cache.
     #[arg(long, env = "AGORA_REDIS_URL")]
     redis_url: Option<String>,
+    /// Database for the sql capability: `postgres://user@host/db` (a schema and a role per
+    /// component) or `sqlite://DIR` (a file per component); default: SQLite under the data dir.
+    #[arg(long, env = "AGORA_DATABASE_URL")]
+    database_url: Option<String>,
+    /// NATS with JetStream for messaging (`nats://host:4222`); default: the in-process bus.
+    #[arg(long, env = "AGORA_NATS_URL")]
+    nats_url: Option<String>,
     /// Allocate instances on demand instead of from the pooling allocator.
     #[arg(long, env = "AGORA_ON_DEMAND")]
     on_demand: bool,
@@ -65,13 +72,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         force_on_demand: args.on_demand,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         redis_url: args.redis_url,
-    };
-    let host = match Host::load(&config) {
-        Ok(host) => host,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
+        database_url: args.database_url,
+        nats_url: args.nats_url,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,6 +86,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let host = match Host::load(&config).await {
+            Ok(host) => host,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        };
         let shutdown = match shutdown_signal() {
             Ok(shutdown) => shutdown,
             Err(err) => {
@@ -103,8 +112,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         println!("agora listening on http://{addr}");
         tracing::info!(%addr, allocation = ?host.allocation(), components = host.components().len(), "serving");
         match host.serve(listener, shutdown).await {
-            Drained::Clean => ExitCode::SUCCESS,
-            Drained::TimedOut => ExitCode::FAILURE,
+            Ok(Drained::Clean) => ExitCode::SUCCESS,
+            Ok(Drained::TimedOut) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
         }
     })
 }

@@ -17,6 +17,19 @@
 //! [component.config_env]         # values read from the environment at load (secrets)
 //! api_key = "HELLO_API_KEY"
 //!
+//! [component.grants]            # deny by default
+//! cache = true                   # agora:platform/cache
+//! sql = true                     # agora:platform/sql (own schema / SQLite file)
+//! publish = ["order.*"]          # agora:platform/messaging, NATS-style patterns
+//!
+//! migrations = "migrations/hello"  # SQL migrations, applied once at load (needs sql)
+//!
+//! [component.messaging]          # subscriptions, delivered to the exported handler
+//! subscribe = ["payment.succeeded"]
+//! max_deliver = 5                # attempts before the dead-letter subject
+//! backoff_ms = 1000              # first redelivery delay, doubling up to backoff_max_ms
+//! backoff_max_ms = 60000
+//!
 //! [component.limits]
 //! memory_mib = 64
 //! deadline_ms = 5000
@@ -36,6 +49,12 @@ pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
 pub const DEFAULT_BODY_KIB: u64 = 1024;
 /// Default cap on instances of one component running at the same time.
 pub const DEFAULT_CONCURRENCY: u32 = 100;
+/// Default number of delivery attempts of one message before it is dead-lettered.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+/// Default delay before the first redelivery.
+pub const DEFAULT_BACKOFF_MS: u64 = 1000;
+/// Default cap on the redelivery delay.
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
 
 /// A parsed and validated manifest.
 #[derive(Debug, Clone)]
@@ -64,16 +83,52 @@ pub struct ComponentSpec {
     /// wasi:config/store keys whose values come from environment variables (key → variable).
     /// Secrets belong here: the manifest holds only the variable's name.
     pub config_env: BTreeMap<String, String>,
+    /// The folder of SQL migrations, resolved against the manifest's folder.
+    pub migrations: Option<PathBuf>,
+    /// Subscriptions and their delivery settings.
+    pub messaging: Messaging,
+}
+
+/// `[component.messaging]`: what the component subscribes to and how failed deliveries are
+/// retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Messaging {
+    /// Subject patterns delivered to the component's exported handler.
+    pub subscribe: Vec<String>,
+    /// Delivery attempts of one message before it goes to the dead-letter subject.
+    pub max_deliver: u32,
+    /// Delay before the first redelivery, in milliseconds; doubles on each further attempt.
+    pub backoff_ms: u64,
+    /// Cap on the redelivery delay, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for Messaging {
+    fn default() -> Self {
+        Messaging {
+            subscribe: Vec::new(),
+            max_deliver: DEFAULT_MAX_DELIVER,
+            backoff_ms: DEFAULT_BACKOFF_MS,
+            backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+        }
+    }
 }
 
 /// Capabilities granted to one component (`[component.grants]`). Deny by default: a component
 /// that imports a capability it is not granted fails to load.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// `agora:platform/cache`, namespaced to the component.
     #[serde(default)]
     pub cache: bool,
+    /// `agora:platform/sql`: the component's own schema (PostgreSQL) or file (SQLite).
+    #[serde(default)]
+    pub sql: bool,
+    /// `agora:platform/messaging`: subject patterns the component may publish to (`*` one
+    /// token, a final `>` any number). Empty: no messaging.
+    #[serde(default)]
+    pub publish: Vec<String>,
 }
 
 /// Limits applied to every instance of one component.
@@ -171,6 +226,19 @@ struct RawComponent {
     config: BTreeMap<String, String>,
     #[serde(default)]
     config_env: BTreeMap<String, String>,
+    migrations: Option<PathBuf>,
+    #[serde(default)]
+    messaging: RawMessaging,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMessaging {
+    #[serde(default)]
+    subscribe: Vec<String>,
+    max_deliver: Option<u32>,
+    backoff_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -230,14 +298,27 @@ impl Manifest {
                     "config key `{key}` is set both in `config` and in `config_env`"
                 )));
             }
+            for pattern in &raw.grants.publish {
+                agora_messaging::validate_pattern(pattern)
+                    .map_err(|err| invalid(format!("grants.publish `{pattern}`: {err}")))?;
+            }
+            if raw.migrations.is_some() && !raw.grants.sql {
+                return Err(invalid(
+                    "`migrations` needs the sql grant (add `sql = true` to [component.grants])"
+                        .into(),
+                ));
+            }
+            let messaging = raw.messaging.resolve().map_err(invalid)?;
             components.push(ComponentSpec {
                 source: base.join(&raw.source),
+                migrations: raw.migrations.map(|dir| base.join(dir)),
                 name: raw.name,
                 routes,
                 limits,
                 grants: raw.grants,
                 config: raw.config,
                 config_env: raw.config_env,
+                messaging,
             });
         }
         let manifest = Manifest {
@@ -301,6 +382,36 @@ impl RawLimits {
             body_bytes: body_kib.saturating_mul(1024),
             concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
         })
+    }
+}
+
+impl RawMessaging {
+    fn resolve(self) -> Result<Messaging, String> {
+        let defaults = Messaging::default();
+        let mut seen = HashSet::new();
+        for subject in &self.subscribe {
+            agora_messaging::validate_pattern(subject)
+                .map_err(|err| format!("messaging.subscribe `{subject}`: {err}"))?;
+            if !seen.insert(subject) {
+                return Err(format!("messaging.subscribe lists `{subject}` twice"));
+            }
+        }
+        let messaging = Messaging {
+            max_deliver: self.max_deliver.unwrap_or(defaults.max_deliver),
+            backoff_ms: self.backoff_ms.unwrap_or(defaults.backoff_ms),
+            backoff_max_ms: self.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
+            subscribe: self.subscribe,
+        };
+        if messaging.max_deliver == 0 {
+            return Err("messaging.max_deliver must be at least 1".into());
+        }
+        if messaging.backoff_max_ms < messaging.backoff_ms {
+            return Err(format!(
+                "messaging.backoff_max_ms ({}) is below messaging.backoff_ms ({})",
+                messaging.backoff_max_ms, messaging.backoff_ms
+            ));
+        }
+        Ok(messaging)
     }
 }
 
@@ -380,6 +491,31 @@ mod tests {
         assert_eq!(hello.source, Path::new("/shop/c/hello.wasm"));
         assert_eq!(hello.routes, vec!["/hello"]);
         assert_eq!(hello.limits, Limits::default());
+        assert_eq!(hello.grants, Grants::default());
+        assert_eq!(hello.messaging, Messaging::default());
+    }
+
+    #[test]
+    fn grants_migrations_and_subscriptions() {
+        let manifest = parse(
+            "[[component]]\nname = \"order\"\nsource = \"o.wasm\"\nmigrations = \"m/order\"\n\
+             grants = { sql = true, publish = [\"order.*\", \"audit.>\"] }\n\
+             [component.messaging]\nsubscribe = [\"payment.succeeded\"]\nmax_deliver = 3\nbackoff_ms = 10\n",
+        )
+        .expect("valid manifest");
+        let order = &manifest.components[0];
+        assert!(order.grants.sql && !order.grants.cache);
+        assert_eq!(order.grants.publish, ["order.*", "audit.>"]);
+        assert_eq!(
+            order.migrations.as_deref(),
+            Some(Path::new("/shop/m/order"))
+        );
+        assert_eq!(order.messaging.subscribe, ["payment.succeeded"]);
+        assert_eq!(
+            (order.messaging.max_deliver, order.messaging.backoff_ms),
+            (3, 10)
+        );
+        assert_eq!(order.messaging.backoff_max_ms, DEFAULT_BACKOFF_MAX_MS);
     }
 
     #[test]
@@ -443,6 +579,22 @@ mod tests {
             (
                 "name = \"a\"\nsource = \"a.wasm\"\nlimits = { concurrency = 0 }",
                 "greater than 0",
+            ),
+            (
+                "name = \"a\"\nsource = \"a.wasm\"\ngrants = { publish = [\"a..b\"] }",
+                "grants.publish `a..b`",
+            ),
+            (
+                "name = \"a\"\nsource = \"a.wasm\"\nmigrations = \"m\"",
+                "needs the sql grant",
+            ),
+            (
+                "name = \"a\"\nsource = \"a.wasm\"\nmessaging = { subscribe = [\"x.>.y\"] }",
+                "messaging.subscribe `x.>.y`",
+            ),
+            (
+                "name = \"a\"\nsource = \"a.wasm\"\nmessaging = { subscribe = [\"x\"], max_deliver = 0 }",
+                "max_deliver must be at least 1",
             ),
             (
                 "name = \"a\"\nsource = \"a.wasm\"\nlimits = { memory_mib = 5000 }",

@@ -7,12 +7,15 @@
 use crate::component::LoadedComponent;
 use agora_cache::CacheCtx;
 use agora_logging::LoggingCtx;
+use agora_messaging::MessagingCtx;
+use agora_sql::{SqlCtx, SqlView};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -35,6 +38,10 @@ pub struct InstanceState {
     pub config: Arc<WasiConfigVariables>,
     /// wasi:logging: tags the guest's log calls with the component.
     pub logging: LoggingCtx,
+    /// agora:platform/sql: this component's database namespace (or denied).
+    pub sql: SqlCtx,
+    /// agora:platform/messaging: the broker and the subjects granted (or denied).
+    pub messaging: MessagingCtx,
 }
 
 impl InstanceState {
@@ -56,11 +63,40 @@ impl InstanceState {
             },
             deadline,
             deadline_hit: false,
-            cache: component.cache.clone(),
+            cache: component.capabilities.cache.clone(),
             config: component.config.clone(),
             logging: LoggingCtx::new(name.clone()),
+            sql: component.capabilities.sql_ctx(),
+            messaging: component.capabilities.messaging_ctx(),
         }
     }
+
+    /// The sql capability's view of this state: its context and the resource table that
+    /// holds open transactions.
+    pub fn sql_view(&mut self) -> SqlView<'_> {
+        SqlView {
+            ctx: &mut self.sql,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A store for one request or event of `component`: its limits, and a deadline enforced by
+/// epoch interruption (a guest computing past it is interrupted; before it, the guest yields at
+/// every epoch tick so other tasks on the thread run).
+pub fn new_store(component: &LoadedComponent, deadline: Instant) -> Store<InstanceState> {
+    let mut store = Store::new(&component.engine, InstanceState::new(component, deadline));
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            ctx.data_mut().deadline_hit = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
 }
 
 impl WasiView for InstanceState {

@@ -12,7 +12,7 @@
 
 use crate::component::LoadedComponent;
 use crate::router::Router;
-use crate::state::InstanceState;
+use crate::state;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
-use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -143,21 +142,7 @@ async fn invoke(
         exceeded: body_exceeded.clone(),
     });
 
-    let mut store = Store::new(
-        component.proxy.engine(),
-        InstanceState::new(component, deadline),
-    );
-    store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut ctx| {
-        if Instant::now() >= ctx.data().deadline {
-            ctx.data_mut().deadline_hit = true;
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            // Not late yet: let other tasks on this thread run, then check again next tick.
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
+    let mut store = state::new_store(component, deadline);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let resources = store
@@ -177,7 +162,16 @@ async fn invoke(
         }
     };
 
-    let proxy = component.proxy.clone();
+    let Some(proxy) = component.proxy.clone() else {
+        // The manifest check at load makes this unreachable: only components exporting
+        // wasi:http get routes.
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("component `{}` serves no HTTP", component.name),
+            request_id,
+        );
+    };
     let task = tokio::spawn(
         async move {
             let _permit = permit;

@@ -1,3 +1,4 @@
-//! Triggers: what makes a component run. HTTP requests for now; events come with messaging.
+//! Triggers: what makes a component run — an HTTP request or a delivered message.
 
+pub mod event;
 pub mod http;

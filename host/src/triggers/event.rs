@@ -1,0 +1,141 @@
+//! The event trigger: one delivered message, one fresh instance of the subscribed component,
+//! its exported `agora:platform/handler` called once.
+//!
+//! The broker owns the delivery contract (ack on `Ok`, redelivery with backoff otherwise,
+//! dead-letter after `max_deliver`); this trigger turns everything that can go wrong in the guest
+//! — an `Err`, a trap, a deadline, running out of memory — into an `Err` with a reason, so a
+//! failing component never loses a message and never affects another component.
+
+use crate::component::LoadedComponent;
+use crate::manifest::ComponentSpec;
+use crate::state;
+use agora_messaging::bindings::subscriber::exports::agora::platform::handler::Message;
+use agora_messaging::{
+    Backoff, Delivery, MessageHandler, MessagingBackend, Subscription, SubscriptionSpec,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument as _;
+
+/// How long the broker waits for an acknowledgement beyond the component's own deadline
+/// before it considers a delivery lost (a crashed host) and redelivers it.
+const ACK_GRACE: Duration = Duration::from_secs(10);
+
+/// Delivers one subscription's messages to a component.
+pub struct EventHandler {
+    component: Arc<LoadedComponent>,
+}
+
+/// Starts every subscription the manifest declares for `component`.
+pub async fn subscribe(
+    spec: &ComponentSpec,
+    component: &Arc<LoadedComponent>,
+    backend: &Arc<dyn MessagingBackend>,
+) -> Result<Vec<Subscription>, String> {
+    let mut subscriptions = Vec::with_capacity(spec.messaging.subscribe.len());
+    for subject in &spec.messaging.subscribe {
+        let subscription_spec = SubscriptionSpec {
+            component: spec.name.clone(),
+            subject: subject.clone(),
+            max_deliver: spec.messaging.max_deliver,
+            backoff: Backoff {
+                initial: Duration::from_millis(spec.messaging.backoff_ms),
+                max: Duration::from_millis(spec.messaging.backoff_max_ms),
+            },
+            concurrency: (spec.limits.concurrency as usize).clamp(1, 64),
+            ack_wait: Duration::from_millis(spec.limits.deadline_ms) + ACK_GRACE,
+        };
+        let handler = Arc::new(EventHandler {
+            component: component.clone(),
+        });
+        let subscription = backend
+            .subscribe(subscription_spec, handler)
+            .await
+            .map_err(|err| format!("cannot subscribe to `{subject}`: {err}"))?;
+        tracing::info!(component = %spec.name, subject, "subscribed");
+        subscriptions.push(subscription);
+    }
+    Ok(subscriptions)
+}
+
+#[async_trait::async_trait]
+impl MessageHandler for EventHandler {
+    async fn handle(&self, delivery: Delivery) -> Result<(), String> {
+        let component = &self.component;
+        let span = tracing::info_span!(
+            "event",
+            component = %component.name,
+            subject = %delivery.message.subject,
+            message_id = %delivery.message.id,
+            delivery = delivery.delivery,
+            outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self.run(delivery).instrument(span.clone()).await;
+        let _entered = span.enter();
+        span.record("duration_ms", started.elapsed().as_millis() as u64);
+        match &result {
+            Ok(()) => {
+                span.record("outcome", "ok");
+                tracing::info!("event handled");
+            }
+            Err(reason) => {
+                span.record("outcome", "failed");
+                tracing::warn!(%reason, "event failed; the broker will redeliver it");
+            }
+        }
+        result
+    }
+}
+
+impl EventHandler {
+    async fn run(&self, delivery: Delivery) -> Result<(), String> {
+        let component = &self.component;
+        let Some(pre) = component.subscriber.clone() else {
+            return Err(format!("component `{}` exports no handler", component.name));
+        };
+        // Events wait for a free instance rather than being refused: the broker holds them.
+        let _permit = component
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "the component is shutting down".to_owned())?;
+        let deadline = Instant::now() + Duration::from_millis(component.limits.deadline_ms);
+        let mut store = state::new_store(component, deadline);
+        let message = Message {
+            id: delivery.message.id,
+            subject: delivery.message.subject,
+            payload: delivery.message.payload,
+            headers: delivery.message.headers,
+            delivery: delivery.delivery,
+        };
+        let run = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .agora_platform_handler()
+                .call_handle(&mut store, &message)
+                .await
+        };
+        let outcome = tokio::time::timeout_at(deadline.into(), run).await;
+        let state = store.data();
+        match outcome {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(format!("the handler returned an error: {reason}")),
+            Err(_) => Err(format!(
+                "deadline of {} ms exceeded",
+                component.limits.deadline_ms
+            )),
+            Ok(Err(_)) if state.deadline_hit => Err(format!(
+                "deadline of {} ms exceeded",
+                component.limits.deadline_ms
+            )),
+            Ok(Err(_)) if state.limits.memory_denied => Err(format!(
+                "out of memory (limit {} MiB)",
+                component.limits.memory_bytes >> 20
+            )),
+            Ok(Err(trap)) => Err(format!("the handler trapped: {trap:#}")),
+        }
+    }
+}
