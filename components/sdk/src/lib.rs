@@ -6,6 +6,10 @@
 //!   environment).
 //! - [`log`]: structured log lines that the host tags with the component and request.
 //! - [`http`]: JSON answers in agora's error shape and JSON request bodies.
+//! - [`sql`]: the component's own database — typed parameters ([`params!`]), rows read by
+//!   column name into Rust types, transactions that publish through an outbox.
+//! - [`events`]: publish messages and versioned JSON events; receive them with a
+//!   [`events::Handler`] registered by [`export_handler!`].
 //!
 //! Every call returns a `Result` whose error says what went wrong; nothing here panics on bad
 //! input or a backend outage. HTTP handling itself is [wstd]'s: a component depends on both
@@ -20,15 +24,20 @@
 //! }
 //! ```
 
-mod bindings {
+#[doc(hidden)]
+pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
         world: "agora:platform/sdk",
         generate_all,
+        pub_export_macro: true,
+        default_bindings_module: "agora_sdk::bindings",
     });
 }
 
 pub mod cache;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod log;
+pub mod sql;
