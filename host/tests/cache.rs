@@ -141,7 +141,7 @@ async fn importing_the_cache_without_a_grant_fails_to_load() {
     .unwrap();
     let mut config = HostConfig::new(&manifest);
     config.data_dir = common::shared_data_dir();
-    let Err(err) = Host::load(&config) else {
+    let Err(err) = Host::load(&config).await else {
         panic!("a component importing an ungranted capability must not load");
     };
     let message = err.to_string();

@@ -26,7 +26,7 @@ async fn a_restart_is_served_from_the_compiled_cache() {
     let config = hello_config(dir.path());
     let cache_dir = config.data_dir.join("compiled");
 
-    let first = Host::load(&config).unwrap();
+    let first = Host::load(&config).await.unwrap();
     assert_eq!(first.components()[0].origin, Origin::Compiled);
     let entries: Vec<_> = std::fs::read_dir(&cache_dir)
         .unwrap()
@@ -46,7 +46,7 @@ async fn a_restart_is_served_from_the_compiled_cache() {
     let written = std::fs::metadata(entry).unwrap().modified().unwrap();
     drop(first);
 
-    let second = Host::load(&config).unwrap();
+    let second = Host::load(&config).await.unwrap();
     assert_eq!(second.components()[0].origin, Origin::Cache);
     assert_eq!(
         std::fs::metadata(entry).unwrap().modified().unwrap(),
@@ -65,7 +65,7 @@ async fn a_restart_is_served_from_the_compiled_cache() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "Hello, world!\n");
     stop.send(()).unwrap();
-    server.await.unwrap();
+    server.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +73,7 @@ async fn a_corrupt_cache_entry_is_recompiled() {
     let dir = tempfile::tempdir().unwrap();
     let config = hello_config(dir.path());
 
-    let first = Host::load(&config).unwrap();
+    let first = Host::load(&config).await.unwrap();
     drop(first);
     let entry = std::fs::read_dir(config.data_dir.join("compiled"))
         .unwrap()
@@ -83,6 +83,6 @@ async fn a_corrupt_cache_entry_is_recompiled() {
         .path();
     std::fs::write(&entry, b"garbage").unwrap();
 
-    let second = Host::load(&config).unwrap();
+    let second = Host::load(&config).await.unwrap();
     assert_eq!(second.components()[0].origin, Origin::Compiled);
 }

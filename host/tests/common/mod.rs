@@ -41,7 +41,7 @@ pub struct TestHost {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Drained>>,
+    task: Option<JoinHandle<Result<Drained, agora_host::HostError>>>,
 }
 
 impl TestHost {
@@ -58,9 +58,8 @@ impl TestHost {
         let mut config = HostConfig::new(&manifest_path);
         config.data_dir = shared_data_dir();
         adjust(&mut config);
-        let host = tokio::task::spawn_blocking(move || Host::load(&config))
+        let host = Host::load(&config)
             .await
-            .unwrap()
             .unwrap_or_else(|err| panic!("host failed to load: {err}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -86,7 +85,12 @@ impl TestHost {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        self.task.take().unwrap().await.unwrap()
+        self.task
+            .take()
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap_or_else(|err| panic!("host failed to serve: {err}"))
     }
 }
 
@@ -129,10 +133,30 @@ pub async fn json_error(response: reqwest::Response, status: u16) -> (String, St
 /// or None after printing SKIPPED when it is unreachable — except under `CI=true`, where an
 /// unreachable Redis fails the test.
 pub fn redis_url_or_skip() -> Option<String> {
-    let url =
-        std::env::var("AGORA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    service_url_or_skip("AGORA_TEST_REDIS_URL", "redis://127.0.0.1:6379", "Redis")
+}
+
+/// The PostgreSQL of the production-backend tests (see [`service_url_or_skip`]).
+pub fn database_url_or_skip() -> Option<String> {
+    service_url_or_skip(
+        "AGORA_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+        "PostgreSQL",
+    )
+}
+
+/// The NATS (with JetStream) of the production-backend tests (see [`service_url_or_skip`]).
+pub fn nats_url_or_skip() -> Option<String> {
+    service_url_or_skip("AGORA_TEST_NATS_URL", "nats://127.0.0.1:4222", "NATS")
+}
+
+/// The URL in `variable` (or `default`) when its server accepts TCP connections. Otherwise
+/// the test is skipped with a SKIPPED line — except under `CI=true`, where it fails.
+pub fn service_url_or_skip(variable: &str, default: &str, what: &str) -> Option<String> {
+    let url = std::env::var(variable).unwrap_or_else(|_| default.into());
     let authority = url
-        .trim_start_matches("redis://")
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
         .split('/')
         .next()
         .unwrap_or("")
@@ -140,9 +164,9 @@ pub fn redis_url_or_skip() -> Option<String> {
         .next()
         .unwrap_or("")
         .to_owned();
-    let reachable = authority
-        .parse::<SocketAddr>()
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&authority)
         .ok()
+        .and_then(|mut addrs| addrs.next())
         .and_then(|addr| {
             std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()
         })
@@ -152,9 +176,9 @@ pub fn redis_url_or_skip() -> Option<String> {
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "Redis at {url} is required under CI=true"
+        "{what} at {url} is required under CI=true"
     );
-    eprintln!("SKIPPED: Redis at {url} is unreachable");
+    eprintln!("SKIPPED: {what} at {url} is unreachable");
     None
 }
 
