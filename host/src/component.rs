@@ -66,6 +66,8 @@ pub struct Granted {
     pub publish: Arc<[String]>,
     /// The broker.
     pub messaging: Arc<dyn MessagingBackend>,
+    /// The origins it may send HTTP requests to (empty: none).
+    pub http: Arc<[String]>,
     may_publish: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
@@ -199,6 +201,7 @@ pub async fn load(
             sql,
             publish,
             messaging: capabilities.messaging.clone(),
+            http: spec.grants.http.clone().into(),
             may_publish: Arc::new(move |subject| {
                 agora_messaging::validate_subject(subject).is_ok()
                     && patterns

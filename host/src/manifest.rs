@@ -21,6 +21,7 @@
 //! cache = true                   # agora:platform/cache
 //! sql = true                     # agora:platform/sql (own schema / SQLite file)
 //! publish = ["order.*"]          # agora:platform/messaging, NATS-style patterns
+//! http = ["https://api.example.com"]  # outbound wasi:http, by origin
 //!
 //! migrations = "migrations/hello"  # SQL migrations, applied once at load (needs sql)
 //!
@@ -129,6 +130,10 @@ pub struct Grants {
     /// token, a final `>` any number). Empty: no messaging.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Outbound `wasi:http`: the origins (`scheme://host[:port]`) the component may send
+    /// requests to. Empty: every outgoing request is refused with `HTTP-request-denied`.
+    #[serde(default)]
+    pub http: Vec<String>,
 }
 
 /// Limits applied to every instance of one component.
@@ -302,7 +307,12 @@ impl Manifest {
                 agora_messaging::validate_pattern(pattern)
                     .map_err(|err| invalid(format!("grants.publish `{pattern}`: {err}")))?;
             }
-            if raw.migrations.is_some() && !raw.grants.sql {
+            let mut grants = raw.grants;
+            for origin in &mut grants.http {
+                *origin = normalise_origin(origin)
+                    .map_err(|err| invalid(format!("grants.http `{origin}`: {err}")))?;
+            }
+            if raw.migrations.is_some() && !grants.sql {
                 return Err(invalid(
                     "`migrations` needs the sql grant (add `sql = true` to [component.grants])"
                         .into(),
@@ -315,7 +325,7 @@ impl Manifest {
                 name: raw.name,
                 routes,
                 limits,
-                grants: raw.grants,
+                grants,
                 config: raw.config,
                 config_env: raw.config_env,
                 messaging,
@@ -413,6 +423,21 @@ impl RawMessaging {
         }
         Ok(messaging)
     }
+}
+
+/// An origin as outbound requests are matched against it: lowercase `scheme://host[:port]`.
+fn normalise_origin(origin: &str) -> Result<String, String> {
+    let lower = origin.trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, authority) = lower
+        .split_once("://")
+        .ok_or("an origin is `http://host[:port]` or `https://host[:port]`")?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("scheme `{scheme}` is not http or https"));
+    }
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err("an origin has a host and optionally a port, no path, query or user".into());
+    }
+    Ok(lower)
 }
 
 fn validate_name(name: &str) -> Result<(), String> {
@@ -516,6 +541,15 @@ mod tests {
             (3, 10)
         );
         assert_eq!(order.messaging.backoff_max_ms, DEFAULT_BACKOFF_MAX_MS);
+        let origins = parse(
+            "[[component]]\nname = \"gw\"\nsource = \"g.wasm\"\n\
+             grants = { http = [\"HTTP://Example.com:8080/\", \"https://api.example.com\"] }\n",
+        )
+        .expect("valid manifest");
+        assert_eq!(
+            origins.components[0].grants.http,
+            ["http://example.com:8080", "https://api.example.com"]
+        );
     }
 
     #[test]
@@ -583,6 +617,14 @@ mod tests {
             (
                 "name = \"a\"\nsource = \"a.wasm\"\ngrants = { publish = [\"a..b\"] }",
                 "grants.publish `a..b`",
+            ),
+            (
+                "name = \"a\"\nsource = \"a.wasm\"\ngrants = { http = [\"ftp://x\"] }",
+                "grants.http `ftp://x`: scheme `ftp`",
+            ),
+            (
+                "name = \"a\"\nsource = \"a.wasm\"\ngrants = { http = [\"https://x/path\"] }",
+                "no path",
             ),
             (
                 "name = \"a\"\nsource = \"a.wasm\"\nmigrations = \"m\"",

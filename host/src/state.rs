@@ -19,12 +19,15 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 /// The data of a per-request store.
 pub struct InstanceState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    outbound: OutboundHttp,
     table: ResourceTable,
     /// Memory limits; also records whether a limit was hit.
     pub limits: GuestLimits,
@@ -55,6 +58,10 @@ impl InstanceState {
         InstanceState {
             wasi,
             http: WasiHttpCtx::new(),
+            outbound: OutboundHttp {
+                component: name.clone(),
+                allowed: component.capabilities.http.clone(),
+            },
             table: ResourceTable::new(),
             limits: GuestLimits {
                 max_memory_bytes: usize::try_from(component.limits.memory_bytes)
@@ -113,8 +120,54 @@ impl WasiHttpView for InstanceState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outbound,
         }
+    }
+}
+
+/// Outbound wasi:http, limited to the origins the manifest grants (`grants.http`). A request
+/// to any other origin fails with `HTTP-request-denied` — an error value, not a trap.
+struct OutboundHttp {
+    component: Arc<str>,
+    allowed: Arc<[String]>,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let uri = request.uri();
+        let origin = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("https"),
+            uri.authority().map_or("", |a| a.as_str())
+        )
+        .to_ascii_lowercase();
+        if !self.allowed.contains(&origin) {
+            tracing::warn!(component = %self.component, %origin, "outbound HTTP to an ungranted origin refused");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 
