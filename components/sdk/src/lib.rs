@@ -31,6 +31,7 @@ pub mod bindings {
         world: "agora:platform/sdk",
         generate_all,
         pub_export_macro: true,
+        additional_derives: [PartialEq],
         default_bindings_module: "agora_sdk::bindings",
     });
 }

@@ -575,4 +575,46 @@ mod tests {
         assert_eq!(Timestamp::parse_rfc3339("2026-13-01T00:00:00Z"), None);
         assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
     }
+
+    #[test]
+    fn rows_read_into_rust_types_by_name_or_position() {
+        let rows = Rows {
+            columns: vec!["id".into(), "active".into(), "price".into(), "note".into()],
+            rows: vec![vec![
+                Value::Int(7),
+                Value::Int(1), // SQLite's true
+                Value::Decimal("12.50".into()),
+                Value::Null,
+            ]],
+        };
+        let row = rows.first().expect("one row");
+        assert_eq!(row.get::<i64>("id"), Ok(7));
+        assert_eq!(row.get::<u32>(0), Ok(7));
+        assert_eq!(row.get::<bool>("active"), Ok(true));
+        assert_eq!(row.get::<Decimal>("price"), Ok(Decimal("12.50".into())));
+        assert_eq!(row.get::<Option<String>>("note"), Ok(None));
+        let missing = row.get::<i64>("nope").expect_err("no such column");
+        assert!(
+            matches!(&missing, SqlError::Decode(m) if m.contains("`nope`")),
+            "{missing}"
+        );
+        let wrong = row.get::<String>("id").expect_err("an int is not text");
+        assert!(
+            matches!(&wrong, SqlError::Decode(m) if m.contains("expected text, found int")),
+            "{wrong}"
+        );
+        assert_eq!(
+            rows.to_json(),
+            vec![serde_json::json!({"id": 7, "active": 1, "price": "12.50", "note": null})]
+        );
+        assert_eq!(
+            params![1, "a", None::<i64>, true],
+            [
+                Value::Int(1),
+                Value::Text("a".into()),
+                Value::Null,
+                Value::Boolean(true)
+            ]
+        );
+    }
 }
