@@ -176,6 +176,17 @@ async fn scenario(backends: Backends) {
     )
     .await;
     let flaky_id = flaky["id"].as_str().unwrap().to_owned();
+    // Redelivery after a trap: the handler panics (a trap) in the first delivery of this one.
+    let (_, trapping) = json(
+        post(
+            format!("/{name}/notes"),
+            json!({"body": "trap-once please"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let trapping_id = trapping["id"].as_str().unwrap().to_owned();
     // Dead letter: the handler fails every delivery of this one.
     let (_, poison) = json(
         post(format!("/{name}/notes"), json!({"body": "poison pill"}))
@@ -186,10 +197,10 @@ async fn scenario(backends: Backends) {
     let poison_id = poison["id"].as_str().unwrap().to_owned();
 
     let received = eventually(&host, &format!("/{name}/received"), |body| {
-        event_note_ids(body).len() >= 2 && !body["dead_letters"].as_array().unwrap().is_empty()
+        event_note_ids(body).len() >= 3 && !body["dead_letters"].as_array().unwrap().is_empty()
     })
     .await;
-    let mut expected = vec![hello_id.clone(), flaky_id.clone()];
+    let mut expected = vec![hello_id.clone(), flaky_id.clone(), trapping_id.clone()];
     expected.sort();
     assert_eq!(event_note_ids(&received), expected, "{received}");
     assert!(!event_note_ids(&received).contains(&rolled_id));
@@ -208,6 +219,12 @@ async fn scenario(backends: Backends) {
         2,
         "redelivered once after the failure"
     );
+    assert_eq!(
+        delivery_of(&trapping_id),
+        2,
+        "redelivered once after the trap"
+    );
+    assert_eq!(received["failures"][&trapping_id], 1, "{received}");
     let dead = &received["dead_letters"][0];
     assert_eq!(dead["subject"], subject.as_str(), "{received}");
     assert!(
@@ -234,7 +251,15 @@ async fn scenario(backends: Backends) {
         .iter()
         .map(|n| n["body"].as_str().unwrap())
         .collect();
-    assert_eq!(bodies, ["hello", "fail-once please", "poison pill"]);
+    assert_eq!(
+        bodies,
+        [
+            "hello",
+            "fail-once please",
+            "trap-once please",
+            "poison pill"
+        ]
+    );
     let (_, info) = json(
         http.get(host.url(&format!("/{name}/info")))
             .send()
@@ -242,7 +267,7 @@ async fn scenario(backends: Backends) {
             .unwrap(),
     )
     .await;
-    assert_eq!(info["notes_created"], 3);
+    assert_eq!(info["notes_created"], 4);
 
     // Publishing directly: granted subjects only, as an error value otherwise (`other` may
     // publish only to `other.*`) — never a trap.
@@ -287,7 +312,7 @@ async fn scenario(backends: Backends) {
     .await;
     assert_eq!(
         (status, &count["rows"][0]["n"]),
-        (200, &json!(3)),
+        (200, &json!(4)),
         "{count}"
     );
     let escape = match backends

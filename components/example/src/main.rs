@@ -13,8 +13,9 @@
 //! - `GET …/info` → configuration values, the counter of notes created, and a log line.
 //!
 //! Events: `example.note-created` (or the subject configured as `note_subject`) is handled by inserting into `received` (idempotent on the
-//! event id). A note whose body contains `fail-once` fails its first delivery; one containing
-//! `poison` fails every delivery and ends on the dead-letter subject, which this component also
+//! event id). A note whose body contains `fail-once` fails its first delivery, one containing
+//! `trap-once` traps (panics) in its first delivery, and one containing `poison` fails every
+//! delivery and ends on the dead-letter subject, which this component also
 //! subscribes to (`dlq.>`), recording it in `dead_letters`.
 
 use agora_sdk::events::{self, Event, Handler, Message, PublishError};
@@ -262,6 +263,10 @@ impl Handler for Inbox {
         }
         let event: Event<Note> = message.event()?;
         let note = event.data;
+        if note.body.contains("trap-once") && message.delivery == 1 {
+            let _ = cache::incr(&format!("failures:{}", note.id), 1);
+            panic!("trapping on purpose in delivery 1 of note {}", note.id);
+        }
         let fail = (note.body.contains("fail-once") && message.delivery == 1)
             || note.body.contains("poison");
         if fail {
