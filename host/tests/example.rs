@@ -535,3 +535,31 @@ async fn a_failing_migration_stops_the_load_with_its_name() {
     assert!(message.contains("0002_broken"), "{message}");
     assert!(!message.contains('\n'), "{message}");
 }
+
+/// `cargo xtask dev` serves the repository's agora.toml: it must load as it is, and the
+/// example in it must answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_repository_manifest_loads_and_serves() {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agora.toml");
+    let data = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(&manifest);
+    config.data_dir = data.path().to_owned();
+    let host = Host::load(&config)
+        .await
+        .unwrap_or_else(|err| panic!("agora.toml does not load: {err}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(host.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let info: Value = reqwest::get(format!("http://{addr}/example/info"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["greeting"], "hello from agora.toml", "{info}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
