@@ -155,6 +155,39 @@ fn a_missing_manifest_exits_2() {
     );
 }
 
+#[test]
+fn unreachable_or_malformed_backends_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("agora.toml");
+    std::fs::write(&manifest, "").unwrap();
+    // Nothing listens on port 1; each failure must come quickly, naming the backend.
+    for (flag, url, expected) in [
+        (
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/test",
+            "sql",
+        ),
+        ("--database-url", "mysql://127.0.0.1/x", "sql"),
+        ("--nats-url", "nats://127.0.0.1:1", "127.0.0.1:1"),
+    ] {
+        let mut child = agora()
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(&manifest)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([flag, url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_with_limit(&mut child, Duration::from_secs(30));
+        let stderr = read_stderr(&mut child);
+        assert_eq!(status.code(), Some(2), "{flag} {url}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{flag} {url}: {stderr}");
+    }
+}
+
 /// Starts `agora serve` on `manifest` and returns the child and its address (read from the
 /// listening line on stdout).
 fn start_agora(dir: &Path, manifest: &str) -> Agora {
