@@ -13,7 +13,7 @@ use crate::{cargo, components, target_dir};
 use agora_cache::{CacheBackend, MemoryCache, RedisCache};
 use agora_messaging::{Message, MessagingBackend};
 use agora_sql::{Namespace, SqlBackend, Value};
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::path::Path;
@@ -45,7 +45,7 @@ struct Row {
 
 /// The native operation of a row.
 enum Native {
-    Cache(Box<dyn CacheBackend>),
+    Cache(Arc<dyn CacheBackend>),
     Sql(Arc<dyn Namespace>, &'static str),
     Publish(Arc<dyn MessagingBackend>),
 }
@@ -82,16 +82,16 @@ pub fn run(urls: &Urls) -> anyhow::Result<()> {
         if redis {
             args = vec!["--redis-url".to_owned(), urls.redis.clone()];
         }
-        let native: Box<dyn CacheBackend> = if redis {
-            Box::new(RedisCache::new(&urls.redis)?)
+        let native: Arc<dyn CacheBackend> = if redis {
+            Arc::new(RedisCache::new(&urls.redis)?)
         } else {
-            Box::new(MemoryCache::default())
+            Arc::new(MemoryCache::default())
         };
         let manifest = manifest(&work, "bench", &cache_fixture, "grants = { cache = true }")?;
         let guest = guest_run(&runtime, &manifest, &work, &args, |addr| {
             Box::pin(guest_per_call(addr, "/c/key", Some("/c/key")))
         })?;
-        let native = runtime.block_on(native_per_call(&Native::Cache(native)))?;
+        let native = native_run(&runtime, Native::Cache(native))?;
         rows.push(report("cache.get (16 B)", backend, guest, native));
     }
     // Sql and messaging: the embedded set, then the production set.
@@ -155,14 +155,13 @@ pub fn run(urls: &Urls) -> anyhow::Result<()> {
             let guest = guest_run(&runtime, &manifest, &work, &args, |addr| {
                 Box::pin(guest_per_call(addr, path, None))
             })?;
-            let native =
-                runtime.block_on(native_per_call(&Native::Sql(namespace.clone(), statement)))?;
+            let native = native_run(&runtime, Native::Sql(namespace.clone(), statement))?;
             rows.push(report(operation, sql_label, guest, native));
         }
         let guest = guest_run(&runtime, &manifest, &work, &args, |addr| {
             Box::pin(guest_per_call(addr, "/c/publish", None))
         })?;
-        let native = runtime.block_on(native_per_call(&Native::Publish(messaging.clone())))?;
+        let native = native_run(&runtime, Native::Publish(messaging.clone()))?;
         rows.push(report("messaging.publish (16 B)", bus_label, guest, native));
         if production {
             runtime.block_on(async {
@@ -267,12 +266,19 @@ async fn guest_per_call(addr: &str, path: &str, put: Option<&str>) -> anyhow::Re
     tokio::spawn(connection);
     let mut send = async |method: http::Method, path: String, body: &'static [u8]| {
         let request = http::Request::builder()
-            .method(method)
-            .uri(path)
+            .method(method.clone())
+            .uri(&path)
             .header(http::header::HOST, addr)
             .body(Full::new(Bytes::from_static(body)))?;
         let started = Instant::now();
-        let response = sender.send_request(request).await?;
+        sender
+            .ready()
+            .await
+            .context("the connection to agora closed")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
@@ -296,6 +302,13 @@ async fn guest_per_call(addr: &str, path: &str, put: Option<&str>) -> anyhow::Re
     }
     let [one, many] = timings;
     Ok(median(many).saturating_sub(median(one)) / CALLS)
+}
+
+/// Runs the native loop as a task on the runtime's workers, as the host runs a guest: a loop
+/// driven from `block_on`'s thread would pay a cross-thread wake-up on every I/O await.
+fn native_run(runtime: &tokio::runtime::Runtime, native: Native) -> anyhow::Result<Duration> {
+    runtime
+        .block_on(async move { tokio::spawn(async move { native_per_call(&native).await }).await? })
 }
 
 async fn native_per_call(native: &Native) -> anyhow::Result<Duration> {

@@ -29,6 +29,8 @@ use tokio::sync::{Mutex, Notify};
 const MAX_CONNECTIONS: u32 = 8;
 /// How long a call waits for a free connection, and a writer for the lock.
 const WAIT: Duration = Duration::from_secs(5);
+/// Opens of a file another process is switching to WAL at the same moment.
+const OPEN_ATTEMPTS: u64 = 10;
 
 const SETUP: &str = "
 create table if not exists _agora_outbox (
@@ -93,19 +95,34 @@ impl SqlBackend for SqliteBackend {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(WAIT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(WAIT)
-            .after_connect(|conn, _| Box::pin(confine(conn)))
-            .connect_with(options)
-            .await
-            .map_err(|err| {
-                SqlError::Unavailable(format!(
-                    "cannot open {}: {}",
-                    path.display(),
-                    SqlError::from(err).detail()
-                ))
-            })?;
+        // Switching a new file to WAL needs a moment of exclusive access, and SQLite answers
+        // "database is locked" at once (without its busy handler) when another process opens
+        // the same file at that moment — two hosts on one data dir. Such an open is retried.
+        let mut attempt: u64 = 0;
+        let pool = loop {
+            let opened = SqlitePoolOptions::new()
+                .max_connections(MAX_CONNECTIONS)
+                .acquire_timeout(WAIT)
+                .after_connect(|conn, _| Box::pin(confine(conn)))
+                .connect_with(options.clone())
+                .await;
+            match opened {
+                Ok(pool) => break pool,
+                Err(err) => {
+                    let err = SqlError::from(err);
+                    attempt += 1;
+                    if attempt < OPEN_ATTEMPTS && err.detail().contains("database is locked") {
+                        tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                        continue;
+                    }
+                    return Err(SqlError::Unavailable(format!(
+                        "cannot open {}: {}",
+                        path.display(),
+                        err.detail()
+                    )));
+                }
+            }
+        };
         sqlx::raw_sql(SETUP).execute(&pool).await?;
         let namespace = Arc::new(SqliteNamespace {
             pool,
