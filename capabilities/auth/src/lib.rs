@@ -1,0 +1,179 @@
+//! `agora:platform/auth` — the host side of the auth capability: tokens issued by the host,
+//! with keys that never enter a guest.
+//!
+//! - [`Keys`]: EdDSA (Ed25519) from PEM by default, RS256 allowed, HS256 only explicitly.
+//! - [`Authority`]: issues a session (an access and a refresh token), rotates refresh tokens
+//!   (a reused one revokes its session), revokes a session (logout) or every session of a
+//!   subject.
+//! - [`Verifier`]: what the host runs on each request carrying `Authorization: Bearer`; every
+//!   reason to refuse a token is its own [`VerifyError`] variant.
+//! - [`RevocationStore`]: the state shared by replicas — [`MemoryRevocationStore`] embedded,
+//!   [`RedisRevocationStore`] in production.
+//! - [`AuthCtx`]: the per-store state a component's calls go to; granted or denied.
+//!
+//! Every token carries the session (refresh family) id `fam`, access tokens included, so that
+//! logout and `revoke-subject` also end the session's access tokens: the verifier looks the
+//! family up in the store on each request (one Redis `EXISTS`).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use agora_auth::{AuthConfig, AuthCtx, Authority, Keys, MemoryRevocationStore};
+//! # struct State { auth: AuthCtx }
+//! # fn link(linker: &mut wasmtime::component::Linker<State>) -> anyhow::Result<()> {
+//! agora_auth::add_to_linker(linker, |state: &mut State| &mut state.auth)?;
+//! let authority = Authority::new(
+//!     Keys::from_env()?,
+//!     AuthConfig::new("https://shop.example", "shop"),
+//!     Arc::new(MemoryRevocationStore::default()),
+//! )?;
+//! let ctx = AuthCtx::granted(Arc::new(authority));
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod keys;
+mod memory;
+mod redis;
+mod store;
+mod tokens;
+
+pub use keys::{
+    ALGORITHM_VAR, KeyAlgorithm, KeyError, Keys, MIN_HS256_SECRET_BYTES, PRIVATE_KEY_FILE_VAR,
+    PRIVATE_KEY_VAR, PUBLIC_KEY_FILE_VAR, PUBLIC_KEY_VAR,
+};
+pub use memory::MemoryRevocationStore;
+pub use redis::{CALL_TIMEOUT, KEY_PREFIX, RedisRevocationStore};
+pub use store::{RevocationStore, StoreError, UseOutcome};
+pub use tokens::{
+    AuthConfig, AuthError, Authority, Claims, Identity, MAX_ROLE_BYTES, MAX_ROLES,
+    MAX_SUBJECT_BYTES, TokenPair, TokenType, Verifier, VerifyError,
+};
+
+use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Generated bindings of the `agora:platform/auth` interface.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "agora:platform/auth-user",
+        imports: { default: async | trappable | tracing },
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+use bindings::agora::platform::auth::{Error, Host, TokenPair as WitTokenPair};
+
+/// The WIT name of the interface, as it appears in a component's imports.
+pub const INTERFACE: &str = "agora:platform/auth";
+
+/// The auth state of one store.
+#[derive(Clone)]
+pub struct AuthCtx {
+    grant: Option<Arc<Authority>>,
+}
+
+impl std::fmt::Debug for AuthCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthCtx")
+            .field("granted", &self.grant.is_some())
+            .finish()
+    }
+}
+
+impl AuthCtx {
+    /// A component with an auth grant: its calls go to `authority`.
+    pub fn granted(authority: Arc<Authority>) -> AuthCtx {
+        AuthCtx {
+            grant: Some(authority),
+        }
+    }
+
+    /// A component without an auth grant: every call answers `denied`.
+    pub fn denied() -> AuthCtx {
+        AuthCtx { grant: None }
+    }
+
+    fn authority(&self) -> Result<&Authority, Error> {
+        self.grant.as_deref().ok_or(Error::Denied)
+    }
+}
+
+fn to_guest(err: AuthError) -> Error {
+    match err {
+        AuthError::Invalid(message) => Error::Invalid(message),
+        AuthError::Rejected(message) => Error::Rejected(message),
+        AuthError::Unavailable(message) => {
+            tracing::warn!(%message, "auth unavailable");
+            Error::Unavailable(message)
+        }
+    }
+}
+
+fn to_wit(pair: TokenPair) -> WitTokenPair {
+    WitTokenPair {
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+        access_expires_in_s: pair.access_expires_in_s,
+        refresh_expires_in_s: pair.refresh_expires_in_s,
+    }
+}
+
+impl Host for AuthCtx {
+    async fn issue(
+        &mut self,
+        subject: String,
+        roles: Vec<String>,
+    ) -> wasmtime::Result<Result<WitTokenPair, Error>> {
+        let authority = match self.authority() {
+            Ok(authority) => authority,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(authority
+            .issue(&subject, &roles)
+            .await
+            .map(to_wit)
+            .map_err(to_guest))
+    }
+
+    async fn refresh(
+        &mut self,
+        refresh_token: String,
+    ) -> wasmtime::Result<Result<WitTokenPair, Error>> {
+        let authority = match self.authority() {
+            Ok(authority) => authority,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(authority
+            .refresh(&refresh_token)
+            .await
+            .map(to_wit)
+            .map_err(to_guest))
+    }
+
+    async fn revoke(&mut self, refresh_token: String) -> wasmtime::Result<Result<(), Error>> {
+        let authority = match self.authority() {
+            Ok(authority) => authority,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(authority.revoke(&refresh_token).await.map_err(to_guest))
+    }
+
+    async fn revoke_subject(&mut self, subject: String) -> wasmtime::Result<Result<(), Error>> {
+        let authority = match self.authority() {
+            Ok(authority) => authority,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(authority.revoke_subject(&subject).await.map_err(to_guest))
+    }
+}
+
+/// Adds `agora:platform/auth` to `linker`; `get` finds the [`AuthCtx`] in a store's data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut AuthCtx,
+) -> wasmtime::Result<()> {
+    bindings::agora::platform::auth::add_to_linker::<T, HasSelf<AuthCtx>>(linker, get)
+}
