@@ -255,6 +255,11 @@ impl Verifier {
         }
     }
 
+    /// The algorithm tokens must be signed with.
+    pub fn algorithm(&self) -> crate::keys::KeyAlgorithm {
+        self.keys.algorithm()
+    }
+
     /// Verifies an access token and returns who it stands for.
     pub async fn verify_access(&self, token: &str) -> Result<Identity, VerifyError> {
         let claims = self.verify(token, TokenType::Access, true).await?;
@@ -383,9 +388,16 @@ fn check_roles(roles: &[String]) -> Result<(), AuthError> {
             roles.len()
         )));
     }
-    roles
-        .iter()
-        .try_for_each(|role| check_text("role", role, MAX_ROLE_BYTES))
+    roles.iter().try_for_each(|role| {
+        check_text("role", role, MAX_ROLE_BYTES)?;
+        // The host passes roles to components comma-separated (`x-agora-roles`).
+        if role.contains([',', ' ']) {
+            return Err(AuthError::Invalid(format!(
+                "the role `{role}` contains a comma or a space"
+            )));
+        }
+        Ok(())
+    })
 }
 
 fn new_id() -> String {
