@@ -10,6 +10,8 @@
 //!   column name into Rust types, transactions that publish through an outbox.
 //! - [`events`]: publish messages and versioned JSON events; receive them with a
 //!   [`events::Handler`] registered by [`export_handler!`].
+//! - [`auth`]: issue, refresh and revoke session tokens (the host keeps the signing key), and
+//!   read the caller's verified [`auth::Identity`] from the headers the host injects.
 //!
 //! Every call returns a `Result` whose error says what went wrong; nothing here panics on bad
 //! input or a backend outage. HTTP handling itself is [wstd]'s: a component depends on both
@@ -36,6 +38,7 @@ pub mod bindings {
     });
 }
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod events;
