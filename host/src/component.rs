@@ -6,7 +6,9 @@
 
 use crate::compile_cache::{CompileCache, Origin, sha256_hex};
 use crate::manifest::{ComponentSpec, Limits, one_line};
-use crate::state::InstanceState;
+use crate::policy::Policy;
+use crate::state::{InstanceState, InternalCalls};
+use agora_auth::{AuthCtx, Authority};
 use agora_cache::{CacheBackend, CacheCtx};
 use agora_messaging::bindings::subscriber::SubscriberPre;
 use agora_messaging::{MessagingBackend, MessagingCtx};
@@ -41,6 +43,12 @@ pub struct LoadedComponent {
     pub capabilities: Granted,
     /// Its wasi:config/store values. Never logged: some come from secrets.
     pub config: Arc<WasiConfigVariables>,
+    /// Its route policies, in manifest order.
+    pub policies: Arc<[Policy]>,
+    /// Its manifest entry (routes, grants), as loaded.
+    pub spec: Arc<ComponentSpec>,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
 }
 
 /// The capabilities a host offers, shared by every component it loads.
@@ -52,6 +60,10 @@ pub struct Capabilities {
     pub sql: Arc<dyn SqlBackend>,
     /// The message broker (NATS JetStream or the in-process bus).
     pub messaging: Arc<dyn MessagingBackend>,
+    /// Token issuing, when the host has keys.
+    pub auth: Option<Arc<Authority>>,
+    /// The HTTP trigger, for in-process calls between components.
+    pub internal: InternalCalls,
 }
 
 /// One component's share of the host's capabilities, as its grants allow.
@@ -68,6 +80,10 @@ pub struct Granted {
     pub messaging: Arc<dyn MessagingBackend>,
     /// The origins it may send HTTP requests to (empty: none).
     pub http: Arc<[String]>,
+    /// The HTTP trigger, for its in-process calls.
+    pub internal: InternalCalls,
+    /// Its auth context (granted or denied).
+    pub auth: AuthCtx,
     may_publish: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
@@ -117,6 +133,7 @@ pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     agora_sql::add_to_linker(&mut linker, InstanceState::sql_view)?;
     agora_messaging::add_to_linker(&mut linker, |state| &mut state.messaging)?;
     agora_logging::add_to_linker(&mut linker, |state| &mut state.logging)?;
+    agora_auth::add_to_linker(&mut linker, |state| &mut state.auth)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |state| WasiConfig::new(&state.config))?;
     Ok(linker)
 }
@@ -202,6 +219,11 @@ pub async fn load(
             publish,
             messaging: capabilities.messaging.clone(),
             http: spec.grants.http.clone().into(),
+            internal: capabilities.internal.clone(),
+            auth: match (&capabilities.auth, spec.grants.auth) {
+                (Some(authority), true) => AuthCtx::granted(authority.clone()),
+                _ => AuthCtx::denied(),
+            },
             may_publish: Arc::new(move |subject| {
                 agora_messaging::validate_subject(subject).is_ok()
                     && patterns
@@ -210,6 +232,9 @@ pub async fn load(
             }),
         },
         config: Arc::new(config),
+        policies: spec.policies.clone().into(),
+        spec: Arc::new(spec.clone()),
+        loaded_at: std::time::SystemTime::now(),
     })
 }
 
@@ -269,6 +294,11 @@ fn check_grants(
         if interface == agora_sql::INTERFACE && !spec.grants.sql {
             return Err(format!(
                 "imports {interface} but the manifest grants no sql (add `grants = {{ sql = true }}`)"
+            ));
+        }
+        if interface == agora_auth::INTERFACE && !spec.grants.auth {
+            return Err(format!(
+                "imports {interface} but the manifest grants no auth (add `grants = {{ auth = true }}`)"
             ));
         }
         if interface == agora_messaging::INTERFACE && spec.grants.publish.is_empty() {

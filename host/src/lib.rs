@@ -15,11 +15,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod compile_cache;
 pub mod component;
+pub mod edge;
 pub mod engine;
 pub mod manifest;
 pub mod outbox;
+pub mod policy;
 pub mod router;
 pub mod server;
 pub mod state;
@@ -61,6 +64,9 @@ pub struct HostConfig {
     pub database_url: Option<String>,
     /// NATS (with JetStream) for messaging; `None` = the in-process bus.
     pub nats_url: Option<String>,
+    /// Keys that sign and verify tokens. `None`: when the manifest needs auth, a key generated
+    /// for this process on embedded backends, an error with Redis (replicas must share keys).
+    pub auth_keys: Option<agora_auth::Keys>,
 }
 
 impl HostConfig {
@@ -74,6 +80,7 @@ impl HostConfig {
             redis_url: None,
             database_url: None,
             nats_url: None,
+            auth_keys: None,
         }
     }
 }
@@ -112,6 +119,61 @@ fn cache_backend(redis_url: Option<&str>) -> Result<Arc<dyn agora_cache::CacheBa
     }
 }
 
+/// The signing keys: the configured ones, or — on embedded backends, when the manifest needs
+/// them — a key pair generated for this process.
+fn auth_keys(
+    config: &HostConfig,
+    manifest: &Manifest,
+) -> Result<Option<agora_auth::Keys>, HostError> {
+    if let Some(keys) = &config.auth_keys {
+        return Ok(Some(keys.clone()));
+    }
+    if !manifest.uses_auth() {
+        return Ok(None);
+    }
+    if config.redis_url.is_some() {
+        return Err(HostError::Backend(format!(
+            "auth: the manifest issues or checks tokens and replicas share Redis, so they must share keys: {}",
+            agora_auth::KeyError::Missing
+        )));
+    }
+    tracing::warn!(
+        "no auth keys configured: tokens are signed with a key generated for this process and end with it (set {} and {})",
+        agora_auth::PRIVATE_KEY_VAR,
+        agora_auth::PUBLIC_KEY_VAR
+    );
+    agora_auth::Keys::generate_ed25519()
+        .map(Some)
+        .map_err(|err| HostError::Backend(format!("auth: {err}")))
+}
+
+/// The revocation store and the rate limiter of a host.
+type EdgeBackends = (
+    Arc<dyn agora_auth::RevocationStore>,
+    Arc<dyn agora_ratelimit::RateLimiter>,
+);
+
+/// The revocation store and the rate limiter: in Redis when it is configured (shared by
+/// replicas), in memory otherwise.
+fn edge_backends(redis_url: Option<&str>) -> Result<EdgeBackends, HostError> {
+    let invalid = |err: &dyn std::fmt::Display| {
+        HostError::Backend(format!(
+            "invalid Redis URL `{}`: {err}",
+            redis_url.unwrap_or("")
+        ))
+    };
+    match redis_url {
+        Some(url) => Ok((
+            Arc::new(agora_auth::RedisRevocationStore::new(url).map_err(|e| invalid(&e))?),
+            Arc::new(agora_ratelimit::RedisRateLimiter::new(url).map_err(|e| invalid(&e))?),
+        )),
+        None => Ok((
+            Arc::new(agora_auth::MemoryRevocationStore::default()),
+            Arc::new(agora_ratelimit::MemoryRateLimiter::default()),
+        )),
+    }
+}
+
 /// A loaded host, ready to serve.
 pub struct Host {
     engine: HostEngine,
@@ -120,6 +182,8 @@ pub struct Host {
     capabilities: component::Capabilities,
     trigger: Arc<HttpTrigger>,
     drain_timeout: Duration,
+    admin: Option<(TcpListener, admin::AdminToken)>,
+    started: std::time::SystemTime,
     _epoch: EpochTicker,
 }
 
@@ -142,6 +206,15 @@ impl Host {
         let linker = component::host_linker(&engine.engine).map_err(HostError::Engine)?;
         let cache =
             compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
+        let (revocations, limiter) = edge_backends(config.redis_url.as_deref())?;
+        let authority = match auth_keys(config, &manifest)? {
+            Some(keys) => Some(Arc::new(
+                agora_auth::Authority::new(keys, manifest.auth.clone(), revocations)
+                    .map_err(|err| HostError::Backend(format!("auth: {err}")))?,
+            )),
+            None => None,
+        };
+        let internal = state::InternalCalls::default();
         let capabilities = component::Capabilities {
             cache: cache_backend(config.redis_url.as_deref())?,
             sql: agora_sql::connect(config.database_url.as_deref(), &config.data_dir)
@@ -150,6 +223,8 @@ impl Host {
             messaging: agora_messaging::connect(config.nats_url.as_deref())
                 .await
                 .map_err(|err| HostError::Backend(format!("messaging: {err}")))?,
+            auth: authority.clone(),
+            internal: internal.clone(),
         };
         let mut components = Vec::with_capacity(manifest.components.len());
         let mut load_ms = Vec::with_capacity(manifest.components.len());
@@ -169,6 +244,8 @@ impl Host {
             cache = capabilities.cache.kind(),
             sql = %capabilities.sql.dialect(),
             messaging = capabilities.messaging.kind(),
+            rate_limits = limiter.kind(),
+            auth = authority.as_ref().map_or("none", |a| a.verifier().algorithm().name()),
             "backends"
         );
         for (loaded, load_ms) in components.iter().zip(load_ms) {
@@ -187,14 +264,23 @@ impl Host {
                 .zip(&components)
                 .flat_map(|(spec, loaded)| spec.routes.iter().map(|r| (r.clone(), loaded.clone()))),
         );
+        let edge = edge::Edge::new(
+            authority.map(|a| Arc::new(a.verifier().clone())),
+            limiter,
+            manifest.edge.trusted_proxy_hops,
+        );
+        let trigger = Arc::new(HttpTrigger::new(router, edge));
+        let _ = internal.set(Arc::downgrade(&trigger));
         let epoch = engine.start_epoch_ticker();
         Ok(Host {
             engine,
             manifest,
             capabilities,
             components,
-            trigger: Arc::new(HttpTrigger::new(router)),
+            trigger,
             drain_timeout: config.drain_timeout,
+            admin: None,
+            started: std::time::SystemTime::now(),
             _epoch: epoch,
         })
     }
@@ -202,6 +288,13 @@ impl Host {
     /// The loaded components, in manifest order.
     pub fn components(&self) -> &[Arc<LoadedComponent>] {
         &self.components
+    }
+
+    /// Serves the admin API on `listener` too (from [`Host::serve`] on), authenticated by
+    /// `token`.
+    pub fn with_admin(mut self, listener: TcpListener, token: admin::AdminToken) -> Host {
+        self.admin = Some((listener, token));
+        self
     }
 
     /// How instances are allocated on this machine.
@@ -240,8 +333,27 @@ impl Host {
             .iter()
             .filter_map(|component| outbox::spawn(component.clone(), stopped.clone()))
             .collect();
+        let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+        let admin = self.admin.map(|(listener, token)| {
+            let state = admin::AdminState::new(
+                token,
+                self.components.clone(),
+                self.started,
+                admin::Backends {
+                    sql: self.capabilities.sql.dialect().to_string(),
+                    cache: self.capabilities.cache.kind(),
+                    messaging: self.capabilities.messaging.kind(),
+                    rate_limits: self.trigger.edge().limiter_kind(),
+                },
+            );
+            tokio::spawn(admin::serve(listener, Arc::new(state), admin_stopped))
+        });
         let drained =
             server::serve(listener, self.trigger.clone(), shutdown, self.drain_timeout).await;
+        let _ = admin_stop.send(true);
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         for subscription in subscriptions {
             subscription.stop().await;
         }

@@ -4,6 +4,7 @@
 //! the drain timed out or serving failed, 2 for a bad manifest, component or address — with a
 //! one-line message on stderr.
 
+use agora_host::admin::{ADMIN_TOKEN_VAR, AdminToken};
 use agora_host::{Drained, Host, HostConfig};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -52,6 +53,9 @@ struct ServeArgs {
     /// NATS with JetStream for messaging (`nats://host:4222`); default: the in-process bus.
     #[arg(long, env = "AGORA_NATS_URL")]
     nats_url: Option<String>,
+    /// Also serve the admin API on this address (off unless given); needs AGORA_ADMIN_TOKEN.
+    #[arg(long, env = "AGORA_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Allocate instances on demand instead of from the pooling allocator.
     #[arg(long, env = "AGORA_ON_DEMAND")]
     on_demand: bool,
@@ -66,6 +70,30 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    let auth_keys = match agora_auth::Keys::from_env() {
+        Ok(keys) => Some(keys),
+        Err(agora_auth::KeyError::Missing) => None,
+        Err(err) => {
+            eprintln!("error: auth keys: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin_token = match args.admin_listen {
+        None => None,
+        Some(_) => match std::env::var(ADMIN_TOKEN_VAR) {
+            Err(_) => {
+                eprintln!("error: --admin-listen needs the admin token in {ADMIN_TOKEN_VAR}");
+                return ExitCode::from(2);
+            }
+            Ok(token) => match AdminToken::new(&token) {
+                Ok(token) => Some(token),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            },
+        },
+    };
     let config = HostConfig {
         manifest: args.manifest,
         data_dir: args.data_dir,
@@ -74,6 +102,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         redis_url: args.redis_url,
         database_url: args.database_url,
         nats_url: args.nats_url,
+        auth_keys,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,9 +136,27 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let mut admin_addr = None;
+        let host = match (args.admin_listen, admin_token) {
+            (Some(admin_listen), Some(token)) => {
+                let admin = match tokio::net::TcpListener::bind(admin_listen).await {
+                    Ok(admin) => admin,
+                    Err(err) => {
+                        eprintln!("error: cannot listen on {admin_listen} (admin API): {err}");
+                        return ExitCode::from(2);
+                    }
+                };
+                admin_addr = admin.local_addr().ok();
+                host.with_admin(admin, token)
+            }
+            _ => host,
+        };
         let addr = listener.local_addr().unwrap_or(args.listen);
         // Scripts and tests read this line to find the port (`--listen 127.0.0.1:0`).
         println!("agora listening on http://{addr}");
+        if let Some(admin_addr) = admin_addr {
+            println!("agora admin API on http://{admin_addr}");
+        }
         tracing::info!(%addr, allocation = ?host.allocation(), components = host.components().len(), "serving");
         match host.serve(listener, shutdown).await {
             Ok(Drained::Clean) => ExitCode::SUCCESS,

@@ -6,6 +6,16 @@
 //! same thing whatever the working directory of `agora serve` is.
 //!
 //! ```toml
+//! [auth]                         # tokens the host issues and verifies (all optional)
+//! issuer = "https://shop.example"
+//! audience = "shop"
+//! access_ttl_s = 900
+//! refresh_ttl_s = 604800
+//! leeway_s = 30
+//!
+//! [edge]
+//! trusted_proxy_hops = 1         # proxies whose X-Forwarded-For entry is believed
+//!
 //! [[component]]
 //! name = "hello"
 //! source = "target/components/hello.wasm"
@@ -21,7 +31,9 @@
 //! cache = true                   # agora:platform/cache
 //! sql = true                     # agora:platform/sql (own schema / SQLite file)
 //! publish = ["order.*"]          # agora:platform/messaging, NATS-style patterns
-//! http = ["https://api.example.com"]  # outbound wasi:http, by origin
+//! http = ["https://api.example.com", "http://catalog.agora.internal"]  # outbound wasi:http,
+//!                                # by origin; NAME.agora.internal calls component NAME in-process
+//! auth = true                    # agora:platform/auth (issue and revoke tokens)
 //!
 //! migrations = "migrations/hello"  # SQL migrations, applied once at load (needs sql)
 //!
@@ -31,6 +43,13 @@
 //! backoff_ms = 1000              # first redelivery delay, doubling up to backoff_max_ms
 //! backoff_max_ms = 60000
 //!
+//! [[component.policy]]          # route policies; without one a route is public
+//! routes = ["/hello/admin/..."]  # path patterns (`*` = one segment); default: all routes
+//! methods = ["POST", "DELETE"]   # default: every method
+//! access = "authenticated"       # public | authenticated | internal
+//! roles = ["ADMIN"]              # one of them is required (implies authenticated)
+//! rate_limit = { per_ip = "10/s", per_subject = "100/min" }
+//!
 //! [component.limits]
 //! memory_mib = 64
 //! deadline_ms = 5000
@@ -38,9 +57,16 @@
 //! concurrency = 32
 //! ```
 
+use crate::policy::{Access, PathPattern, Policy, RateLimits};
+use agora_auth::AuthConfig;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The host part of the origin through which a component calls component NAME in-process:
+/// `http://NAME.agora.internal`.
+pub const INTERNAL_DOMAIN: &str = ".agora.internal";
 
 /// Default cap on each linear memory of one instance.
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
@@ -64,6 +90,19 @@ pub struct Manifest {
     pub path: PathBuf,
     /// The components, in manifest order.
     pub components: Vec<ComponentSpec>,
+    /// `[auth]`: issuer, audience and lifetimes of the tokens the host issues and verifies.
+    pub auth: AuthConfig,
+    /// `[edge]`: how the host reads requests at the edge.
+    pub edge: EdgeSettings,
+}
+
+/// `[edge]`: settings of the HTTP edge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// How many proxies in front of the host append to `X-Forwarded-For`. 0 (the default): the
+    /// client IP is the TCP peer and the header is ignored; N: the N-th address from the
+    /// right of the header is the client (what the nearest trusted proxy saw).
+    pub trusted_proxy_hops: u32,
 }
 
 /// One `[[component]]` table.
@@ -88,6 +127,8 @@ pub struct ComponentSpec {
     pub migrations: Option<PathBuf>,
     /// Subscriptions and their delivery settings.
     pub messaging: Messaging,
+    /// Route policies (`[[component.policy]]`), in manifest order.
+    pub policies: Vec<Policy>,
 }
 
 /// `[component.messaging]`: what the component subscribes to and how failed deliveries are
@@ -134,6 +175,20 @@ pub struct Grants {
     /// requests to. Empty: every outgoing request is refused with `HTTP-request-denied`.
     #[serde(default)]
     pub http: Vec<String>,
+    /// `agora:platform/auth`: issue, rotate and revoke tokens.
+    #[serde(default)]
+    pub auth: bool,
+}
+
+impl Grants {
+    /// The components this one may call in-process (origins `http://NAME.agora.internal`).
+    pub fn internal_calls(&self) -> impl Iterator<Item = &str> {
+        self.http.iter().filter_map(|origin| {
+            origin
+                .strip_prefix("http://")
+                .and_then(|host| host.strip_suffix(INTERNAL_DOMAIN))
+        })
+    }
 }
 
 /// Limits applied to every instance of one component.
@@ -214,6 +269,48 @@ pub enum ManifestError {
 struct RawManifest {
     #[serde(default, rename = "component")]
     components: Vec<RawComponent>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    edge: RawEdge,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    issuer: Option<String>,
+    audience: Option<String>,
+    access_ttl_s: Option<u64>,
+    refresh_ttl_s: Option<u64>,
+    leeway_s: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    #[serde(default)]
+    trusted_proxy_hops: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    access: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_ip: Option<String>,
+    per_subject: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +331,8 @@ struct RawComponent {
     migrations: Option<PathBuf>,
     #[serde(default)]
     messaging: RawMessaging,
+    #[serde(default, rename = "policy")]
+    policies: Vec<RawPolicy>,
 }
 
 #[derive(Deserialize, Default)]
@@ -319,6 +418,14 @@ impl Manifest {
                 ));
             }
             let messaging = raw.messaging.resolve().map_err(invalid)?;
+            let mut policies = Vec::with_capacity(raw.policies.len());
+            for (index, policy) in raw.policies.iter().enumerate() {
+                policies.push(
+                    policy
+                        .resolve(&routes)
+                        .map_err(|err| invalid(format!("policy {}: {err}", index + 1)))?,
+                );
+            }
             components.push(ComponentSpec {
                 source: base.join(&raw.source),
                 migrations: raw.migrations.map(|dir| base.join(dir)),
@@ -329,14 +436,53 @@ impl Manifest {
                 config: raw.config,
                 config_env: raw.config_env,
                 messaging,
+                policies,
             });
         }
         let manifest = Manifest {
             path: path.to_owned(),
             components,
+            auth: raw
+                .auth
+                .resolve()
+                .map_err(|message| ManifestError::Invalid {
+                    path: path.to_owned(),
+                    component: "[auth]".into(),
+                    message,
+                })?,
+            edge: EdgeSettings {
+                trusted_proxy_hops: raw.edge.trusted_proxy_hops,
+            },
         };
         manifest.check_route_clashes()?;
+        manifest.check_internal_calls()?;
         Ok(manifest)
+    }
+
+    /// Whether any component issues tokens or has a route that needs one: then the host
+    /// needs signing keys.
+    pub fn uses_auth(&self) -> bool {
+        self.components
+            .iter()
+            .any(|c| c.grants.auth || c.policies.iter().any(|p| p.needs_token()))
+    }
+
+    /// Every `NAME.agora.internal` origin must name a component of this manifest.
+    fn check_internal_calls(&self) -> Result<(), ManifestError> {
+        for component in &self.components {
+            for target in component.grants.internal_calls() {
+                if !self.components.iter().any(|c| c.name == target) {
+                    return Err(ManifestError::Invalid {
+                        path: self.path.clone(),
+                        component: component.name.clone(),
+                        message: format!(
+                            "grants.http `http://{target}{INTERNAL_DOMAIN}`: no component is named `{target}`"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_route_clashes(&self) -> Result<(), ManifestError> {
@@ -391,6 +537,117 @@ impl RawLimits {
             deadline_ms,
             body_bytes: body_kib.saturating_mul(1024),
             concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+impl RawAuth {
+    fn resolve(self) -> Result<AuthConfig, String> {
+        let mut config = AuthConfig::default();
+        for (key, value, field) in [
+            ("issuer", self.issuer, &mut config.issuer),
+            ("audience", self.audience, &mut config.audience),
+        ] {
+            if let Some(value) = value {
+                if value.trim().is_empty() {
+                    return Err(format!("auth.{key} must not be empty"));
+                }
+                *field = value;
+            }
+        }
+        for (key, value, field) in [
+            ("access_ttl_s", self.access_ttl_s, &mut config.access_ttl),
+            ("refresh_ttl_s", self.refresh_ttl_s, &mut config.refresh_ttl),
+        ] {
+            match value {
+                Some(0) => return Err(format!("auth.{key} must be greater than 0")),
+                Some(seconds) => *field = Duration::from_secs(seconds),
+                None => {}
+            }
+        }
+        if let Some(leeway) = self.leeway_s {
+            config.leeway = Duration::from_secs(leeway);
+        }
+        if config.refresh_ttl < config.access_ttl {
+            return Err(format!(
+                "auth.refresh_ttl_s ({}) is below auth.access_ttl_s ({})",
+                config.refresh_ttl.as_secs(),
+                config.access_ttl.as_secs()
+            ));
+        }
+        Ok(config)
+    }
+}
+
+impl RawPolicy {
+    fn resolve(&self, component_routes: &[String]) -> Result<Policy, String> {
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for route in &self.routes {
+            let pattern = PathPattern::parse(route)?;
+            let example = pattern.example();
+            let router =
+                crate::router::Router::new(component_routes.iter().map(|r| (r.clone(), ())));
+            if router.lookup(&example).is_none() {
+                return Err(format!(
+                    "route `{route}` is not among the component's routes ({})",
+                    component_routes.join(", ")
+                ));
+            }
+            routes.push(pattern);
+        }
+        let mut methods = Vec::with_capacity(self.methods.len());
+        for method in &self.methods {
+            let upper = method.to_ascii_uppercase();
+            if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(format!("method `{method}` is not an HTTP method"));
+            }
+            methods.push(upper);
+        }
+        for role in &self.roles {
+            let valid = !role.is_empty()
+                && role.len() <= agora_auth::MAX_ROLE_BYTES
+                && role
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+            if !valid {
+                return Err(format!(
+                    "role `{role}`: 1 to {} characters of A-Z, a-z, 0-9, `_`, `-`, `.` and `:`",
+                    agora_auth::MAX_ROLE_BYTES
+                ));
+            }
+        }
+        let access = match self.access.as_deref() {
+            None if self.roles.is_empty() => Access::Public,
+            None | Some("authenticated") => Access::Authenticated,
+            Some("public") if !self.roles.is_empty() => {
+                return Err("a public route cannot require roles (use `authenticated`)".into());
+            }
+            Some("public") => Access::Public,
+            Some("internal") => Access::Internal,
+            Some(other) => {
+                return Err(format!(
+                    "access `{other}`: expected `public`, `authenticated` or `internal`"
+                ));
+            }
+        };
+        let rate = |key: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|text| {
+                    text.parse::<agora_ratelimit::Rate>()
+                        .map_err(|err| format!("rate_limit.{key}: {err}"))
+                })
+                .transpose()
+        };
+        Ok(Policy {
+            routes,
+            methods,
+            access,
+            roles: self.roles.clone(),
+            rate_limit: RateLimits {
+                per_ip: rate("per_ip", &self.rate_limit.per_ip)?,
+                per_subject: rate("per_subject", &self.rate_limit.per_subject)?,
+            },
         })
     }
 }
@@ -647,6 +904,87 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(expected), "{message}");
         }
+    }
+
+    #[test]
+    fn policies_auth_and_edge_settings() {
+        let manifest = parse(
+            "[auth]\nissuer = \"shop\"\naccess_ttl_s = 60\n[edge]\ntrusted_proxy_hops = 1\n\
+             [[component]]\nname = \"catalog\"\nsource = \"c.wasm\"\nroutes = [\"/api/products/...\"]\n\
+             [[component.policy]]\nroutes = [\"/api/products/...\"]\nmethods = [\"post\", \"DELETE\"]\nroles = [\"ADMIN\"]\n\
+             rate_limit = { per_ip = \"10/s\" }\n\
+             [[component.policy]]\nroutes = [\"/api/products/*/stock\"]\naccess = \"internal\"\n\
+             [[component]]\nname = \"gateway\"\nsource = \"g.wasm\"\n\
+             grants = { http = [\"http://catalog.agora.internal\"] }\n",
+        )
+        .expect("valid manifest");
+        assert_eq!(manifest.auth.issuer, "shop");
+        assert_eq!(manifest.auth.audience, "agora");
+        assert_eq!(manifest.auth.access_ttl, Duration::from_secs(60));
+        assert_eq!(manifest.edge.trusted_proxy_hops, 1);
+        assert!(manifest.uses_auth());
+        let catalog = &manifest.components[0];
+        assert_eq!(catalog.policies.len(), 2);
+        let admin = &catalog.policies[0];
+        assert_eq!(admin.methods, ["POST", "DELETE"]);
+        assert_eq!(admin.access, Access::Authenticated);
+        assert_eq!(
+            admin.rate_limit.per_ip.map(|r| r.to_string()),
+            Some("10/s".into())
+        );
+        assert_eq!(catalog.policies[1].access, Access::Internal);
+        assert_eq!(
+            manifest.components[1]
+                .grants
+                .internal_calls()
+                .collect::<Vec<_>>(),
+            ["catalog"]
+        );
+    }
+
+    #[test]
+    fn bad_policies_name_the_component_and_the_policy() {
+        for (body, expected) in [
+            (
+                "[[component.policy]]\naccess = \"private\"",
+                "policy 1: access `private`",
+            ),
+            (
+                "[[component.policy]]\naccess = \"public\"\nroles = [\"ADMIN\"]",
+                "public route cannot require roles",
+            ),
+            (
+                "[[component.policy]]\nroutes = [\"/elsewhere\"]",
+                "not among the component's routes",
+            ),
+            ("[[component.policy]]\nroles = [\"A,B\"]", "role `A,B`"),
+            (
+                "[[component.policy]]\nmethods = [\"GE T\"]",
+                "not an HTTP method",
+            ),
+            (
+                "[[component.policy]]\nrate_limit = { per_ip = \"lots\" }",
+                "rate_limit.per_ip",
+            ),
+            (
+                "[[component.policy]]\nrate_limit = { per_day = \"1/s\" }",
+                "unknown field `per_day`",
+            ),
+            (
+                "grants = { http = [\"http://ghost.agora.internal\"] }",
+                "no component is named `ghost`",
+            ),
+        ] {
+            let text = format!(
+                "[[component]]\nname = \"a\"\nsource = \"a.wasm\"\nroutes = [\"/a/...\"]\n{body}\n"
+            );
+            let err = parse(&text).expect_err(body);
+            let message = err.to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        let err = parse("[auth]\naccess_ttl_s = 600\nrefresh_ttl_s = 60\n").expect_err("ttl");
+        assert!(err.to_string().contains("below auth.access_ttl_s"), "{err}");
     }
 
     #[test]

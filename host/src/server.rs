@@ -4,7 +4,11 @@
 //! Shutdown order: stop accepting, let every in-flight request finish (idle keep-alive
 //! connections are closed at once), and give up after the drain timeout.
 
+use crate::edge::Caller;
 use crate::triggers::http::HttpTrigger;
+use http::Request;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -34,10 +38,10 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(err) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
                     tracing::warn!(error = %err, "accept failed");
@@ -49,9 +53,12 @@ pub async fn serve(
         // Small responses must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let trigger = trigger.clone();
-        let service = hyper::service::service_fn(move |request| {
+        let caller = Caller::External { peer: peer.ip() };
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let trigger = trigger.clone();
-            async move { Ok::<_, Infallible>(trigger.handle(request).await) }
+            let caller = caller.clone();
+            let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+            async move { Ok::<_, Infallible>(trigger.handle(request, caller).await) }
         });
         let connection = http1::Builder::new()
             .keep_alive(true)

@@ -5,12 +5,17 @@
 //! with the instance, so nothing a guest does survives into the next request.
 
 use crate::component::LoadedComponent;
+use crate::edge::Caller;
+use crate::manifest::INTERNAL_DOMAIN;
+use crate::triggers::http::HttpTrigger;
+use agora_auth::AuthCtx;
 use agora_cache::CacheCtx;
 use agora_logging::LoggingCtx;
 use agora_messaging::MessagingCtx;
 use agora_sql::{SqlCtx, SqlView};
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::AsyncWrite;
@@ -45,6 +50,8 @@ pub struct InstanceState {
     pub sql: SqlCtx,
     /// agora:platform/messaging: the broker and the subjects granted (or denied).
     pub messaging: MessagingCtx,
+    /// agora:platform/auth: token issuing (or denied).
+    pub auth: AuthCtx,
 }
 
 impl InstanceState {
@@ -61,6 +68,8 @@ impl InstanceState {
             outbound: OutboundHttp {
                 component: name.clone(),
                 allowed: component.capabilities.http.clone(),
+                internal: component.capabilities.internal.clone(),
+                context: CallContext::default(),
             },
             table: ResourceTable::new(),
             limits: GuestLimits {
@@ -75,7 +84,14 @@ impl InstanceState {
             logging: LoggingCtx::new(name.clone()),
             sql: component.capabilities.sql_ctx(),
             messaging: component.capabilities.messaging_ctx(),
+            auth: component.capabilities.auth.clone(),
         }
+    }
+
+    /// Records where the request this instance serves came from, for the in-process calls it
+    /// makes.
+    pub fn set_call_context(&mut self, context: CallContext) {
+        self.outbound.context = context;
     }
 
     /// The sql capability's view of this state: its context and the resource table that
@@ -125,11 +141,30 @@ impl WasiHttpView for InstanceState {
     }
 }
 
+/// The host's HTTP trigger, as the in-process calls of components reach it. Set once the
+/// trigger exists (it holds the components, which hold this): a weak reference, so a host
+/// that is dropped is not kept alive by its own components.
+pub type InternalCalls = Arc<OnceLock<Weak<HttpTrigger>>>;
+
+/// Where the request an instance serves came from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallContext {
+    /// The client's address, passed on to the components this one calls (for their per-IP
+    /// rate limits).
+    pub client_ip: Option<IpAddr>,
+    /// 0 for a client's request or an event; N for the N-th nested in-process call.
+    pub depth: u32,
+}
+
 /// Outbound wasi:http, limited to the origins the manifest grants (`grants.http`). A request
 /// to any other origin fails with `HTTP-request-denied` — an error value, not a trap.
+/// `http://NAME.agora.internal` is component NAME, called in-process through the HTTP
+/// trigger (edge checks included) without a network hop.
 struct OutboundHttp {
     component: Arc<str>,
     allowed: Arc<[String]>,
+    internal: InternalCalls,
+    context: CallContext,
 }
 
 type SendFuture = Box<
@@ -159,6 +194,28 @@ impl WasiHttpHooks for OutboundHttp {
         if !self.allowed.contains(&origin) {
             tracing::warn!(component = %self.component, %origin, "outbound HTTP to an ungranted origin refused");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if let Some(target) = origin
+            .strip_prefix("http://")
+            .and_then(|host| host.strip_suffix(INTERNAL_DOMAIN))
+        {
+            let target = target.to_owned();
+            let trigger = self.internal.get().and_then(Weak::upgrade);
+            let caller = Caller::Internal {
+                component: self.component.clone(),
+                client_ip: self.context.client_ip,
+                depth: self.context.depth + 1,
+            };
+            return Box::new(async move {
+                let Some(trigger) = trigger else {
+                    return Err(wasmtime_wasi_http::Error::ConnectionRefused);
+                };
+                let response = trigger.handle_internal(request, caller, &target).await;
+                Ok((
+                    response,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            });
         }
         Box::new(async move {
             use http_body_util::BodyExt;

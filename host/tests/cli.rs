@@ -155,6 +155,33 @@ fn a_missing_manifest_exits_2() {
     );
 }
 
+/// Runs `agora serve` on `manifest` with `args` and `env` (and no inherited admin token),
+/// expects exit 2 with one line on stderr within 30 s, and returns that line.
+fn serve_expecting_exit_2(
+    manifest: &Path,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let mut child = agora()
+        .env_remove("AGORA_ADMIN_TOKEN")
+        .envs(env.iter().copied())
+        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(manifest)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_limit(&mut child, Duration::from_secs(30));
+    let stderr = read_stderr(&mut child);
+    assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[test]
 fn unreachable_or_malformed_backends_exit_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,20 +197,7 @@ fn unreachable_or_malformed_backends_exit_2_with_one_line() {
         ("--database-url", "mysql://127.0.0.1/x", "sql"),
         ("--nats-url", "nats://127.0.0.1:1", "127.0.0.1:1"),
     ] {
-        let mut child = agora()
-            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-            .arg(&manifest)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args([flag, url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = wait_with_limit(&mut child, Duration::from_secs(30));
-        let stderr = read_stderr(&mut child);
-        assert_eq!(status.code(), Some(2), "{flag} {url}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let stderr = serve_expecting_exit_2(&manifest, &dir.path().join("data"), &[flag, url], &[]);
         assert!(stderr.contains(expected), "{flag} {url}: {stderr}");
     }
 }
@@ -396,5 +410,106 @@ fn wasi_logging_calls_become_log_lines_tagged_with_the_component() {
     assert!(
         !stderr.contains("debug message for /log/here"),
         "RUST_LOG=info filters guest debug logs"
+    );
+}
+
+#[test]
+fn admin_and_auth_settings_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("agora.toml");
+    std::fs::write(&manifest, "").unwrap();
+    for (env, expected) in [
+        (vec![], "AGORA_ADMIN_TOKEN"),
+        (
+            vec![("AGORA_ADMIN_TOKEN", "short")],
+            "at least 16 characters",
+        ),
+        (
+            vec![
+                ("AGORA_ADMIN_TOKEN", "a-long-enough-admin-token"),
+                ("AGORA_AUTH_PRIVATE_KEY", "not a pem"),
+                ("AGORA_AUTH_PUBLIC_KEY", "not a pem either"),
+            ],
+            "auth keys",
+        ),
+    ] {
+        let stderr = serve_expecting_exit_2(
+            &manifest,
+            &dir.path().join("data"),
+            &["--admin-listen", "127.0.0.1:0"],
+            &env,
+        );
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+        assert!(
+            !stderr.contains("not a pem"),
+            "key material echoed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_admin_api_listens_on_its_own_address_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = dir.path().join("agora.toml");
+    std::fs::write(
+        &manifest_path,
+        common::component_table("hello", "hello", &["/hello"], ""),
+    )
+    .unwrap();
+    let token = "a-long-enough-admin-token";
+    let mut child = agora()
+        .env("AGORA_ADMIN_TOKEN", token)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--manifest")
+        .arg(&manifest_path)
+        .arg("--data-dir")
+        .arg(common::shared_data_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = [String::new(), String::new()];
+    for line in &mut lines {
+        stdout.read_line(line).unwrap();
+    }
+    assert!(
+        lines[0].starts_with("agora listening on http://"),
+        "{lines:?}"
+    );
+    let admin = lines[1]
+        .trim()
+        .strip_prefix("agora admin API on ")
+        .unwrap_or_else(|| panic!("second line: {lines:?}"))
+        .to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (anonymous, authorised) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{admin}/admin/health");
+        let anonymous = client.get(&url).send().await.unwrap().status().as_u16();
+        let authorised: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (anonymous, authorised)
+    });
+    assert_eq!(anonymous, 401);
+    assert_eq!(authorised["status"], "ok");
+    assert_eq!(authorised["components"], 1);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        wait_with_limit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
     );
 }

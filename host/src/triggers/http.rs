@@ -11,21 +11,22 @@
 //!   has gone out; the concurrency permit and the deadline cover that whole task.
 
 use crate::component::LoadedComponent;
+use crate::edge::{Caller, Edge};
 use crate::router::Router;
 use crate::state;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
-use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
 
 /// The body type of every response the host sends.
 pub type ResponseBody = HyperOutgoingBody;
@@ -33,45 +34,103 @@ pub type ResponseBody = HyperOutgoingBody;
 /// Header carrying the request id on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// How deep in-process calls may nest (a component calling a component calling …) before the
+/// host answers 508 instead of recursing.
+pub const MAX_CALL_DEPTH: u32 = 8;
+
 /// Routes requests to components and runs them.
 pub struct HttpTrigger {
     router: Router<Arc<LoadedComponent>>,
     ids: RequestIds,
+    edge: Edge,
 }
 
 impl HttpTrigger {
-    /// A trigger serving `router`.
-    pub fn new(router: Router<Arc<LoadedComponent>>) -> HttpTrigger {
+    /// A trigger serving `router`, checking requests at `edge`.
+    pub fn new(router: Router<Arc<LoadedComponent>>, edge: Edge) -> HttpTrigger {
         HttpTrigger {
             router,
             ids: RequestIds::new(),
+            edge,
         }
     }
 
-    /// Answers one request. Never fails: every problem becomes an error response. Every answer
-    /// carries the request id in [`REQUEST_ID_HEADER`].
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    /// The edge checks of this trigger.
+    pub fn edge(&self) -> &Edge {
+        &self.edge
+    }
+
+    /// Answers one request from a client. Never fails: every problem becomes an error
+    /// response. Every answer carries the request id in [`REQUEST_ID_HEADER`].
+    pub async fn handle(
+        &self,
+        request: Request<WasiBody>,
+        caller: Caller,
+    ) -> Response<ResponseBody> {
+        self.handle_for(request, caller, None).await
+    }
+
+    /// Answers an in-process call to component `target` (`http://TARGET.agora.internal/…`):
+    /// like [`HttpTrigger::handle`], except that the path must be one of `target`'s routes.
+    pub async fn handle_internal(
+        &self,
+        request: Request<WasiBody>,
+        caller: Caller,
+        target: &str,
+    ) -> Response<ResponseBody> {
+        self.handle_for(request, caller, Some(target)).await
+    }
+
+    async fn handle_for(
+        &self,
+        request: Request<WasiBody>,
+        caller: Caller,
+        target: Option<&str>,
+    ) -> Response<ResponseBody> {
         let request_id = self.ids.next();
-        let mut response = self.route(request, &request_id).await;
+        let mut response = self.route(request, caller, target, &request_id).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
         response
     }
 
-    /// Finds the component for `request` and runs it inside the request's span.
-    async fn route(&self, request: Request<Incoming>, request_id: &str) -> Response<ResponseBody> {
+    /// Finds the component for `request`, runs the edge checks and the component inside the
+    /// request's span.
+    async fn route(
+        &self,
+        request: Request<WasiBody>,
+        caller: Caller,
+        target: Option<&str>,
+        request_id: &str,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let Some(route) = self.router.lookup(&path) else {
-            tracing::debug!(%request_id, %path, "no route");
+        let route = self
+            .router
+            .lookup(&path)
+            .filter(|route| target.is_none_or(|target| *route.target.name == *target));
+        let Some(route) = route else {
+            tracing::debug!(%request_id, %path, target, "no route");
+            let message = match target {
+                Some(target) => format!("component `{target}` serves no route {path}"),
+                None => format!("no component serves {path}"),
+            };
+            return error_response(StatusCode::NOT_FOUND, "not_found", &message, request_id);
+        };
+        let depth = match &caller {
+            Caller::Internal { depth, .. } => *depth,
+            Caller::External { .. } => 0,
+        };
+        if depth > MAX_CALL_DEPTH {
+            tracing::warn!(%request_id, %path, depth, "in-process calls nested too deep");
             return error_response(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                &format!("no component serves {path}"),
+                StatusCode::LOOP_DETECTED,
+                "call_depth_exceeded",
+                &format!("in-process calls nested more than {MAX_CALL_DEPTH} deep"),
                 request_id,
             );
-        };
+        }
         let component = route.target.clone();
         let span = tracing::info_span!(
             "request",
@@ -80,11 +139,40 @@ impl HttpTrigger {
             route = %route.pattern,
             method = %request.method(),
             path = %path,
+            caller = tracing::field::Empty,
+            subject = tracing::field::Empty,
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
         async move {
-            let response = invoke(&component, request, request_id).await;
+            let (mut parts, body) = request.into_parts();
+            let response = match self
+                .edge
+                .admit(&component, &mut parts, &caller, request_id)
+                .await
+            {
+                Err(refusal) => refusal,
+                Ok(admitted) => {
+                    let span = tracing::Span::current();
+                    if let Caller::Internal { component, .. } = &caller {
+                        span.record("caller", &**component);
+                    }
+                    if let Some(identity) = &admitted.identity {
+                        span.record("subject", identity.subject.as_str());
+                    }
+                    let context = state::CallContext {
+                        client_ip: admitted.client_ip,
+                        depth,
+                    };
+                    invoke(
+                        &component,
+                        Request::from_parts(parts, body),
+                        context,
+                        request_id,
+                    )
+                    .await
+                }
+            };
             let status = response.status().as_u16();
             let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
             let span = tracing::Span::current();
@@ -107,7 +195,8 @@ struct TaskEnd {
 
 async fn invoke(
     component: &LoadedComponent,
-    request: Request<Incoming>,
+    request: Request<WasiBody>,
+    context: state::CallContext,
     request_id: &str,
 ) -> Response<ResponseBody> {
     let limits = component.limits;
@@ -143,6 +232,7 @@ async fn invoke(
     });
 
     let mut store = state::new_store(component, deadline);
+    store.data_mut().set_call_context(context);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let resources = store
@@ -326,6 +416,11 @@ pub fn error_response(
     let body = serde_json::json!({
         "error": { "code": code, "message": message, "request_id": request_id }
     });
+    json_response(status, &body)
+}
+
+/// A JSON answer with `status`.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
     let mut response = Response::new(
         http_body_util::Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
@@ -367,7 +462,7 @@ impl RequestIds {
 /// The request body as the guest sees it: at most `limit` bytes, then an error (and a flag the
 /// host turns into 413).
 struct LimitedBody {
-    inner: Incoming,
+    inner: WasiBody,
     remaining: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
@@ -383,7 +478,7 @@ impl Body for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             None => return Poll::Ready(None),
-            Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+            Some(Err(err)) => return Poll::Ready(Some(Err(err))),
             Some(Ok(frame)) => frame,
         };
         if let Some(data) = frame.data_ref() {

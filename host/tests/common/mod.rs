@@ -39,6 +39,8 @@ pub fn shared_data_dir() -> PathBuf {
 /// A host serving on 127.0.0.1 at an ephemeral port until dropped.
 pub struct TestHost {
     pub addr: SocketAddr,
+    /// The admin API's address, when it was started with one.
+    pub admin_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Drained, agora_host::HostError>>>,
@@ -52,6 +54,16 @@ impl TestHost {
 
     /// Like [`TestHost::start`], with a chance to adjust the configuration.
     pub async fn start_with(manifest: &str, adjust: impl FnOnce(&mut HostConfig)) -> TestHost {
+        TestHost::start_full(manifest, adjust, None).await
+    }
+
+    /// Like [`TestHost::start_with`], with the admin API on its own ephemeral port when
+    /// `admin_token` is given.
+    pub async fn start_full(
+        manifest: &str,
+        adjust: impl FnOnce(&mut HostConfig),
+        admin_token: Option<&str>,
+    ) -> TestHost {
         let dir = tempfile::tempdir().unwrap();
         let manifest_path = dir.path().join("agora.toml");
         std::fs::write(&manifest_path, manifest).unwrap();
@@ -61,6 +73,15 @@ impl TestHost {
         let host = Host::load(&config)
             .await
             .unwrap_or_else(|err| panic!("host failed to load: {err}"));
+        let mut admin_addr = None;
+        let host = match admin_token {
+            Some(token) => {
+                let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                admin_addr = Some(admin.local_addr().unwrap());
+                host.with_admin(admin, agora_host::admin::AdminToken::new(token).unwrap())
+            }
+            None => host,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -69,6 +90,7 @@ impl TestHost {
         }));
         TestHost {
             addr,
+            admin_addr,
             dir,
             shutdown: Some(shutdown),
             task: Some(task),

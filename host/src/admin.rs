@@ -1,0 +1,326 @@
+//! The admin API: a second listener, off unless configured, for operators.
+//!
+//! Every path under `/admin/` needs `Authorization: Bearer <admin token>`; the token comes
+//! from the environment (`AGORA_ADMIN_TOKEN`) and is compared in constant time (SHA-256 of
+//! both sides, compared with `subtle`, so neither its bytes nor its length leak through
+//! timing). `/healthz` answers without a token and says nothing but "ok" (for probes).
+//!
+//! - `GET /admin/health` — uptime, component count, backends.
+//! - `GET /admin/components` — every loaded component: content digest, routes, policies,
+//!   grants, subscriptions, limits, load time.
+//! - `GET /admin/components/{name}` — one of them.
+
+use crate::component::LoadedComponent;
+use crate::triggers::http::{ResponseBody, error_response, json_response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+
+/// Environment variable holding the admin token.
+pub const ADMIN_TOKEN_VAR: &str = "AGORA_ADMIN_TOKEN";
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// The admin token, kept only as its SHA-256.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// Accepts a token of at least [`MIN_ADMIN_TOKEN_CHARS`] visible ASCII characters.
+    pub fn new(token: &str) -> Result<AdminToken, String> {
+        if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(format!(
+                "{ADMIN_TOKEN_VAR} must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{ADMIN_TOKEN_VAR} may hold visible ASCII characters only (no spaces)"
+            ));
+        }
+        Ok(AdminToken {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `given` is the token, in time independent of where they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        given.ct_eq(&self.digest).into()
+    }
+}
+
+/// Which backends the host runs on.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// `postgres` or `sqlite`.
+    pub sql: String,
+    /// `redis` or `memory`.
+    pub cache: &'static str,
+    /// `nats` or `memory`.
+    pub messaging: &'static str,
+    /// `redis` or `memory`.
+    pub rate_limits: &'static str,
+}
+
+/// What the admin API reads.
+pub struct AdminState {
+    token: AdminToken,
+    components: Vec<Arc<LoadedComponent>>,
+    started: SystemTime,
+    backends: Backends,
+    ids: AtomicU64,
+}
+
+impl AdminState {
+    /// The state of a host that started at `started` with `components`.
+    pub fn new(
+        token: AdminToken,
+        components: Vec<Arc<LoadedComponent>>,
+        started: SystemTime,
+        backends: Backends,
+    ) -> AdminState {
+        AdminState {
+            token,
+            components,
+            started,
+            backends,
+            ids: AtomicU64::new(1),
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let request_id = format!("admin-{:08x}", self.ids.fetch_add(1, Ordering::Relaxed));
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let response = self.route(&request, &path, &request_id);
+        tracing::info!(
+            target: "agora::admin",
+            method = %request.method(),
+            %path,
+            status = response.status().as_u16(),
+            "admin request"
+        );
+        response
+    }
+
+    fn route(
+        &self,
+        request: &Request<Incoming>,
+        path: &str,
+        request_id: &str,
+    ) -> Response<ResponseBody> {
+        if path == "/healthz" {
+            return json_response(StatusCode::OK, &json!({ "status": "ok" }));
+        }
+        if path != "/admin" && !path.starts_with("/admin/") {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no admin endpoint {path}"),
+                request_id,
+            );
+        }
+        if let Err(message) = self.authenticate(request) {
+            let mut response = error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                message,
+                request_id,
+            );
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"agora-admin\""),
+            );
+            return response;
+        }
+        if request.method() != Method::GET {
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{} {path}: only GET is served", request.method()),
+                request_id,
+            );
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        match path {
+            "/admin/health" => json_response(StatusCode::OK, &self.health()),
+            "/admin/components" => json_response(
+                StatusCode::OK,
+                &json!({ "items": self.components.iter().map(|c| describe(c)).collect::<Vec<_>>() }),
+            ),
+            _ => match path.strip_prefix("/admin/components/") {
+                Some(name) => match self.components.iter().find(|c| &*c.name == name) {
+                    Some(component) => json_response(StatusCode::OK, &describe(component)),
+                    None => error_response(
+                        StatusCode::NOT_FOUND,
+                        "unknown_component",
+                        &format!("no component is named `{name}`"),
+                        request_id,
+                    ),
+                },
+                None => error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no admin endpoint {path}"),
+                    request_id,
+                ),
+            },
+        }
+    }
+
+    fn authenticate(&self, request: &Request<Incoming>) -> Result<(), &'static str> {
+        let value = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .ok_or("the admin API needs `Authorization: Bearer <admin token>`")?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or("the Authorization header is not `Bearer <admin token>`")?;
+        if self.token.matches(token) {
+            Ok(())
+        } else {
+            tracing::warn!(target: "agora::admin", "admin request with a wrong token");
+            Err("wrong admin token")
+        }
+    }
+
+    fn health(&self) -> Value {
+        let uptime_s = SystemTime::now()
+            .duration_since(self.started)
+            .map_or(0, |d| d.as_secs());
+        json!({
+            "status": "ok",
+            "uptime_s": uptime_s,
+            "started_at": rfc3339(self.started),
+            "components": self.components.len(),
+            "backends": {
+                "sql": self.backends.sql,
+                "cache": self.backends.cache,
+                "messaging": self.backends.messaging,
+                "rate_limits": self.backends.rate_limits,
+            },
+        })
+    }
+}
+
+/// What the admin API says about one component.
+fn describe(component: &LoadedComponent) -> Value {
+    let spec = &component.spec;
+    let grants = &spec.grants;
+    json!({
+        "name": &*component.name,
+        "digest": format!("sha256:{}", component.digest),
+        "compiled": matches!(component.origin, crate::Origin::Compiled),
+        "loaded_at": rfc3339(component.loaded_at),
+        "source": spec.source.display().to_string(),
+        "routes": spec.routes,
+        "policies": component.policies.iter().map(|p| json!({
+            "routes": p.routes.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            "methods": p.methods,
+            "access": p.access.as_str(),
+            "roles": p.roles,
+            "rate_limit": {
+                "per_ip": p.rate_limit.per_ip.map(|r| r.to_string()),
+                "per_subject": p.rate_limit.per_subject.map(|r| r.to_string()),
+            },
+        })).collect::<Vec<_>>(),
+        "grants": {
+            "cache": grants.cache,
+            "sql": grants.sql,
+            "auth": grants.auth,
+            "publish": grants.publish,
+            "http": grants.http,
+        },
+        "subscribe": spec.messaging.subscribe,
+        "limits": {
+            "memory_mib": spec.limits.memory_bytes >> 20,
+            "deadline_ms": spec.limits.deadline_ms,
+            "body_kib": spec.limits.body_bytes >> 10,
+            "concurrency": spec.limits.concurrency,
+        },
+    })
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Serves the admin API on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(target: "agora::admin", %addr, "admin API listening");
+    }
+    loop {
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(target: "agora::admin", error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(state.handle(request).await) }
+        });
+        tokio::spawn(async move {
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(target: "agora::admin", error = %err, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_whole() {
+        let token = AdminToken::new("correct-horse-battery").expect("valid token");
+        assert!(token.matches("correct-horse-battery"));
+        assert!(!token.matches("correct-horse-batter"));
+        assert!(!token.matches("correct-horse-battery "));
+        assert!(!token.matches(""));
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new("has a space in the middle").is_err());
+        assert_eq!(format!("{token:?}"), "AdminToken(..)");
+    }
+}
