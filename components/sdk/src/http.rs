@@ -54,3 +54,213 @@ pub fn query_param<'a>(request: &'a Request<Body>, name: &str) -> Option<&'a str
         .split('&')
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
+
+/// Header the host sets on every request it routes to a component: the request's id, the same
+/// one it returns to the client in `x-request-id`. Clients cannot set it (the host removes
+/// every `x-agora-*` header they send).
+pub const REQUEST_ID_HEADER: &str = "x-agora-request-id";
+
+/// The id the host gave this request (empty when the request did not come through agora's
+/// HTTP trigger, for example in a native unit test).
+pub fn request_id(request: &Request<Body>) -> &str {
+    request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+}
+
+/// An error answer of an API: `{"error": {"code", "message", "request_id"}}` (plus `field`
+/// for a validation error), with a status. Build one with the constructors, return it with
+/// `?` from a handler that returns `Result<_, ApiError>`, and render it with
+/// [`ApiError::into_response`] once the request id is at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code (`email_taken`, `not_found`, …).
+    pub code: String,
+    /// A sentence for humans.
+    pub message: String,
+    /// The request field a validation error is about.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 400 `validation_failed` about `field`.
+    pub fn validation(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            field: Some(field.to_owned()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", message)
+        }
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 500 `internal`: something the caller cannot fix (a backend failed). The message is
+    /// also logged.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        crate::log::error("api", &message);
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The JSON answer, carrying `request_id`.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let mut error = serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "request_id": request_id,
+        });
+        if let Some(field) = self.field {
+            error["field"] = serde_json::Value::String(field);
+        }
+        json(self.status, &serde_json::json!({ "error": error }))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Reads the request body as JSON, or a 400 [`ApiError`] (`invalid_json`) saying why.
+pub async fn json_body<T: DeserializeOwned>(request: &mut Request<Body>) -> Result<T, ApiError> {
+    let bytes = request.body_mut().contents().await.map_err(|err| {
+        ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", err.to_string())
+    })?;
+    serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()))
+}
+
+/// Query parameter `name`, percent-decoded (`+` is a space), if present.
+pub fn query(request: &Request<Body>, name: &str) -> Option<String> {
+    query_param(request, name).map(percent_decode)
+}
+
+/// Decodes `%XX` escapes and `+`; invalid escapes are kept as they are.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Default and largest page sizes of a list.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// The largest `page_size` a list accepts.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// `?page=P&page_size=S` of a list request: `page` from 1, `page_size` 1 to 100 (default 20).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// 1-based page number.
+    pub page: u32,
+    /// Items per page.
+    pub page_size: u32,
+}
+
+impl Page {
+    /// Reads `page` and `page_size`; a 400 `validation_failed` naming the parameter when one
+    /// is not a number in range.
+    pub fn from_request(request: &Request<Body>) -> Result<Page, ApiError> {
+        let number = |name: &str, default: u32, max: u32| match query_param(request, name) {
+            None | Some("") => Ok(default),
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::validation(
+                    name,
+                    format!("{name} must be a whole number from 1 to {max}"),
+                )),
+            },
+        };
+        Ok(Page {
+            page: number("page", 1, u32::MAX)?,
+            page_size: number("page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?,
+        })
+    }
+
+    /// Rows to skip: `(page - 1) * page_size`.
+    pub fn offset(&self) -> i64 {
+        (i64::from(self.page) - 1) * i64::from(self.page_size)
+    }
+
+    /// The list answer: `{"items", "total", "page", "page_size"}`.
+    pub fn list<T: Serialize>(&self, items: &[T], total: i64) -> serde_json::Value {
+        serde_json::json!({
+            "items": items,
+            "total": total,
+            "page": self.page,
+            "page_size": self.page_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a+b%20c%2Fd"), "a b c/d");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("caf%C3%A9"), "café");
+    }
+
+    #[test]
+    fn api_errors_render_with_the_request_id_and_field() {
+        let error = ApiError::validation("email", "email is not an address");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.code, "validation_failed");
+        assert_eq!(error.field.as_deref(), Some("email"));
+        assert_eq!(
+            error.to_string(),
+            "400 validation_failed: email is not an address"
+        );
+    }
+}
