@@ -256,6 +256,10 @@ fn describe(component: &LoadedComponent) -> Value {
             "http": grants.http,
         },
         "subscribe": spec.messaging.subscribe,
+        "cache": {
+            "hits": component.capabilities.cache.stats().hits(),
+            "misses": component.capabilities.cache.stats().misses(),
+        },
         "limits": {
             "memory_mib": spec.limits.memory_bytes >> 20,
             "deadline_ms": spec.limits.deadline_ms,

@@ -149,3 +149,73 @@ async fn importing_the_cache_without_a_grant_fails_to_load() {
     assert!(message.contains("agora:platform/cache"), "{message}");
     assert!(message.contains("grants no cache"), "{message}");
 }
+
+#[tokio::test]
+async fn the_admin_api_counts_each_components_hits_and_misses() {
+    let (alpha, beta) = (unique_name("alpha"), unique_name("beta"));
+    let manifest = [
+        component_table(&alpha, "fixture-cache", &["/alpha/..."], GRANTED),
+        component_table(&beta, "fixture-cache", &["/beta/..."], GRANTED),
+    ]
+    .concat();
+    let token = "an-admin-token-for-tests";
+    let host = TestHost::start_full(&manifest, |_| {}, Some(token)).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(host.url("/alpha/k"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.put(host.url("/alpha/k"))
+            .body("v")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            http.get(host.url("/alpha/k"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let listed: serde_json::Value = http
+        .get(format!(
+            "http://{}/admin/components",
+            host.admin_addr.unwrap()
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cache_of = |name: &str| {
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["cache"]
+            .clone()
+    };
+    assert_eq!(
+        cache_of(&alpha),
+        serde_json::json!({ "hits": 2, "misses": 1 })
+    );
+    assert_eq!(
+        cache_of(&beta),
+        serde_json::json!({ "hits": 0, "misses": 0 })
+    );
+    host.stop().await;
+}

@@ -56,6 +56,27 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 pub struct CacheCtx {
     /// The backend and the key prefix; cloned into every store, so both are shared.
     grant: Option<(Arc<dyn CacheBackend>, Arc<str>)>,
+    /// Hits and misses of `get`, shared by every store of the component.
+    stats: Arc<CacheStats>,
+}
+
+/// How a component's `get` calls went, counted by the host.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+impl CacheStats {
+    /// `get` calls that found a value.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `get` calls that found nothing (errors are neither hits nor misses).
+    pub fn misses(&self) -> u64 {
+        self.misses.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl CacheCtx {
@@ -63,12 +84,21 @@ impl CacheCtx {
     pub fn granted(backend: Arc<dyn CacheBackend>, component: &str) -> CacheCtx {
         CacheCtx {
             grant: Some((backend, Arc::from(format!("agora:{component}:")))),
+            stats: Arc::default(),
         }
     }
 
     /// A component without a cache grant: every call answers `denied`.
     pub fn denied() -> CacheCtx {
-        CacheCtx { grant: None }
+        CacheCtx {
+            grant: None,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The hit and miss counts of this component's `get` calls.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
     }
 
     fn namespaced(&self, key: &str) -> Result<(&dyn CacheBackend, String), Error> {
@@ -104,7 +134,14 @@ impl Host for CacheCtx {
             Ok(found) => found,
             Err(err) => return Ok(Err(err)),
         };
-        Ok(backend.get(&key).await.map_err(to_guest))
+        let result = backend.get(&key).await.map_err(to_guest);
+        let counter = match &result {
+            Ok(Some(_)) => &self.stats.hits,
+            Ok(None) => &self.stats.misses,
+            Err(_) => return Ok(result),
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(result)
     }
 
     async fn set(
