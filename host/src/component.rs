@@ -270,10 +270,18 @@ fn resolve_config(spec: &ComponentSpec) -> Result<WasiConfigVariables, String> {
         config.insert(key, value);
     }
     for (key, variable) in &spec.config_env {
-        let value = std::env::var(variable).map_err(|_| {
-            format!("config key `{key}` reads environment variable {variable}, which is not set")
-        })?;
-        config.insert(key, value);
+        let name = variable.name();
+        match std::env::var(name) {
+            Ok(value) => {
+                config.insert(key, value);
+            }
+            Err(_) if variable.optional() => {}
+            Err(_) => {
+                return Err(format!(
+                    "config key `{key}` reads environment variable {name}, which is not set"
+                ));
+            }
+        }
     }
     Ok(config)
 }

@@ -13,7 +13,7 @@
 //! 5. The per-subject token bucket.
 //! 6. The verified identity is written as `x-agora-subject`, `x-agora-roles` (comma-separated)
 //!    and `x-agora-token-id`; on an in-process call from another component,
-//!    `x-agora-caller` names that component.
+//!    `x-agora-caller` names that component; `x-agora-request-id` is always set.
 //!
 //! A rate limiter that cannot be reached lets requests through (with a warning): a Redis
 //! outage must not take the shop down with it. Token checks fail closed.
@@ -35,6 +35,8 @@ pub const ROLES_HEADER: &str = "x-agora-roles";
 pub const TOKEN_ID_HEADER: &str = "x-agora-token-id";
 /// Header the host writes on in-process calls: the calling component.
 pub const CALLER_HEADER: &str = "x-agora-caller";
+/// Header the host writes with the request's id (the `x-request-id` of the answer).
+pub const REQUEST_ID_HEADER: &str = "x-agora-request-id";
 /// Prefix of the headers only the host may write.
 pub const RESERVED_PREFIX: &str = "x-agora-";
 
@@ -182,6 +184,7 @@ impl Edge {
         if let Caller::Internal { component, .. } = caller {
             insert(&mut parts.headers, CALLER_HEADER, component);
         }
+        insert(&mut parts.headers, REQUEST_ID_HEADER, request_id);
         Ok(Admitted {
             client_ip,
             identity,

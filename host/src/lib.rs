@@ -174,6 +174,41 @@ fn edge_backends(redis_url: Option<&str>) -> Result<EdgeBackends, HostError> {
     }
 }
 
+/// Sends the `startup` request of component `name`: `POST path`, in-process, as the
+/// internal caller `agora`. Anything but 2xx is an error quoting the answer.
+async fn startup(trigger: &HttpTrigger, name: &str, path: &str) -> Result<(), String> {
+    use http_body_util::BodyExt as _;
+    let request = http::Request::post(format!("http://{name}{}{path}", manifest::INTERNAL_DOMAIN))
+        .body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|err| format!("startup `{path}`: {err}"))?;
+    let caller = edge::Caller::Internal {
+        component: Arc::from("agora"),
+        client_ip: None,
+        depth: 1,
+    };
+    let response = trigger.handle_internal(request, caller, name).await;
+    let status = response.status();
+    if status.is_success() {
+        tracing::info!(
+            component = name,
+            path,
+            status = status.as_u16(),
+            "startup request done"
+        );
+        return Ok(());
+    }
+    let body = match response.into_body().collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        Err(err) => format!("(body unreadable: {err:?})"),
+    };
+    let body: String = manifest::one_line(&body).chars().take(300).collect();
+    Err(format!("startup POST {path} answered {status}: {body}"))
+}
+
 /// A loaded host, ready to serve.
 pub struct Host {
     engine: HostEngine,
@@ -272,6 +307,20 @@ impl Host {
         let trigger = Arc::new(HttpTrigger::new(router, edge));
         let _ = internal.set(Arc::downgrade(&trigger));
         let epoch = engine.start_epoch_ticker();
+        for spec in &manifest.components {
+            if let Some(path) = &spec.startup {
+                startup(&trigger, &spec.name, path)
+                    .await
+                    .map_err(|reason| HostError::Component {
+                        manifest: manifest.path.clone(),
+                        error: LoadError {
+                            component: spec.name.clone(),
+                            file: spec.source.clone(),
+                            reason,
+                        },
+                    })?;
+            }
+        }
         Ok(Host {
             engine,
             manifest,

@@ -26,6 +26,7 @@
 //!
 //! [component.config_env]         # values read from the environment at load (secrets)
 //! api_key = "HELLO_API_KEY"
+//! admin_email = { env = "AGORA_ADMIN_EMAIL", optional = true }
 //!
 //! [component.grants]            # deny by default
 //! cache = true                   # agora:platform/cache
@@ -36,6 +37,7 @@
 //! auth = true                    # agora:platform/auth (issue and revoke tokens)
 //!
 //! migrations = "migrations/hello"  # SQL migrations, applied once at load (needs sql)
+//! startup = "/hello/internal/start" # POSTed in-process once loaded; non-2xx stops the start
 //!
 //! [component.messaging]          # subscriptions, delivered to the exported handler
 //! subscribe = ["payment.succeeded"]
@@ -120,15 +122,50 @@ pub struct ComponentSpec {
     pub grants: Grants,
     /// wasi:config/store values written in the manifest.
     pub config: BTreeMap<String, String>,
-    /// wasi:config/store keys whose values come from environment variables (key → variable).
+    /// wasi:config/store keys whose values come from environment variables.
     /// Secrets belong here: the manifest holds only the variable's name.
-    pub config_env: BTreeMap<String, String>,
+    pub config_env: BTreeMap<String, EnvVar>,
+    /// A path the host sends `POST` to, in-process, once the component is loaded and before
+    /// the host serves (for example to create the first admin account); anything but 2xx
+    /// stops the start.
+    pub startup: Option<String>,
     /// The folder of SQL migrations, resolved against the manifest's folder.
     pub migrations: Option<PathBuf>,
     /// Subscriptions and their delivery settings.
     pub messaging: Messaging,
     /// Route policies (`[[component.policy]]`), in manifest order.
     pub policies: Vec<Policy>,
+}
+
+/// An environment variable a config value comes from: `key = "VAR"` (required) or
+/// `key = { env = "VAR", optional = true }` (the key is absent when the variable is).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum EnvVar {
+    /// Required: a missing variable stops the load.
+    Required(String),
+    /// Written as a table.
+    Table {
+        /// The variable.
+        env: String,
+        /// Whether the component starts without it.
+        #[serde(default)]
+        optional: bool,
+    },
+}
+
+impl EnvVar {
+    /// The variable's name.
+    pub fn name(&self) -> &str {
+        match self {
+            EnvVar::Required(name) | EnvVar::Table { env: name, .. } => name,
+        }
+    }
+
+    /// Whether the component may start without it.
+    pub fn optional(&self) -> bool {
+        matches!(self, EnvVar::Table { optional: true, .. })
+    }
 }
 
 /// `[component.messaging]`: what the component subscribes to and how failed deliveries are
@@ -327,8 +364,9 @@ struct RawComponent {
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
-    config_env: BTreeMap<String, String>,
+    config_env: BTreeMap<String, EnvVar>,
     migrations: Option<PathBuf>,
+    startup: Option<String>,
     #[serde(default)]
     messaging: RawMessaging,
     #[serde(default, rename = "policy")]
@@ -418,6 +456,18 @@ impl Manifest {
                 ));
             }
             let messaging = raw.messaging.resolve().map_err(invalid)?;
+            let startup = match &raw.startup {
+                Some(path) => {
+                    let router = crate::router::Router::new(routes.iter().map(|r| (r.clone(), ())));
+                    if !path.starts_with('/') || router.lookup(path).is_none() {
+                        return Err(invalid(format!(
+                            "startup `{path}` is not a path among the component's routes"
+                        )));
+                    }
+                    Some(path.clone())
+                }
+                None => None,
+            };
             let mut policies = Vec::with_capacity(raw.policies.len());
             for (index, policy) in raw.policies.iter().enumerate() {
                 policies.push(
@@ -435,6 +485,7 @@ impl Manifest {
                 grants,
                 config: raw.config,
                 config_env: raw.config_env,
+                startup,
                 messaging,
                 policies,
             });
@@ -973,6 +1024,10 @@ mod tests {
             (
                 "grants = { http = [\"http://ghost.agora.internal\"] }",
                 "no component is named `ghost`",
+            ),
+            (
+                "startup = \"/elsewhere\"",
+                "startup `/elsewhere` is not a path among the component's routes",
             ),
         ] {
             let text = format!(

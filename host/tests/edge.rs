@@ -348,7 +348,13 @@ async fn roles_forged_headers_and_internal_routes() {
     let seen: Value = forged.json().await.unwrap();
     assert_eq!(seen["subject"], Value::Null);
     assert_eq!(seen["caller"], Value::Null);
-    assert_eq!(seen["agora_headers"], json!({}));
+    let headers = seen["agora_headers"].as_object().unwrap();
+    assert_eq!(
+        headers.keys().collect::<Vec<_>>(),
+        ["x-agora-request-id"],
+        "only the host's request id: {seen}"
+    );
+    assert_ne!(headers["x-agora-request-id"], "");
     let forged = reqwest::Client::new()
         .get(host.url("/edge/private/x"))
         .bearer_auth(&user)
@@ -630,4 +636,44 @@ async fn the_admin_api_needs_the_admin_token() {
         404
     );
     host.stop().await;
+}
+
+#[tokio::test]
+async fn a_startup_request_runs_before_serving_and_a_failing_one_stops_the_load() {
+    let keys = test_keys();
+    let name = unique_name("edge");
+    let good = manifest(&name).replacen(
+        "routes = [\"/edge/...\"]\n",
+        "routes = [\"/edge/...\"]\nstartup = \"/edge/started\"\n",
+        1,
+    );
+    let host_keys = keys.keys.clone();
+    let host = TestHost::start_with(&good, move |config| config.auth_keys = Some(host_keys)).await;
+    assert_eq!(get(&host.url("/edge/public"), None).await.status(), 200);
+    host.stop().await;
+
+    // The fixture answers 400 to `POST /edge/issue` without a JSON body: the load stops,
+    // quoting the answer.
+    let bad = manifest(&name).replacen(
+        "routes = [\"/edge/...\"]\n",
+        "routes = [\"/edge/...\"]\nstartup = \"/edge/issue\"\n",
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agora.toml");
+    std::fs::write(&path, bad).unwrap();
+    let mut config = agora_host::HostConfig::new(&path);
+    config.data_dir = common::shared_data_dir();
+    config.auth_keys = Some(keys.keys.clone());
+    let err = match agora_host::Host::load(&config).await {
+        Ok(_) => panic!("a failing startup request must stop the load"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains(&format!("component `{name}`")), "{err}");
+    assert!(
+        err.contains("startup POST /edge/issue answered 400"),
+        "{err}"
+    );
+    assert!(err.contains("invalid_json"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
 }
