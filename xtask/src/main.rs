@@ -101,24 +101,40 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin account `cargo xtask dev` creates when the environment names none.
+const DEV_ADMIN_EMAIL: &str = "admin@shop.local";
+const DEV_ADMIN_PASSWORD: &str = "agora-dev-admin";
+
 fn dev(listen: &str) -> anyhow::Result<()> {
     components::build_all()?;
+    let email = std::env::var("AGORA_ADMIN_EMAIL").unwrap_or_else(|_| DEV_ADMIN_EMAIL.into());
+    let password =
+        std::env::var("AGORA_ADMIN_PASSWORD").unwrap_or_else(|_| DEV_ADMIN_PASSWORD.into());
+    eprintln!(
+        "xtask: the shop's admin is {email} (password from AGORA_ADMIN_PASSWORD, default `{DEV_ADMIN_PASSWORD}`)"
+    );
     eprintln!("xtask: building and starting the host (release)");
-    run(cargo().args([
-        "run",
-        "--release",
-        "--package",
-        "agora-host",
-        "--bin",
-        "agora",
-        "--",
-        "serve",
-        "--manifest",
-        "agora.toml",
-        "--listen",
-        listen,
-    ]))
+    run(cargo()
+        .env("AGORA_ADMIN_EMAIL", &email)
+        .env("AGORA_ADMIN_PASSWORD", &password)
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "agora-host",
+            "--bin",
+            "agora",
+            "--",
+            "serve",
+            "--manifest",
+            "agora.toml",
+            "--listen",
+            listen,
+        ]))
 }
+
+/// Guest crates whose unit tests also run on the native target.
+const NATIVE_TESTED: &[&str] = &["agora-sdk", "catalog"];
 
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -144,17 +160,17 @@ fn test() -> anyhow::Result<()> {
         .env("CARGO_TARGET_DIR", components::target_dir()))?;
     eprintln!("xtask: cargo test");
     run(cargo().args(["test", "--workspace"]))?;
-    // The guest SDK's pure logic (time encoding, row decoding) is tested natively: its calls
-    // into the host are only made from inside a component.
-    eprintln!("xtask: cargo test of the guest SDK (native target)");
-    run(cargo()
-        .args([
-            "test",
-            "--package",
-            "agora-sdk",
-            "--target",
-            &host_triple()?,
-        ])
+    // The pure logic of the guest SDK and of the shop's components (time encoding, row
+    // decoding, validation) is tested natively: their calls into the host are only made from
+    // inside a component.
+    eprintln!("xtask: cargo test of the guest SDK and the shop's components (native target)");
+    let mut native = cargo();
+    native.arg("test");
+    for package in NATIVE_TESTED {
+        native.args(["--package", package]);
+    }
+    run(native
+        .args(["--target", &host_triple()?])
         .arg("--manifest-path")
         .arg(root().join("components/Cargo.toml"))
         .env("CARGO_TARGET_DIR", components::target_dir()))?;

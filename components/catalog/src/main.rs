@@ -29,6 +29,9 @@
 //!   touches no stock.
 //! - `POST /api/products/internal/release` (internal) `{reservation_id}` → 204; the stock comes
 //!   back once (a second release, or an unknown id, changes nothing).
+//! - `POST /api/products/internal/seed` (internal; meant as the manifest's `startup`) → 204;
+//!   when config `sample_products = "true"` and the catalog is empty, adds a few sample
+//!   products (for `cargo xtask dev`); otherwise does nothing.
 //!
 //! The host enforces the policies below; the component checks them again (an admin identity
 //! for writes, an internal caller for `internal/...`), so a manifest that forgets one fails
@@ -146,7 +149,8 @@ async fn route(request: &mut Request<Body>, request_id: &str) -> Result<Response
             match (&method, *action) {
                 (&Method::POST, "reserve") => reserve(json_object(request).await?),
                 (&Method::POST, "release") => release(json_object(request).await?),
-                (_, "reserve" | "release") => Err(method_not_allowed(&method, &path)),
+                (&Method::POST, "seed") => seed(),
+                (_, "reserve" | "release" | "seed") => Err(method_not_allowed(&method, &path)),
                 _ => Err(ApiError::not_found(format!("no route {path}"))),
             }
         }
@@ -242,6 +246,78 @@ fn list(request: &Request<Body>) -> Result<Response<Body>, ApiError> {
     .map_err(db)?;
     let items = products_from(&rows)?;
     Ok(http::json(StatusCode::OK, &page.list(&items, total)))
+}
+
+/// Sample products for a development shop: `(name, description, price_cents, sku, stock,
+/// category)`.
+const SAMPLES: [(&str, &str, i64, &str, i64, &str); 4] = [
+    (
+        "Espresso cup",
+        "A thick-walled porcelain cup, 80 ml.",
+        1250,
+        "CUP-ESP-80",
+        40,
+        "kitchen",
+    ),
+    (
+        "Pour-over kettle",
+        "Gooseneck kettle, 1 litre, stainless steel.",
+        4990,
+        "KET-PO-1L",
+        12,
+        "kitchen",
+    ),
+    (
+        "Canvas tote",
+        "Heavy cotton tote bag with an inner pocket.",
+        1800,
+        "BAG-TOTE-C",
+        25,
+        "bags",
+    ),
+    (
+        "Notebook A5",
+        "Dotted pages, lay-flat binding, 160 pages.",
+        950,
+        "NB-A5-DOT",
+        60,
+        "stationery",
+    ),
+];
+
+/// Adds [`SAMPLES`] when the configuration asks for them and the catalog is empty.
+fn seed() -> Result<Response<Body>, ApiError> {
+    let wanted = config::get_or("sample_products", String::from("false"))
+        .map_err(|err| ApiError::internal(err.to_string()))?;
+    if wanted != "true" {
+        return Ok(no_content());
+    }
+    let count: i64 = sql::query("select count(*) as n from products", &[])
+        .and_then(|rows| rows.first().map_or(Ok(0), |row| row.get("n")))
+        .map_err(db)?;
+    if count > 0 {
+        return Ok(no_content());
+    }
+    for (name, description, price_cents, sku, stock, category) in SAMPLES {
+        let mut body = Map::new();
+        body.insert("name".into(), json!(name));
+        body.insert("description".into(), json!(description));
+        body.insert("price_cents".into(), json!(price_cents));
+        body.insert("sku".into(), json!(sku));
+        body.insert("stock".into(), json!(stock));
+        body.insert("category".into(), json!(category));
+        match create(body) {
+            Ok(_) => {}
+            // Another replica seeded the same product at the same moment.
+            Err(error) if error.code == "sku_taken" => {}
+            Err(error) => return Err(error),
+        }
+    }
+    log::info(
+        "products",
+        &format!("{} sample products added", SAMPLES.len()),
+    );
+    Ok(no_content())
 }
 
 fn create(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
