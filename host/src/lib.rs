@@ -192,6 +192,12 @@ async fn startup(trigger: &HttpTrigger, name: &str, path: &str) -> Result<(), St
     };
     let response = trigger.handle_internal(request, caller, name).await;
     let status = response.status();
+    // Read the body whatever the status: a guest still writing it must not see the
+    // connection go away.
+    let body = match response.into_body().collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        Err(err) => format!("(body unreadable: {err:?})"),
+    };
     if status.is_success() {
         tracing::info!(
             component = name,
@@ -201,10 +207,6 @@ async fn startup(trigger: &HttpTrigger, name: &str, path: &str) -> Result<(), St
         );
         return Ok(());
     }
-    let body = match response.into_body().collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-        Err(err) => format!("(body unreadable: {err:?})"),
-    };
     let body: String = manifest::one_line(&body).chars().take(300).collect();
     Err(format!("startup POST {path} answered {status}: {body}"))
 }
