@@ -560,6 +560,25 @@ async fn the_repository_manifest_loads_and_serves() {
         .await
         .unwrap();
     assert_eq!(info["greeting"], "hello from agora.toml", "{info}");
+    // The shop: the catalog's startup request seeded the sample products.
+    let products: Value = reqwest::get(format!("http://{addr}/api/products"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(products["total"], 4, "{products}");
+    // Policies hold: the account routes need a token, internal ones do not exist outside.
+    let me = reqwest::get(format!("http://{addr}/api/accounts/me"))
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401);
+    let seed = reqwest::Client::new()
+        .post(format!("http://{addr}/api/products/internal/seed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seed.status(), 404);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
