@@ -134,7 +134,7 @@ fn dev(listen: &str) -> anyhow::Result<()> {
 }
 
 /// Guest crates whose unit tests also run on the native target.
-const NATIVE_TESTED: &[&str] = &["agora-sdk", "account", "catalog"];
+const NATIVE_TESTED: &[&str] = &["agora-sdk", "account", "catalog", "order", "payment"];
 
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
