@@ -134,7 +134,14 @@ fn dev(listen: &str) -> anyhow::Result<()> {
 }
 
 /// Guest crates whose unit tests also run on the native target.
-const NATIVE_TESTED: &[&str] = &["agora-sdk", "account", "catalog", "order", "payment"];
+const NATIVE_TESTED: &[&str] = &[
+    "agora-sdk",
+    "account",
+    "catalog",
+    "order",
+    "payment",
+    "gateway",
+];
 
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
