@@ -16,9 +16,9 @@
 //! every call is bounded by [`CALL_TIMEOUT`] and fails as `Unavailable` beyond it.
 
 use crate::store::{RevocationStore, StoreError, UseOutcome};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use agora_redis::LazyRedis;
+use redis::aio::ConnectionManager;
 use std::time::Duration;
-use tokio::sync::Mutex;
 
 /// Upper bound on one store call, connection included.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -46,8 +46,7 @@ return #families
 
 /// The Redis revocation store.
 pub struct RedisRevocationStore {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
+    redis: LazyRedis,
 }
 
 impl RedisRevocationStore {
@@ -55,42 +54,22 @@ impl RedisRevocationStore {
     /// the connection is made on first use.
     pub fn new(url: &str) -> Result<RedisRevocationStore, redis::RedisError> {
         Ok(RedisRevocationStore {
-            client: redis::Client::open(url)?,
-            connection: Mutex::new(None),
+            redis: LazyRedis::new(url, CALL_TIMEOUT)?,
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT / 2))
-            .set_response_timeout(Some(CALL_TIMEOUT / 2))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(unavailable)?;
-        *slot = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Runs `call` on a connection within [`CALL_TIMEOUT`].
+    /// Runs `call` on the connection within [`CALL_TIMEOUT`].
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
-        let attempt = async { call(self.connection().await?).await.map_err(unavailable) };
-        tokio::time::timeout(CALL_TIMEOUT, attempt)
+        self.redis
+            .run(
+                |c| async move { call(c).await.map_err(unavailable) },
+                StoreError::Unavailable,
+            )
             .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
-                    "redis did not answer within {} ms",
-                    CALL_TIMEOUT.as_millis()
-                )))
-            })
     }
 }
 

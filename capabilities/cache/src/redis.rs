@@ -6,18 +6,17 @@
 //! hang.
 
 use crate::backend::{BackendError, CacheBackend};
+use agora_redis::LazyRedis;
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::time::Duration;
-use tokio::sync::Mutex;
 
 /// Upper bound on one cache call, connection included.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// The Redis cache.
 pub struct RedisCache {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
+    redis: LazyRedis,
 }
 
 impl RedisCache {
@@ -25,42 +24,17 @@ impl RedisCache {
     /// the connection is made on first use.
     pub fn new(url: &str) -> Result<RedisCache, redis::RedisError> {
         Ok(RedisCache {
-            client: redis::Client::open(url)?,
-            connection: Mutex::new(None),
+            redis: LazyRedis::new(url, CALL_TIMEOUT)?,
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, BackendError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT / 2))
-            .set_response_timeout(Some(CALL_TIMEOUT / 2))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(unavailable)?;
-        *slot = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Runs `call` on a connection within [`CALL_TIMEOUT`].
+    /// Runs `call` on the connection within [`CALL_TIMEOUT`].
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        let attempt = async { call(self.connection().await?).await };
-        tokio::time::timeout(CALL_TIMEOUT, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(BackendError::Unavailable(format!(
-                    "redis did not answer within {} ms",
-                    CALL_TIMEOUT.as_millis()
-                )))
-            })
+        self.redis.run(call, BackendError::Unavailable).await
     }
 }
 

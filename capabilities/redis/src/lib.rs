@@ -1,0 +1,98 @@
+//! The Redis connection shared by agora's production backends that live in Redis — the cache,
+//! the auth revocation store and the edge's rate limiter.
+//!
+//! - The connection is made on the first call, not at construction, so a host starts (and
+//!   serves everything that does not need Redis) while Redis is down.
+//! - redis-rs's `ConnectionManager` reconnects after a failure; one connection is multiplexed
+//!   by every caller.
+//! - Every call, connecting included, is bounded by the timeout given at construction and
+//!   fails with the caller's own "unavailable" error beyond it: a slow Redis costs a request at
+//!   most that long, never a hang.
+
+#![deny(missing_docs)]
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// A Redis client connected on first use; cheap to share behind an `Arc`.
+pub struct LazyRedis {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    timeout: Duration,
+}
+
+impl LazyRedis {
+    /// A client for the Redis at `url` (`redis://host:port/db`) whose calls each take at most
+    /// `timeout`. Fails only on a malformed URL.
+    pub fn new(url: &str, timeout: Duration) -> Result<LazyRedis, redis::RedisError> {
+        Ok(LazyRedis {
+            client: redis::Client::open(url)?,
+            connection: Mutex::new(None),
+            timeout,
+        })
+    }
+
+    /// The bound on one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout / 2))
+            .set_response_timeout(Some(self.timeout / 2))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs `call` on the connection within the timeout. A failure to connect and the timeout
+    /// become `unavailable(message)`; errors of `call` itself are the caller's.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        call: F,
+        unavailable: impl Fn(String) -> E,
+    ) -> Result<T, E>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let attempt = async {
+            match self.connection().await {
+                Ok(connection) => call(connection).await,
+                Err(err) => Err(unavailable(format!("redis: {err}"))),
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(format!(
+                "redis did not answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_unavailable_within_the_timeout() {
+        let redis = LazyRedis::new("redis://127.0.0.1:1", Duration::from_millis(300))
+            .expect("a well-formed URL");
+        let started = std::time::Instant::now();
+        let result: Result<(), String> = redis.run(|_| async { Ok(()) }, |message| message).await;
+        let message = result.expect_err("nothing listens on port 1");
+        assert!(message.starts_with("redis"), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(LazyRedis::new("not a url", Duration::from_secs(1)).is_err());
+    }
+}
