@@ -7,9 +7,9 @@
 
 mod common;
 
-use agora_auth::{Claims, Keys, TokenType};
+use agora_auth::{Claims, Keys};
 use base64::Engine as _;
-use common::{TestHost, component_table, json_error, redis_url_or_skip, unique_name};
+use common::{TestHost, TestKeys, component_table, json_error, redis_url_or_skip, unique_name};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,16 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const ISSUER: &str = "agora-test";
 const AUDIENCE: &str = "shop";
 
-/// A key pair as PEM, and the host keys made from it.
-struct TestKeys {
-    private_pem: String,
-    keys: Keys,
-}
-
 fn test_keys() -> TestKeys {
-    let (private_pem, public_pem) = Keys::generate_ed25519_pem().unwrap();
-    let keys = Keys::ed25519_from_pem(private_pem.as_bytes(), public_pem.as_bytes()).unwrap();
-    TestKeys { private_pem, keys }
+    TestKeys::new()
 }
 
 /// The manifest of these tests: `name` (the edge fixture) with one policy of each kind, and
@@ -79,24 +71,11 @@ fn now() -> u64 {
 
 /// Valid access-token claims; tests change one field to make them invalid.
 fn claims(subject: &str, roles: &[&str]) -> Claims {
-    let now = now();
-    Claims {
-        sub: subject.into(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        iat: now,
-        nbf: now,
-        exp: now + 600,
-        jti: uuid::Uuid::new_v4().simple().to_string(),
-        typ: TokenType::Access,
-        fam: uuid::Uuid::new_v4().simple().to_string(),
-    }
+    common::access_claims(subject, roles, ISSUER, AUDIENCE)
 }
 
 fn sign(keys: &TestKeys, claims: &Claims) -> String {
-    let key = EncodingKey::from_ed_pem(keys.private_pem.as_bytes()).unwrap();
-    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).unwrap()
+    keys.sign(claims)
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -15,14 +15,11 @@
 
 mod common;
 
-use agora_auth::{Claims, Keys, TokenType};
 use agora_host::HostConfig;
-use common::{TestHost, component, database_url_or_skip, json_error, redis_url_or_skip};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use common::{TestHost, TestKeys, component, database_url_or_skip, json_error, redis_url_or_skip};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const ISSUER: &str = "agora-test";
 const AUDIENCE: &str = "shop";
@@ -146,8 +143,8 @@ impl Answer {
 
 impl Shop {
     async fn start(backends: &Backends) -> Shop {
-        let (private_pem, public_pem) = Keys::generate_ed25519_pem().unwrap();
-        let keys = Keys::ed25519_from_pem(private_pem.as_bytes(), public_pem.as_bytes()).unwrap();
+        let signer = TestKeys::new();
+        let keys = signer.keys.clone();
         let sql_dir = tempfile::tempdir().unwrap();
         let database_url = backends
             .database_url
@@ -165,24 +162,8 @@ impl Shop {
         )
         .await;
         let sign = |roles: &[&str]| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            let claims = Claims {
-                sub: uuid::Uuid::new_v4().to_string(),
-                roles: roles.iter().map(|r| r.to_string()).collect(),
-                iss: ISSUER.into(),
-                aud: AUDIENCE.into(),
-                iat: now,
-                nbf: now,
-                exp: now + 600,
-                jti: uuid::Uuid::new_v4().simple().to_string(),
-                typ: TokenType::Access,
-                fam: uuid::Uuid::new_v4().simple().to_string(),
-            };
-            let key = EncodingKey::from_ed_pem(private_pem.as_bytes()).unwrap();
-            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap()
+            let subject = uuid::Uuid::new_v4().to_string();
+            signer.sign(&common::access_claims(&subject, roles, ISSUER, AUDIENCE))
         };
         Shop {
             admin: sign(&["USER", "ADMIN"]),

@@ -7,12 +7,10 @@
 
 mod common;
 
-use agora_auth::{Claims, Keys, TokenType};
-use common::{TestHost, component, json_error, unique_name};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use common::{TestHost, TestKeys, component, json_error, unique_name};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 fn manifest() -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
@@ -46,39 +44,22 @@ grants = {{ sql = true, cache = true, publish = ["account.*", "order.*", "paymen
 
 struct Shop {
     host: TestHost,
-    private_pem: String,
+    keys: TestKeys,
 }
 
 impl Shop {
     async fn start() -> Shop {
-        let (private_pem, public_pem) = Keys::generate_ed25519_pem().unwrap();
-        let keys = Keys::ed25519_from_pem(private_pem.as_bytes(), public_pem.as_bytes()).unwrap();
+        let keys = TestKeys::new();
+        let host_keys = keys.keys.clone();
         let host = TestHost::start_with(&manifest(), move |config| {
-            config.auth_keys = Some(keys);
+            config.auth_keys = Some(host_keys);
         })
         .await;
-        Shop { host, private_pem }
+        Shop { host, keys }
     }
 
     fn token(&self, user: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = Claims {
-            sub: user.into(),
-            roles: vec!["USER".into()],
-            iss: "agora".into(),
-            aud: "agora".into(),
-            iat: now,
-            nbf: now,
-            exp: now + 600,
-            jti: uuid::Uuid::new_v4().to_string(),
-            typ: TokenType::Access,
-            fam: uuid::Uuid::new_v4().to_string(),
-        };
-        let key = EncodingKey::from_ed_pem(self.private_pem.as_bytes()).unwrap();
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap()
+        self.keys.token(user, &["USER"])
     }
 
     /// Publishes `event` (an envelope) on its type's subject through the example component.

@@ -19,14 +19,15 @@
 
 mod common;
 
-use agora_auth::{Claims, Keys, TokenType};
+use agora_auth::Keys;
 use agora_host::HostConfig;
-use common::{TestHost, component, database_url_or_skip, nats_url_or_skip, redis_url_or_skip};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use common::{
+    TestHost, TestKeys, component, database_url_or_skip, nats_url_or_skip, redis_url_or_skip,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const ISSUER: &str = "agora-test";
 const AUDIENCE: &str = "shop";
@@ -223,8 +224,7 @@ impl Answer {
 struct Shop {
     host: TestHost,
     http: reqwest::Client,
-    keys: Keys,
-    private_pem: String,
+    signer: TestKeys,
     admin: User,
     tag: String,
     backends: Backends,
@@ -234,19 +234,17 @@ struct Shop {
 
 impl Shop {
     async fn start(backends: &Backends, parts: Parts) -> Shop {
-        let (private_pem, public_pem) = Keys::generate_ed25519_pem().unwrap();
-        let keys = Keys::ed25519_from_pem(private_pem.as_bytes(), public_pem.as_bytes()).unwrap();
+        let signer = TestKeys::new();
         let sql_dir = tempfile::tempdir().unwrap();
         let database_url = backends
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", sql_dir.path().join("sql").display()));
-        let host = Shop::host(backends, &database_url, &keys, parts).await;
+        let host = Shop::host(backends, &database_url, &signer.keys, parts).await;
         let mut shop = Shop {
             host,
             http: reqwest::Client::new(),
-            keys,
-            private_pem,
+            signer,
             admin: User {
                 id: String::new(),
                 token: String::new(),
@@ -278,32 +276,17 @@ impl Shop {
 
     /// Stops the host and starts another one with `parts` on the same data and keys.
     async fn restart(mut self, parts: Parts) -> Shop {
-        let next = Shop::host(&self.backends, &self.database_url, &self.keys, parts).await;
+        let next = Shop::host(&self.backends, &self.database_url, &self.signer.keys, parts).await;
         std::mem::replace(&mut self.host, next).stop().await;
         self
     }
 
     /// A new user with `roles` and a signed access token.
     fn user(&self, roles: &[&str]) -> User {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
         let id = uuid::Uuid::new_v4().to_string();
-        let claims = Claims {
-            sub: id.clone(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-            iat: now,
-            nbf: now,
-            exp: now + 600,
-            jti: uuid::Uuid::new_v4().simple().to_string(),
-            typ: TokenType::Access,
-            fam: uuid::Uuid::new_v4().simple().to_string(),
-        };
-        let key = EncodingKey::from_ed_pem(self.private_pem.as_bytes()).unwrap();
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap();
+        let token = self
+            .signer
+            .sign(&common::access_claims(&id, roles, ISSUER, AUDIENCE));
         User { id, token }
     }
 

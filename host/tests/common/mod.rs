@@ -211,3 +211,58 @@ pub fn unique_name(stem: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// A freshly generated Ed25519 key pair: `keys` for the host, the private PEM for tests that
+/// sign tokens themselves.
+pub struct TestKeys {
+    pub private_pem: String,
+    pub keys: agora_auth::Keys,
+}
+
+impl TestKeys {
+    pub fn new() -> TestKeys {
+        let (private_pem, public_pem) = agora_auth::Keys::generate_ed25519_pem().unwrap();
+        let keys =
+            agora_auth::Keys::ed25519_from_pem(private_pem.as_bytes(), public_pem.as_bytes())
+                .unwrap();
+        TestKeys { private_pem, keys }
+    }
+
+    /// Signs `claims` with EdDSA, as the host does.
+    pub fn sign(&self, claims: &agora_auth::Claims) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(self.private_pem.as_bytes()).unwrap();
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    /// A valid access token for `subject` with `roles`, issuer and audience `agora` (the
+    /// defaults of a manifest without `[auth]`).
+    pub fn token(&self, subject: &str, roles: &[&str]) -> String {
+        self.sign(&access_claims(subject, roles, "agora", "agora"))
+    }
+}
+
+/// Valid access-token claims, ten minutes long, in a session of their own.
+pub fn access_claims(
+    subject: &str,
+    roles: &[&str],
+    issuer: &str,
+    audience: &str,
+) -> agora_auth::Claims {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    agora_auth::Claims {
+        sub: subject.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        iss: issuer.into(),
+        aud: audience.into(),
+        iat: now,
+        nbf: now,
+        exp: now + 600,
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+        typ: agora_auth::TokenType::Access,
+        fam: uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
