@@ -32,37 +32,42 @@ pub enum Which {
     },
     /// Per-call cost of each capability from a guest vs the same call made natively.
     Capabilities {
-        /// Redis for the production cache rows.
-        #[arg(
-            long,
-            env = "AGORA_REDIS_URL",
-            default_value = "redis://127.0.0.1:6379"
-        )]
-        redis_url: String,
-        /// PostgreSQL for the production sql rows.
-        #[arg(
-            long,
-            env = "AGORA_DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/test"
-        )]
-        database_url: String,
-        /// NATS (JetStream) for the production messaging row.
-        #[arg(long, env = "AGORA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-        nats_url: String,
+        #[command(flatten)]
+        backends: BackendUrls,
     },
+}
+
+/// The production backends a benchmark runs on (flag, environment, or the local default).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendUrls {
+    /// Redis (cache, rate limits, revocations).
+    #[arg(
+        long,
+        env = "AGORA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// PostgreSQL (sql).
+    #[arg(
+        long,
+        env = "AGORA_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub database_url: String,
+    /// NATS with JetStream (messaging).
+    #[arg(long, env = "AGORA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
 }
 
 pub fn run_bench(which: Which) -> anyhow::Result<()> {
     match which {
-        Which::Capabilities {
-            redis_url,
-            database_url,
-            nats_url,
-        } => crate::bench_capabilities::run(&crate::bench_capabilities::Urls {
-            redis: redis_url,
-            database: database_url,
-            nats: nats_url,
-        }),
+        Which::Capabilities { backends } => {
+            crate::bench_capabilities::run(&crate::bench_capabilities::Urls {
+                redis: backends.redis_url,
+                database: backends.database_url,
+                nats: backends.nats_url,
+            })
+        }
         Which::Hello {
             connections,
             seconds,

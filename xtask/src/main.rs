@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_capabilities;
+mod bench_shop;
 mod components;
 mod loadgen;
 
@@ -37,7 +38,7 @@ enum Task {
     /// Measure throughput and latency (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
-        which: bench::Which,
+        which: bench_shop::Which,
     },
     /// Run a load generator against a URL (used by `bench`; handy on its own).
     Load(loadgen::LoadArgs),
@@ -48,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         Task::BuildComponents => components::build_all().map(drop),
         Task::Dev { listen } => dev(&listen),
         Task::Test => test(),
-        Task::Bench { which } => bench::run_bench(which),
+        Task::Bench { which } => bench_shop::run_bench(which),
         Task::Load(args) => loadgen::run_cli(args),
     }
 }
