@@ -644,14 +644,20 @@ async fn queries_are_limited_and_bad_requests_refused() {
         "{names:?}"
     );
 
-    // Not a GraphQL request: 400 with a GraphQL error.
+    // Not a GraphQL request: 400 with the error in agora's shape and as a GraphQL error.
     let response = shop.http.post(&url).body("not json").send().await.unwrap();
     assert_eq!(response.status(), 400);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(
         body["errors"][0]["extensions"]["code"], "invalid_request",
         "{body}"
     );
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert_eq!(body["error"]["request_id"], json!(request_id), "{body}");
 
     // Over the host's body limit (64 KiB): 413 before the gateway runs.
     let padding = " ".repeat(70 * 1024);

@@ -2,8 +2,9 @@
 //! notification.
 //!
 //! - `POST /graphql` `{query, variables?, operationName?}` → 200 the GraphQL answer
-//!   `{data, errors?}` (`application/json`); 400 `{errors: [{message, extensions: {code:
-//!   "invalid_request", status: 400}}]}` when the body is not such a JSON object. The
+//!   `{data, errors?}` (`application/json`); 400 with `error` (agora's shape, code
+//!   `invalid_request`) and `errors` (the same as a GraphQL error) when the body is not such a
+//!   JSON object. The
 //!   schema is in `schema.rs` (print it with the `{ __schema { … } }` introspection query):
 //!   queries `me`, `product(id)`, `products(page, pageSize, category, q)`, `order(id)`,
 //!   `orders(page, pageSize)`, `notifications(page, pageSize)`; mutations `register(email,
@@ -70,7 +71,7 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
     }
     Ok(match *request.method() {
         Method::GET | Method::HEAD => graphiql(),
-        Method::POST => graphql(&mut request).await,
+        Method::POST => graphql(&mut request, &request_id).await,
         _ => {
             let mut response = http::ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -87,7 +88,7 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
 }
 
 /// `POST /graphql`: runs the query as the caller.
-async fn graphql(request: &mut Request<Body>) -> Response<Body> {
+async fn graphql(request: &mut Request<Body>, request_id: &str) -> Response<Body> {
     let caller = Caller {
         authorization: request
             .headers()
@@ -96,14 +97,19 @@ async fn graphql(request: &mut Request<Body>) -> Response<Body> {
     };
     let bytes = match request.body_mut().contents().await {
         Ok(bytes) => bytes.to_vec(),
-        Err(err) => return request_error(&format!("the body cannot be read: {err}")),
+        Err(err) => {
+            return request_error(&format!("the body cannot be read: {err}"), request_id);
+        }
     };
     let query: async_graphql::Request = match serde_json::from_slice(&bytes) {
         Ok(query) => query,
         Err(err) => {
-            return request_error(&format!(
-                "the body must be a JSON object {{\"query\", \"variables\"?, \"operationName\"?}}: {err}"
-            ));
+            return request_error(
+                &format!(
+                    "the body must be a JSON object {{\"query\", \"variables\"?, \"operationName\"?}}: {err}"
+                ),
+                request_id,
+            );
         }
     };
     let mut answer = schema::build().execute(query.data(caller)).await;
@@ -123,11 +129,14 @@ fn label_query_errors(answer: &mut async_graphql::Response) {
     }
 }
 
-/// 400 with a GraphQL error: the request is not a GraphQL request.
-fn request_error(message: &str) -> Response<Body> {
+/// 400: the request is not a GraphQL request. The answer carries the error twice: in agora's
+/// shape (`error`, like every other error of the shop) and as a GraphQL error (`errors`, which
+/// GraphQL clients read).
+fn request_error(message: &str, request_id: &str) -> Response<Body> {
     http::json(
         StatusCode::BAD_REQUEST,
         &serde_json::json!({
+            "error": { "code": "invalid_request", "message": message, "request_id": request_id },
             "errors": [{
                 "message": message,
                 "extensions": { "code": "invalid_request", "status": 400 },
