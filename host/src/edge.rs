@@ -13,7 +13,8 @@
 //! 5. The per-subject token bucket.
 //! 6. The verified identity is written as `x-agora-subject`, `x-agora-roles` (comma-separated)
 //!    and `x-agora-token-id`; on an in-process call from another component,
-//!    `x-agora-caller` names that component; `x-agora-request-id` is always set.
+//!    `x-agora-caller` names that component and `x-agora-parent-request-id` the request it was
+//!    serving; `x-agora-request-id` is always set.
 //!
 //! A rate limiter that cannot be reached lets requests through (with a warning): a Redis
 //! outage must not take the shop down with it. Token checks fail closed.
@@ -37,6 +38,9 @@ pub const TOKEN_ID_HEADER: &str = "x-agora-token-id";
 pub const CALLER_HEADER: &str = "x-agora-caller";
 /// Header the host writes with the request's id (the `x-request-id` of the answer).
 pub const REQUEST_ID_HEADER: &str = "x-agora-request-id";
+/// Header the host writes on in-process calls: the id of the request the caller was serving,
+/// so one client request can be followed through every component it reached.
+pub const PARENT_REQUEST_ID_HEADER: &str = "x-agora-parent-request-id";
 /// Prefix of the headers only the host may write.
 pub const RESERVED_PREFIX: &str = "x-agora-";
 
@@ -56,6 +60,8 @@ pub enum Caller {
         client_ip: Option<IpAddr>,
         /// How many in-process calls deep this one is (1 for a call from a request).
         depth: u32,
+        /// The id of the request the caller was serving, when it was serving one.
+        parent_request_id: Option<Arc<str>>,
     },
 }
 
@@ -181,8 +187,16 @@ impl Edge {
             insert(&mut parts.headers, ROLES_HEADER, &identity.roles.join(","));
             insert(&mut parts.headers, TOKEN_ID_HEADER, &identity.token_id);
         }
-        if let Caller::Internal { component, .. } = caller {
+        if let Caller::Internal {
+            component,
+            parent_request_id,
+            ..
+        } = caller
+        {
             insert(&mut parts.headers, CALLER_HEADER, component);
+            if let Some(parent) = parent_request_id {
+                insert(&mut parts.headers, PARENT_REQUEST_ID_HEADER, parent);
+            }
         }
         insert(&mut parts.headers, REQUEST_ID_HEADER, request_id);
         Ok(Admitted {

@@ -189,6 +189,7 @@ async fn startup(trigger: &HttpTrigger, name: &str, path: &str) -> Result<(), St
         component: Arc::from("agora"),
         client_ip: None,
         depth: 1,
+        parent_request_id: None,
     };
     let response = trigger.handle_internal(request, caller, name).await;
     let status = response.status();

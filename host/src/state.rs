@@ -147,13 +147,15 @@ impl WasiHttpView for InstanceState {
 pub type InternalCalls = Arc<OnceLock<Weak<HttpTrigger>>>;
 
 /// Where the request an instance serves came from.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CallContext {
     /// The client's address, passed on to the components this one calls (for their per-IP
     /// rate limits).
     pub client_ip: Option<IpAddr>,
     /// 0 for a client's request or an event; N for the N-th nested in-process call.
     pub depth: u32,
+    /// The id of the request the instance serves (none for an event).
+    pub request_id: Option<Arc<str>>,
 }
 
 /// Outbound wasi:http, limited to the origins the manifest grants (`grants.http`). A request
@@ -205,6 +207,7 @@ impl WasiHttpHooks for OutboundHttp {
                 component: self.component.clone(),
                 client_ip: self.context.client_ip,
                 depth: self.context.depth + 1,
+                parent_request_id: self.context.request_id.clone(),
             };
             return Box::new(async move {
                 let Some(trigger) = trigger else {

@@ -371,7 +371,21 @@ async fn roles_forged_headers_and_internal_routes() {
     };
     let response = call("/peer/internal/x", Some(&user)).await;
     assert_eq!(response.status(), 200);
+    let outer_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let outer: Value = response.json().await.unwrap();
+    // The callee can tell which client request it serves a part of.
+    assert_eq!(
+        outer["body"]["agora_headers"]["x-agora-parent-request-id"],
+        json!(outer_id),
+        "{outer}"
+    );
+    assert_ne!(
+        outer["body"]["agora_headers"]["x-agora-request-id"],
+        json!(outer_id)
+    );
     assert_eq!(outer["status"], 200, "{outer}");
     assert_eq!(outer["body"]["caller"], json!(name));
     assert_eq!(outer["body"]["subject"], "carol");

@@ -140,6 +140,7 @@ impl HttpTrigger {
             method = %request.method(),
             path = %path,
             caller = tracing::field::Empty,
+            parent_request_id = tracing::field::Empty,
             subject = tracing::field::Empty,
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
@@ -154,8 +155,16 @@ impl HttpTrigger {
                 Err(refusal) => refusal,
                 Ok(admitted) => {
                     let span = tracing::Span::current();
-                    if let Caller::Internal { component, .. } = &caller {
+                    if let Caller::Internal {
+                        component,
+                        parent_request_id,
+                        ..
+                    } = &caller
+                    {
                         span.record("caller", &**component);
+                        if let Some(parent) = parent_request_id {
+                            span.record("parent_request_id", &**parent);
+                        }
                     }
                     if let Some(identity) = &admitted.identity {
                         span.record("subject", identity.subject.as_str());
@@ -163,6 +172,7 @@ impl HttpTrigger {
                     let context = state::CallContext {
                         client_ip: admitted.client_ip,
                         depth,
+                        request_id: Some(Arc::from(request_id)),
                     };
                     invoke(
                         &component,
