@@ -670,3 +670,21 @@ async fn a_startup_request_runs_before_serving_and_a_failing_one_stops_the_load(
     assert!(err.contains("invalid_json"), "{err}");
     assert!(!err.contains('\n'), "{err}");
 }
+
+#[tokio::test]
+async fn importing_auth_without_the_grant_is_a_load_error() {
+    let name = unique_name("edge");
+    let manifest = component_table(&name, "fixture-edge", &["/edge/..."], "");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agora.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let mut config = agora_host::HostConfig::new(&path);
+    config.data_dir = common::shared_data_dir();
+    let err = match agora_host::Host::load(&config).await {
+        Ok(_) => panic!("fixture-edge imports agora:platform/auth without a grant"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains(&format!("component `{name}`")), "{err}");
+    assert!(err.contains("imports agora:platform/auth"), "{err}");
+    assert!(err.contains("grants no auth"), "{err}");
+}
