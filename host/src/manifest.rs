@@ -633,11 +633,10 @@ impl RawAuth {
 impl RawPolicy {
     fn resolve(&self, component_routes: &[String]) -> Result<Policy, String> {
         let mut routes = Vec::with_capacity(self.routes.len());
+        let router = crate::router::Router::new(component_routes.iter().map(|r| (r.clone(), ())));
         for route in &self.routes {
             let pattern = PathPattern::parse(route)?;
             let example = pattern.example();
-            let router =
-                crate::router::Router::new(component_routes.iter().map(|r| (r.clone(), ())));
             if router.lookup(&example).is_none() {
                 return Err(format!(
                     "route `{route}` is not among the component's routes ({})",

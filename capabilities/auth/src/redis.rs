@@ -64,17 +64,8 @@ impl RedisRevocationStore {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
-        self.redis
-            .run(
-                |c| async move { call(c).await.map_err(unavailable) },
-                StoreError::Unavailable,
-            )
-            .await
+        self.redis.run_commands(call, StoreError::Unavailable).await
     }
-}
-
-fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {err}"))
 }
 
 fn millis(ttl: Duration) -> u64 {

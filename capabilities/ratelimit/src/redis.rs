@@ -88,17 +88,8 @@ impl RedisRateLimiter {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
-        self.redis
-            .run(
-                |c| async move { call(c).await.map_err(unavailable) },
-                LimitError::Unavailable,
-            )
-            .await
+        self.redis.run_commands(call, LimitError::Unavailable).await
     }
-}
-
-fn unavailable(err: redis::RedisError) -> LimitError {
-    LimitError::Unavailable(format!("redis: {err}"))
 }
 
 #[async_trait::async_trait]

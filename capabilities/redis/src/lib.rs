@@ -80,6 +80,27 @@ impl LazyRedis {
     }
 }
 
+impl LazyRedis {
+    /// [`LazyRedis::run`] for calls that are plain Redis commands: their errors, like a failure
+    /// to connect, become `unavailable("redis: …")`.
+    pub async fn run_commands<T, E, F, Fut>(
+        &self,
+        call: F,
+        unavailable: impl Fn(String) -> E,
+    ) -> Result<T, E>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let call = |connection| async {
+            call(connection)
+                .await
+                .map_err(|err| unavailable(format!("redis: {err}")))
+        };
+        self.run(call, &unavailable).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
