@@ -3,7 +3,7 @@
 
 use crate::input::{self, Fields, Role};
 use crate::password::Hasher;
-use crate::users::{self, InsertError, ProfileChange, User, sql_error};
+use crate::users::{self, InsertError, ProfileChange, User};
 use agora_sdk::auth::{self, AuthError, Identity, TokenPair};
 use agora_sdk::http::{self, ApiError, Body, Request, Response, StatusCode};
 use agora_sdk::{config, log};
@@ -50,12 +50,6 @@ fn refresh_error(err: AuthError) -> ApiError {
     }
 }
 
-fn no_content() -> Response<Body> {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    response
-}
-
 /// `{user, access_token, refresh_token, token_type, expires_in, refresh_expires_in}`.
 #[derive(Serialize)]
 struct Session {
@@ -88,7 +82,7 @@ fn identity(request: &Request<Body>) -> Result<Identity, ApiError> {
 fn me(request: &Request<Body>) -> Result<User, ApiError> {
     let identity = identity(request)?;
     users::live_by_id(&identity.subject)
-        .map_err(sql_error)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("this account does not exist (any more)"))
 }
 
@@ -106,14 +100,14 @@ pub async fn register(request: &mut Request<Body>) -> Answer {
         .transpose()?;
     let hasher = Hasher::from_config()?;
     // Checked before hashing to spare the work; the unique index decides under a race.
-    if users::email_taken(&email).map_err(sql_error)? {
+    if users::email_taken(&email).map_err(ApiError::from)? {
         return Err(email_taken());
     }
     let user = User::new(email, name, phone, Role::User);
     match users::insert(&user, &hasher.hash(&password)?) {
         Ok(()) => {}
         Err(InsertError::EmailTaken) => return Err(email_taken()),
-        Err(InsertError::Sql(err)) => return Err(sql_error(err)),
+        Err(InsertError::Sql(err)) => return Err(ApiError::from(err)),
     }
     log::info("register", &format!("account {} registered", user.id));
     session(StatusCode::CREATED, &user)
@@ -134,7 +128,7 @@ pub async fn login(request: &mut Request<Body>) -> Answer {
     let email = fields.string("email")?.trim().to_lowercase();
     let password = fields.string("password")?;
     let hasher = Hasher::from_config()?;
-    let Some((user, stored)) = users::live_by_email(&email).map_err(sql_error)? else {
+    let Some((user, stored)) = users::live_by_email(&email).map_err(ApiError::from)? else {
         hasher.verify_nothing(&password);
         return Err(invalid_credentials());
     };
@@ -146,7 +140,7 @@ pub async fn login(request: &mut Request<Body>) -> Answer {
         // here must not fail the sign-in.
         let rehashed = hasher
             .hash(&password)
-            .and_then(|hash| users::set_password_hash(&user.id, &hash).map_err(sql_error));
+            .and_then(|hash| users::set_password_hash(&user.id, &hash).map_err(ApiError::from));
         if let Err(err) = rehashed {
             log::warn(
                 "login",
@@ -172,7 +166,7 @@ pub async fn logout(request: &mut Request<Body>) -> Answer {
     let fields = Fields::read(request).await?;
     let token = fields.string("refresh_token")?;
     auth::revoke(&token).map_err(refresh_error)?;
-    Ok(no_content())
+    Ok(agora_sdk::http::no_content())
 }
 
 /// `GET /api/accounts/me` → the caller's account.
@@ -197,7 +191,7 @@ pub async fn patch_me(request: &mut Request<Body>) -> Answer {
         Some(Some(phone)) => Some(Some(input::phone("phone", &phone)?)),
     };
     let user = users::update_profile(&identity.subject, ProfileChange { name, phone })
-        .map_err(sql_error)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("this account does not exist (any more)"))?;
     Ok(http::json(StatusCode::OK, &user.to_json()))
 }
@@ -212,12 +206,12 @@ pub async fn change_password(request: &mut Request<Body>) -> Answer {
     input::password("new_password", &new)?;
     let hasher = Hasher::from_config()?;
     let stored = users::password_hash(&identity.subject)
-        .map_err(sql_error)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("this account does not exist (any more)"))?;
     if !hasher.verify(&old, &stored) {
         return Err(invalid_credentials());
     }
-    if !users::set_password_hash(&identity.subject, &hasher.hash(&new)?).map_err(sql_error)? {
+    if !users::set_password_hash(&identity.subject, &hasher.hash(&new)?).map_err(ApiError::from)? {
         return Err(ApiError::not_found(
             "this account does not exist (any more)",
         ));
@@ -228,13 +222,13 @@ pub async fn change_password(request: &mut Request<Body>) -> Answer {
         "password",
         &format!("password of {} changed", identity.subject),
     );
-    Ok(no_content())
+    Ok(agora_sdk::http::no_content())
 }
 
 /// `DELETE /api/accounts/me` → 204: the account is soft-deleted and every session ends.
 pub fn delete_me(request: &Request<Body>) -> Answer {
     let identity = identity(request)?;
-    let deleted = users::soft_delete(&identity.subject).map_err(sql_error)?;
+    let deleted = users::soft_delete(&identity.subject).map_err(ApiError::from)?;
     // Also when it was already deleted: a retry after a failed revocation finishes the job.
     auth::revoke_subject(&identity.subject).map_err(auth_error)?;
     if !deleted {
@@ -243,7 +237,7 @@ pub fn delete_me(request: &Request<Body>) -> Answer {
         ));
     }
     log::info("delete", &format!("account {} deleted", identity.subject));
-    Ok(no_content())
+    Ok(agora_sdk::http::no_content())
 }
 
 /// Refuses a caller without the ADMIN role. The host's policy already does; this keeps the
@@ -262,7 +256,7 @@ pub fn list(request: &Request<Body>) -> Answer {
     require_admin(request)?;
     let page = http::Page::from_request(request)?;
     let (users, total) =
-        users::page(i64::from(page.page_size), page.offset()).map_err(sql_error)?;
+        users::page(i64::from(page.page_size), page.offset()).map_err(ApiError::from)?;
     let items: Vec<serde_json::Value> = users.iter().map(User::to_admin_json).collect();
     Ok(http::json(StatusCode::OK, &page.list(&items, total)))
 }
@@ -276,7 +270,7 @@ pub async fn set_role(request: &mut Request<Body>, id: &str) -> Answer {
     let role = Role::parse(&role)
         .ok_or_else(|| ApiError::validation("role", "role must be USER or ADMIN"))?;
     let user = users::set_role(id, role)
-        .map_err(sql_error)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found(format!("no account {id}")))?;
     auth::revoke_subject(&user.id).map_err(auth_error)?;
     log::info(
@@ -307,7 +301,7 @@ pub fn bootstrap(request: &Request<Body>) -> Answer {
             .map_err(|err| bootstrap_error(&err.to_string()))
     };
     let (email, password) = match (setting("admin_email")?, setting("admin_password")?) {
-        (None, None) => return Ok(no_content()),
+        (None, None) => return Ok(agora_sdk::http::no_content()),
         (Some(email), Some(password)) => (email, password),
         (Some(_), None) => {
             return Err(bootstrap_error(
@@ -328,22 +322,22 @@ pub fn bootstrap(request: &Request<Body>) -> Answer {
     // Twice at most: a replica starting at the same time may insert it between our read and
     // our insert, and then it exists.
     for _ in 0..2 {
-        if let Some((user, _)) = users::live_by_email(&email).map_err(sql_error)? {
+        if let Some((user, _)) = users::live_by_email(&email).map_err(ApiError::from)? {
             if user.role != Role::Admin {
-                users::set_role(&user.id, Role::Admin).map_err(sql_error)?;
+                users::set_role(&user.id, Role::Admin).map_err(ApiError::from)?;
                 auth::revoke_subject(&user.id).map_err(auth_error)?;
                 log::info("bootstrap", &format!("account {} is now an ADMIN", user.id));
             }
-            return Ok(no_content());
+            return Ok(agora_sdk::http::no_content());
         }
         let user = User::new(email.clone(), name.clone(), None, Role::Admin);
         match users::insert(&user, &hasher.hash(&password)?) {
             Ok(()) => {
                 log::info("bootstrap", &format!("admin account {} created", user.id));
-                return Ok(no_content());
+                return Ok(agora_sdk::http::no_content());
             }
             Err(InsertError::EmailTaken) => continue,
-            Err(InsertError::Sql(err)) => return Err(sql_error(err)),
+            Err(InsertError::Sql(err)) => return Err(ApiError::from(err)),
         }
     }
     Err(bootstrap_error(

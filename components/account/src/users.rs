@@ -8,7 +8,6 @@
 
 use crate::input::Role;
 use agora_sdk::events::{self, Event};
-use agora_sdk::http::ApiError;
 use agora_sdk::params;
 use agora_sdk::sql::{self, Row, SqlError, Timestamp, Value};
 use serde_json::{Value as Json, json};
@@ -83,19 +82,6 @@ impl User {
             updated_at: Timestamp(row.get("updated_at")?),
             deleted_at: row.get::<Option<i64>>("deleted_at")?.map(Timestamp),
         })
-    }
-}
-
-/// A database failure as an API error: 503 when the database is unreachable (the client may
-/// retry), 500 otherwise.
-pub fn sql_error(err: SqlError) -> ApiError {
-    match err {
-        SqlError::Unavailable(message) => ApiError::new(
-            agora_sdk::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the account database is unavailable: {message}"),
-        ),
-        other => ApiError::internal(format!("account database: {other}")),
     }
 }
 

@@ -176,7 +176,7 @@ async fn route(request: &mut Request<Body>, request_id: &str) -> Result<Response
 fn get(id: &str, request_id: &str) -> Result<Response<Body>, ApiError> {
     let ttl = cache_ttl();
     let key = cache_key(id);
-    if ttl.is_some() && is_uuid(id) {
+    if ttl.is_some() && http::is_uuid(id) {
         match cache::get_json::<Product>(&key) {
             Ok(Some(product)) => return Ok(x_cache(http::json(StatusCode::OK, &product), "hit")),
             Ok(None) => {}
@@ -227,11 +227,11 @@ fn list(request: &Request<Body>) -> Result<Response<Body>, ApiError> {
         &format!("select count(*) as total from products{filter}"),
         &values,
     )
-    .map_err(db)?
+    .map_err(ApiError::from)?
     .first()
     .map(|row| row.get("total"))
     .transpose()
-    .map_err(db)?
+    .map_err(ApiError::from)?
     .unwrap_or(0);
     values.push(sql::Value::from(i64::from(page.page_size)));
     values.push(sql::Value::from(page.offset()));
@@ -243,7 +243,7 @@ fn list(request: &Request<Body>) -> Result<Response<Body>, ApiError> {
         ),
         &values,
     )
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     let items = products_from(&rows)?;
     Ok(http::json(StatusCode::OK, &page.list(&items, total)))
 }
@@ -290,13 +290,13 @@ fn seed() -> Result<Response<Body>, ApiError> {
     let wanted = config::get_or("sample_products", String::from("false"))
         .map_err(|err| ApiError::internal(err.to_string()))?;
     if wanted != "true" {
-        return Ok(no_content());
+        return Ok(http::no_content());
     }
     let count: i64 = sql::query("select count(*) as n from products", &[])
         .and_then(|rows| rows.first().map_or(Ok(0), |row| row.get("n")))
-        .map_err(db)?;
+        .map_err(ApiError::from)?;
     if count > 0 {
-        return Ok(no_content());
+        return Ok(http::no_content());
     }
     for (name, description, price_cents, sku, stock, category) in SAMPLES {
         let mut body = Map::new();
@@ -317,7 +317,7 @@ fn seed() -> Result<Response<Body>, ApiError> {
         "products",
         &format!("{} sample products added", SAMPLES.len()),
     );
-    Ok(no_content())
+    Ok(http::no_content())
 }
 
 fn create(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
@@ -355,7 +355,7 @@ fn create(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
     match inserted {
         Ok(_) => {}
         Err(SqlError::UniqueViolation(_)) => return Err(sku_taken(&product.sku)),
-        Err(err) => return Err(db(err)),
+        Err(err) => return Err(ApiError::from(err)),
     }
     log::info(
         "products",
@@ -370,7 +370,7 @@ fn create(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
 
 fn patch(id: &str, body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
     let draft = Draft::parse(&body, true)?;
-    if !is_uuid(id) {
+    if !http::is_uuid(id) {
         return Err(ApiError::not_found(format!("no product {id}")));
     }
     let mut columns: Vec<(&str, sql::Value)> = Vec::new();
@@ -410,8 +410,8 @@ fn patch(id: &str, body: Map<String, Json>) -> Result<Response<Body>, ApiError> 
         sets.join(", "),
         values.len()
     );
-    let tx = sql::begin().map_err(db)?;
-    if tx.execute(&statement, &values).map_err(db)? == 0 {
+    let tx = sql::begin().map_err(ApiError::from)?;
+    if tx.execute(&statement, &values).map_err(ApiError::from)? == 0 {
         return Err(ApiError::not_found(format!("no product {id}")));
     }
     let rows = tx
@@ -419,40 +419,41 @@ fn patch(id: &str, body: Map<String, Json>) -> Result<Response<Body>, ApiError> 
             &format!("select {COLUMNS} from products where id = $1"),
             &params![id],
         )
-        .map_err(db)?;
+        .map_err(ApiError::from)?;
     let product = products_from(&rows)?
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found(format!("no product {id}")))?;
-    tx.commit().map_err(db)?;
+    tx.commit().map_err(ApiError::from)?;
     invalidate(&[id]);
     Ok(http::json(StatusCode::OK, &product))
 }
 
 fn delete(id: &str) -> Result<Response<Body>, ApiError> {
-    if !is_uuid(id) {
+    if !http::is_uuid(id) {
         return Err(ApiError::not_found(format!("no product {id}")));
     }
-    let deleted = sql::execute("delete from products where id = $1", &params![id]).map_err(db)?;
+    let deleted =
+        sql::execute("delete from products where id = $1", &params![id]).map_err(ApiError::from)?;
     // Dropped even when nothing was deleted: a stale entry must not outlive its row.
     invalidate(&[id]);
     if deleted == 0 {
         return Err(ApiError::not_found(format!("no product {id}")));
     }
     log::info("products", &format!("product {id} deleted"));
-    Ok(no_content())
+    Ok(http::no_content())
 }
 
 /// The product `id` from the database.
 fn find(id: &str) -> Result<Option<Product>, ApiError> {
-    if !is_uuid(id) {
+    if !http::is_uuid(id) {
         return Ok(None);
     }
     let rows = sql::query(
         &format!("select {COLUMNS} from products where id = $1"),
         &params![id],
     )
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     Ok(products_from(&rows)?.into_iter().next())
 }
 
@@ -460,7 +461,7 @@ fn products_from(rows: &Rows) -> Result<Vec<Product>, ApiError> {
     rows.iter()
         .map(product_from)
         .collect::<Result<_, _>>()
-        .map_err(db)
+        .map_err(ApiError::from)
 }
 
 fn product_from(row: Row<'_>) -> Result<Product, SqlError> {
@@ -697,12 +698,12 @@ fn reserve(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
     let request = Reserve::parse(&body)?;
     let id = request.reservation_id.as_str();
     // A replay needs no transaction.
-    if let Some(lines) = stored(sql::query(STORED, &params![id]).map_err(db)?)? {
+    if let Some(lines) = stored(sql::query(STORED, &params![id]).map_err(ApiError::from)?)? {
         return Ok(reservation_answer(id, &lines));
     }
-    let tx = sql::begin().map_err(db)?;
+    let tx = sql::begin().map_err(ApiError::from)?;
     // Again inside the transaction (on SQLite it holds the write lock: this read is final).
-    if let Some(lines) = stored(tx.query(STORED, &params![id]).map_err(db)?)? {
+    if let Some(lines) = stored(tx.query(STORED, &params![id]).map_err(ApiError::from)?)? {
         drop(tx);
         return Ok(reservation_answer(id, &lines));
     }
@@ -720,14 +721,14 @@ fn reserve(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
                  where id = $3 and stock >= $4 returning name, sku, price_cents",
                 &params![*quantity, now, product_id, *quantity],
             )
-            .map_err(db)?;
+            .map_err(ApiError::from)?;
         let Some(row) = taken.first() else {
             let left = tx
                 .query(
                     "select sku, stock from products where id = $1",
                     &params![product_id],
                 )
-                .map_err(db)?;
+                .map_err(ApiError::from)?;
             // Dropping `tx` rolls back what earlier lines took.
             return Err(match left.first() {
                 None => ApiError::new(
@@ -736,8 +737,8 @@ fn reserve(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
                     format!("product {product_id} does not exist"),
                 ),
                 Some(row) => {
-                    let sku: String = row.get("sku").map_err(db)?;
-                    let stock: i64 = row.get("stock").map_err(db)?;
+                    let sku: String = row.get("sku").map_err(ApiError::from)?;
+                    let stock: i64 = row.get("stock").map_err(ApiError::from)?;
                     ApiError::new(
                         StatusCode::CONFLICT,
                         "insufficient_stock",
@@ -751,9 +752,9 @@ fn reserve(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
         };
         lines[index] = Some(Line {
             product_id: product_id.clone(),
-            name: row.get("name").map_err(db)?,
-            sku: row.get("sku").map_err(db)?,
-            unit_price_cents: row.get("price_cents").map_err(db)?,
+            name: row.get("name").map_err(ApiError::from)?,
+            sku: row.get("sku").map_err(ApiError::from)?,
+            unit_price_cents: row.get("price_cents").map_err(ApiError::from)?,
             quantity: *quantity,
         });
     }
@@ -779,14 +780,14 @@ fn reserve(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
             // The same reservation committed concurrently (PostgreSQL): undo ours, answer theirs.
             Err(SqlError::UniqueViolation(_)) => {
                 drop(tx);
-                let lines = stored(sql::query(STORED, &params![id]).map_err(db)?)?
+                let lines = stored(sql::query(STORED, &params![id]).map_err(ApiError::from)?)?
                     .ok_or_else(|| ApiError::internal(format!("reservation {id} vanished")))?;
                 return Ok(reservation_answer(id, &lines));
             }
-            Err(err) => return Err(db(err)),
+            Err(err) => return Err(ApiError::from(err)),
         }
     }
-    tx.commit().map_err(db)?;
+    tx.commit().map_err(ApiError::from)?;
     let touched: Vec<&str> = lines.iter().map(|line| line.product_id.as_str()).collect();
     invalidate(&touched);
     log::info(
@@ -798,7 +799,7 @@ fn reserve(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
 
 fn release(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
     let id = reservation_id(&body)?;
-    let tx = sql::begin().map_err(db)?;
+    let tx = sql::begin().map_err(ApiError::from)?;
     // Flipping the flag first is what makes a release count once: a concurrent release of the
     // same reservation waits for this row lock and then changes no row.
     let flipped = tx
@@ -807,9 +808,9 @@ fn release(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
              where reservation_id = $1 and released = false",
             &params![&id],
         )
-        .map_err(db)?;
+        .map_err(ApiError::from)?;
     if flipped == 0 {
-        return Ok(no_content());
+        return Ok(http::no_content());
     }
     let rows = tx
         .query(
@@ -817,25 +818,25 @@ fn release(body: Map<String, Json>) -> Result<Response<Body>, ApiError> {
              where reservation_id = $1 order by product_id",
             &params![&id],
         )
-        .map_err(db)?;
+        .map_err(ApiError::from)?;
     let now = Timestamp::now().micros();
     let mut touched = Vec::new();
     for row in rows.iter() {
-        let product_id: String = row.get("product_id").map_err(db)?;
-        let quantity: i64 = row.get("quantity").map_err(db)?;
+        let product_id: String = row.get("product_id").map_err(ApiError::from)?;
+        let quantity: i64 = row.get("quantity").map_err(ApiError::from)?;
         // A product deleted since keeps nothing to return to.
         tx.execute(
             "update products set stock = stock + $1, updated_at = $2 where id = $3",
             &params![quantity, now, &product_id],
         )
-        .map_err(db)?;
+        .map_err(ApiError::from)?;
         touched.push(product_id);
     }
-    tx.commit().map_err(db)?;
+    tx.commit().map_err(ApiError::from)?;
     let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
     invalidate(&touched);
     log::info("reservations", &format!("reservation {id} released"));
-    Ok(no_content())
+    Ok(http::no_content())
 }
 
 /// The lines of a stored reservation, or `None` when `rows` (from [`STORED`]) are empty.
@@ -855,7 +856,7 @@ fn stored(rows: Rows) -> Result<Option<Vec<Line>>, ApiError> {
         })
         .collect::<Result<Vec<_>, SqlError>>()
         .map(Some)
-        .map_err(db)
+        .map_err(ApiError::from)
 }
 
 fn total_cents(lines: &[Line]) -> Result<i64, ApiError> {
@@ -913,15 +914,6 @@ fn x_cache(mut response: Response<Body>, value: &'static str) -> Response<Body> 
     response
 }
 
-/// `8-4-4-4-12` hexadecimal digits.
-fn is_uuid(text: &str) -> bool {
-    text.len() == 36
-        && text.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
 /// `%`, `_` and the escape character itself, escaped for `LIKE … ESCAPE '\'`.
 fn escape_like(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -964,24 +956,6 @@ fn method_not_allowed(method: &Method, path: &str) -> ApiError {
     )
 }
 
-/// A database failure: 503 when the database is unreachable, 500 otherwise (logged).
-fn db(err: SqlError) -> ApiError {
-    match err {
-        SqlError::Unavailable(message) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the catalog's database is unavailable: {message}"),
-        ),
-        other => ApiError::internal(other.to_string()),
-    }
-}
-
-fn no_content() -> Response<Body> {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,10 +968,10 @@ mod tests {
 
     #[test]
     fn uuids_are_recognised() {
-        assert!(is_uuid("0f8fad5b-d9cb-469f-a165-70867728950e"));
-        assert!(!is_uuid("0f8fad5b-d9cb-469f-a165-70867728950"));
-        assert!(!is_uuid("0f8fad5bxd9cb-469f-a165-70867728950e"));
-        assert!(!is_uuid("internal"));
+        assert!(http::is_uuid("0f8fad5b-d9cb-469f-a165-70867728950e"));
+        assert!(!http::is_uuid("0f8fad5b-d9cb-469f-a165-70867728950"));
+        assert!(!http::is_uuid("0f8fad5bxd9cb-469f-a165-70867728950e"));
+        assert!(!http::is_uuid("internal"));
     }
 
     #[test]

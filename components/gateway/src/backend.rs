@@ -2,9 +2,8 @@
 //! host, which routes them in-process to component NAME and runs its edge checks (route
 //! policy, the forwarded bearer token) as for a client.
 //!
-//! The calls go to wasi:http directly rather than through wstd's `Client`: wstd writes the
-//! request body before it looks at the response, so a request the host refuses (an ungranted
-//! origin) surfaces as "connection reset" instead of the host's error code.
+//! The calls are [`agora_sdk::call::call`], which keeps the host's error code of a refused
+//! request.
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -28,11 +27,6 @@ impl Service {
             Service::Notification => "notification",
         }
     }
-
-    /// `NAME.agora.internal`.
-    pub fn authority(self) -> String {
-        format!("{}.agora.internal", self.name())
-    }
 }
 
 /// The HTTP methods the gateway uses.
@@ -40,15 +34,6 @@ impl Service {
 pub enum Method {
     Get,
     Post,
-}
-
-impl Method {
-    fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Post => "POST",
-        }
-    }
 }
 
 /// Who the gateway calls for: the end user's `Authorization` header, forwarded as is (the host
@@ -112,17 +97,23 @@ pub async fn call<T: DeserializeOwned>(
     body: Option<&Value>,
 ) -> Result<T, CallError> {
     let body = body.map(|body| serde_json::to_vec(body).unwrap_or_default());
-    let mut headers: Vec<(String, Vec<u8>)> = vec![("accept".into(), b"application/json".to_vec())];
+    let length = body.as_ref().map(|body| body.len().to_string());
+    let mut headers: Vec<(&str, &[u8])> = vec![("accept", b"application/json")];
     if let Some(authorization) = &caller.authorization {
-        headers.push(("authorization".into(), authorization.clone()));
+        headers.push(("authorization", authorization));
     }
-    if let Some(body) = &body {
-        headers.push(("content-type".into(), b"application/json".to_vec()));
-        headers.push(("content-length".into(), body.len().to_string().into_bytes()));
+    if let Some(length) = &length {
+        headers.push(("content-type", b"application/json"));
+        headers.push(("content-length", length.as_bytes()));
     }
-    let (status, bytes) = send(method, &service.authority(), path, headers, body)
+    let method = match method {
+        Method::Get => agora_sdk::http::Method::GET,
+        Method::Post => agora_sdk::http::Method::POST,
+    };
+    let answer = agora_sdk::call::call(service.name(), &method, path, &headers, body.as_deref())
         .await
         .map_err(|why| CallError::unavailable(service, &why))?;
+    let (status, bytes) = (answer.status, answer.body);
     if !(200..300).contains(&status) {
         return Err(CallError::from_answer(service, status, &bytes));
     }
@@ -139,83 +130,6 @@ pub async fn call<T: DeserializeOwned>(
             &format!("its answer has an unexpected shape: {err}"),
         )
     })
-}
-
-/// Sends one request with wasi:http and returns the status and the body.
-async fn send(
-    method: Method,
-    authority: &str,
-    path: &str,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Option<Vec<u8>>,
-) -> Result<(u16, Vec<u8>), String> {
-    use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{self, Fields, OutgoingBody, OutgoingRequest, Scheme};
-    use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncPollable, AsyncRead as _};
-
-    let fields = Fields::from_list(&headers).map_err(|err| format!("bad header: {err:?}"))?;
-    let request = OutgoingRequest::new(fields);
-    let wasi_method = match method {
-        Method::Get => types::Method::Get,
-        Method::Post => types::Method::Post,
-    };
-    request
-        .set_method(&wasi_method)
-        .and_then(|()| request.set_scheme(Some(&Scheme::Http)))
-        .and_then(|()| request.set_authority(Some(authority)))
-        .and_then(|()| request.set_path_with_query(Some(path)))
-        .map_err(|()| format!("bad request {} http://{authority}{path}", method.as_str()))?;
-    let outgoing = request.body().map_err(|()| "no request body")?;
-    let pending = outgoing_handler::handle(request, None).map_err(|code| error_text(&code))?;
-    if let Some(bytes) = body {
-        // Write errors are ignored: a request the callee's edge refuses has no reader for its
-        // body, and its answer (a 401, say) is what counts.
-        if let Ok(stream) = outgoing.write() {
-            let stream = AsyncOutputStream::new(stream);
-            if stream.write_all(&bytes).await.is_ok() {
-                let _ = stream.flush().await;
-            }
-        }
-    }
-    let _ = OutgoingBody::finish(outgoing, None);
-    AsyncPollable::new(pending.subscribe()).wait_for().await;
-    let response = pending
-        .get()
-        .ok_or("no response although ready")?
-        .map_err(|()| "response already taken")?
-        .map_err(|code| error_text(&code))?;
-    let status = response.status();
-    let incoming = response
-        .consume()
-        .map_err(|()| "response body already taken")?;
-    let stream = incoming
-        .stream()
-        .map_err(|()| "response body already read")?;
-    let mut bytes = Vec::new();
-    AsyncInputStream::new(stream)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|err| format!("reading the answer: {err}"))?;
-    Ok((status, bytes))
-}
-
-/// A wasi:http error code as its WIT name, payload included: `HTTP-request-denied` reads as
-/// `http-request-denied`.
-fn error_text(code: &wasip2::http::types::ErrorCode) -> String {
-    let full = format!("{code:?}"); // `ErrorCode::HttpRequestDenied`, `ErrorCode::DnsError(…)`
-    let debug = full.strip_prefix("ErrorCode::").unwrap_or(&full);
-    let end = debug
-        .find(|c: char| !c.is_ascii_alphanumeric())
-        .unwrap_or(debug.len());
-    let (name, payload) = debug.split_at(end);
-    let mut text = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            text.push('-');
-        }
-        text.push(c.to_ascii_lowercase());
-    }
-    text + payload
 }
 
 /// Percent-encodes `text` for a path segment or a query value: everything but the unreserved

@@ -61,15 +61,6 @@ fn from_row(row: sql::Row<'_>) -> Result<Notification, SqlError> {
     })
 }
 
-fn db(err: SqlError) -> ApiError {
-    match err {
-        SqlError::Unavailable(m) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
-        }
-        other => ApiError::internal(other.to_string()),
-    }
-}
-
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let request_id = http::request_id(&request).to_owned();
@@ -100,7 +91,7 @@ fn list(request: &Request<Body>, identity: &Identity) -> Result<Response<Body>, 
         &params![&identity.subject],
     )
     .and_then(|rows| rows.first().map_or(Ok(0), |row| row.get("n")))
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     let rows = sql::query(
         &format!(
             "select {COLUMNS} from notifications where user_id = $1 \
@@ -108,12 +99,12 @@ fn list(request: &Request<Body>, identity: &Identity) -> Result<Response<Body>, 
         ),
         &params![&identity.subject, i64::from(page.page_size), page.offset()],
     )
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     let items = rows
         .iter()
         .map(from_row)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(db)?;
+        .map_err(ApiError::from)?;
     Ok(http::json(StatusCode::OK, &page.list(&items, total)))
 }
 
@@ -123,13 +114,13 @@ fn mark_read(id: &str, identity: &Identity) -> Result<Response<Body>, ApiError> 
         "update notifications set read_at = $1 where id = $2 and user_id = $3 and read_at is null",
         &params![Timestamp::now().micros(), id, &identity.subject],
     )
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     let notification = sql::query_opt(
         &format!("select {COLUMNS} from notifications where id = $1 and user_id = $2"),
         &params![id, &identity.subject],
         from_row,
     )
-    .map_err(db)?
+    .map_err(ApiError::from)?
     .ok_or_else(not_found)?;
     Ok(http::json(StatusCode::OK, &notification))
 }

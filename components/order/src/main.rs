@@ -234,7 +234,7 @@ impl NewOrder {
                 ));
             }
             let product_id = match line.get("product_id") {
-                Some(Json::String(id)) if is_uuid(id) => id.to_ascii_lowercase(),
+                Some(Json::String(id)) if http::is_uuid(id) => id.to_ascii_lowercase(),
                 _ => {
                     return Err(ApiError::validation(
                         &format!("items[{i}].product_id"),
@@ -284,16 +284,6 @@ impl NewOrder {
     }
 }
 
-/// `8-4-4-4-12` hexadecimal digits.
-fn is_uuid(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
 async fn create(identity: &Identity, new: NewOrder) -> Result<Response<Body>, ApiError> {
     let order_id = events::uuid_v4();
     let (items, total_cents) = reserve(&order_id, &new.items).await?;
@@ -319,7 +309,7 @@ async fn create(identity: &Identity, new: NewOrder) -> Result<Response<Body>, Ap
                 ),
             );
         }
-        return Err(db(err));
+        return Err(ApiError::from(err));
     }
     log::info(
         "orders",
@@ -390,11 +380,11 @@ fn list(identity: &Identity, page: Page) -> Result<Response<Body>, ApiError> {
         "select count(*) as n from orders where user_id = $1",
         &params![&identity.subject],
     )
-    .map_err(db)?
+    .map_err(ApiError::from)?
     .first()
     .map(|row| row.get("n"))
     .transpose()
-    .map_err(db)?
+    .map_err(ApiError::from)?
     .unwrap_or(0);
     let rows = sql::query(
         &format!(
@@ -403,13 +393,13 @@ fn list(identity: &Identity, page: Page) -> Result<Response<Body>, ApiError> {
         ),
         &params![&identity.subject, i64::from(page.page_size), page.offset()],
     )
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     let mut orders = rows
         .iter()
         .map(order_from)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(db)?;
-    attach_items(&mut orders).map_err(db)?;
+        .map_err(ApiError::from)?;
+    attach_items(&mut orders).map_err(ApiError::from)?;
     Ok(http::json(StatusCode::OK, &page.list(&orders, total)))
 }
 
@@ -421,11 +411,11 @@ fn get(identity: &Identity, id: &str) -> Result<Response<Body>, ApiError> {
 }
 
 async fn cancel(identity: &Identity, id: &str) -> Result<Response<Body>, ApiError> {
-    if !is_uuid(id) {
+    if !http::is_uuid(id) {
         return Err(not_found(id));
     }
-    let tx = sql::begin().map_err(db)?;
-    let Some(mut order) = load_in(&tx, id).map_err(db)? else {
+    let tx = sql::begin().map_err(ApiError::from)?;
+    let Some(mut order) = load_in(&tx, id).map_err(ApiError::from)? else {
         return Err(not_found(id));
     };
     if order.user_id != identity.subject {
@@ -441,7 +431,7 @@ async fn cancel(identity: &Identity, id: &str) -> Result<Response<Body>, ApiErro
             "update orders set status = $1, updated_at = $2 where id = $3 and status = $4",
             &params![CANCELLED, now.micros(), id, PENDING],
         )
-        .map_err(db)?
+        .map_err(ApiError::from)?
     } else {
         0
     };
@@ -463,11 +453,11 @@ async fn cancel(identity: &Identity, id: &str) -> Result<Response<Body>, ApiErro
             user_id: &order.user_id,
         },
     ))
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     // Released before the commit: if the catalog fails, dropping `tx` rolls the cancel back
     // and the order keeps its stock, consistently.
     release(&order.id).await?;
-    tx.commit().map_err(db)?;
+    tx.commit().map_err(ApiError::from)?;
     log::info("orders", &format!("order {id} cancelled, stock released"));
     order.status = CANCELLED.to_owned();
     order.updated_at = now.to_rfc3339();
@@ -530,7 +520,7 @@ fn attach_items(orders: &mut [Order]) -> Result<(), SqlError> {
 
 /// The order `id` with its lines, or `None` (also for a malformed id).
 fn load(id: &str) -> Result<Option<Order>, ApiError> {
-    if !is_uuid(id) {
+    if !http::is_uuid(id) {
         return Ok(None);
     }
     let order = sql::query_opt(
@@ -538,11 +528,11 @@ fn load(id: &str) -> Result<Option<Order>, ApiError> {
         &params![id],
         order_from,
     )
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     let Some(mut order) = order else {
         return Ok(None);
     };
-    attach_items(std::slice::from_mut(&mut order)).map_err(db)?;
+    attach_items(std::slice::from_mut(&mut order)).map_err(ApiError::from)?;
     Ok(Some(order))
 }
 
@@ -911,18 +901,6 @@ fn catalog_unavailable(message: String) -> ApiError {
     )
 }
 
-/// A database failure: 503 when the database is unreachable, 500 otherwise (logged).
-fn db(err: SqlError) -> ApiError {
-    match err {
-        SqlError::Unavailable(message) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the order database is unavailable: {message}"),
-        ),
-        other => ApiError::internal(other.to_string()),
-    }
-}
-
 async fn json_object(request: &mut Request<Body>) -> Result<Map<String, Json>, ApiError> {
     match http::json_body::<Json>(request).await? {
         Json::Object(object) => Ok(object),
@@ -949,11 +927,11 @@ mod tests {
 
     #[test]
     fn uuids_are_recognised() {
-        assert!(is_uuid(ID));
-        assert!(is_uuid(&ID.to_ascii_uppercase()));
-        assert!(!is_uuid("0b9f3c1e7a2d4e5f8a6b1c2d3e4f5a6b"));
-        assert!(!is_uuid("0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6g"));
-        assert!(!is_uuid(""));
+        assert!(http::is_uuid(ID));
+        assert!(http::is_uuid(&ID.to_ascii_uppercase()));
+        assert!(!http::is_uuid("0b9f3c1e7a2d4e5f8a6b1c2d3e4f5a6b"));
+        assert!(!http::is_uuid("0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6g"));
+        assert!(!http::is_uuid(""));
     }
 
     #[test]

@@ -139,19 +139,19 @@ fn list(identity: &Identity, order_id: &str) -> Result<Response<Body>, ApiError>
             "pass the order's id: /api/payments?order_id=ID",
         ));
     }
-    if !is_uuid(order_id) {
+    if !http::is_uuid(order_id) {
         return Err(ApiError::validation("order_id", "order_id must be a UUID"));
     }
     let rows = sql::query(
         &format!("select {COLUMNS} from payments where order_id = $1 order by created_at, id"),
         &params![order_id.to_ascii_lowercase()],
     )
-    .map_err(db)?;
+    .map_err(ApiError::from)?;
     let payments: Vec<Payment> = rows
         .iter()
         .map(payment_from)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(db)?
+        .map_err(ApiError::from)?
         .into_iter()
         .filter(|payment| payment.user_id == identity.subject || identity.has_role("ADMIN"))
         .collect();
@@ -177,28 +177,6 @@ fn payment_from(row: Row<'_>) -> Result<Payment, SqlError> {
         reason: row.get("reason")?,
         created_at: Timestamp(row.get("created_at")?).to_rfc3339(),
     })
-}
-
-/// `8-4-4-4-12` hexadecimal digits.
-fn is_uuid(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
-/// A database failure: 503 when the database is unreachable, 500 otherwise (logged).
-fn db(err: SqlError) -> ApiError {
-    match err {
-        SqlError::Unavailable(message) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the payment database is unavailable: {message}"),
-        ),
-        other => ApiError::internal(other.to_string()),
-    }
 }
 
 // --- The gateway (simulated) ---------------------------------------------------------------
@@ -471,8 +449,8 @@ mod tests {
 
     #[test]
     fn uuids_are_recognised() {
-        assert!(is_uuid("0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6b"));
-        assert!(!is_uuid("0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6"));
-        assert!(!is_uuid("x"));
+        assert!(http::is_uuid("0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6b"));
+        assert!(!http::is_uuid("0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6"));
+        assert!(!http::is_uuid("x"));
     }
 }

@@ -142,6 +142,37 @@ impl ApiError {
     }
 }
 
+/// A database failure: 503 `unavailable` when the database cannot be reached (the client may
+/// retry), 500 `internal` (logged) otherwise.
+impl From<crate::sql::SqlError> for ApiError {
+    fn from(err: crate::sql::SqlError) -> ApiError {
+        match err {
+            crate::sql::SqlError::Unavailable(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the database is unavailable: {message}"),
+            ),
+            other => ApiError::internal(format!("database: {other}")),
+        }
+    }
+}
+
+/// An empty 204 answer.
+pub fn no_content() -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// Whether `text` is a UUID in its 36-character hyphenated form (any version).
+pub fn is_uuid(text: &str) -> bool {
+    text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -249,6 +280,19 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_and_database_errors() {
+        assert!(is_uuid("5c0e2f8a-3b7d-4e61-9f0a-8d2c4b6e1f37"));
+        assert!(!is_uuid("5c0e2f8a3b7d4e619f0a8d2c4b6e1f37"));
+        assert!(!is_uuid("5c0e2f8a-3b7d-4e61-9f0a-8d2c4b6e1f3g"));
+        let down = ApiError::from(crate::sql::SqlError::Unavailable("refused".into()));
+        assert_eq!(
+            (down.status, down.code.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert!(down.message.contains("refused"), "{down}");
+    }
 
     #[test]
     fn percent_decoding() {

@@ -10,6 +10,7 @@
 //!   column name into Rust types, transactions that publish through an outbox.
 //! - [`events`]: publish messages and versioned JSON events; receive them with a
 //!   [`events::Handler`] registered by [`export_handler!`].
+//! - [`call`]: in-process calls to other components (`http://NAME.agora.internal`).
 //! - [`auth`]: issue, refresh and revoke session tokens (the host keeps the signing key), and
 //!   read the caller's verified [`auth::Identity`] from the headers the host injects.
 //!
@@ -40,6 +41,7 @@ pub mod bindings {
 
 pub mod auth;
 pub mod cache;
+pub mod call;
 pub mod config;
 pub mod events;
 pub mod http;
