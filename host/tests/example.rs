@@ -9,27 +9,9 @@
 mod common;
 
 use agora_host::{Host, HostConfig};
-use common::{
-    TestHost, component, database_url_or_skip, nats_url_or_skip, redis_url_or_skip, unique_name,
-};
+use common::{Backends, TestHost, component, unique_name};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-/// Where each backend comes from.
-#[derive(Clone, Default)]
-struct Backends {
-    database_url: Option<String>,
-    redis_url: Option<String>,
-    nats_url: Option<String>,
-}
-
-impl Backends {
-    fn apply(&self, config: &mut HostConfig) {
-        config.database_url = self.database_url.clone();
-        config.redis_url = self.redis_url.clone();
-        config.nats_url = self.nats_url.clone();
-    }
-}
 
 fn migrations() -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -365,25 +347,9 @@ async fn every_capability_on_the_embedded_backends() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_capability_on_postgres_redis_and_nats() {
-    if let Some(production) = production() {
+    if let Some(production) = Backends::production() {
         scenario(production).await;
     }
-}
-
-/// PostgreSQL, Redis and NATS, when all three are reachable (under CI=true they must be).
-fn production() -> Option<Backends> {
-    let (Some(database_url), Some(redis_url), Some(nats_url)) = (
-        database_url_or_skip(),
-        redis_url_or_skip(),
-        nats_url_or_skip(),
-    ) else {
-        return None;
-    };
-    Some(Backends {
-        database_url: Some(database_url),
-        redis_url: Some(redis_url),
-        nats_url: Some(nats_url),
-    })
 }
 
 /// A message committed to the outbox but not relayed — a host killed between commit and relay
@@ -460,7 +426,7 @@ async fn an_unrelayed_outbox_message_is_relayed_after_a_restart() {
 /// The embedded set, and the production set when its servers are reachable.
 fn backend_sets() -> Vec<Backends> {
     std::iter::once(Backends::default())
-        .chain(production())
+        .chain(Backends::production())
         .collect()
 }
 

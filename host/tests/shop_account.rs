@@ -15,7 +15,7 @@ use agora_auth::Keys;
 use agora_host::{Drained, Host, HostConfig, HostError};
 use agora_messaging::{Delivery, MessageHandler, MessagingBackend, Subscription, SubscriptionSpec};
 use agora_sql::{Namespace, Value as SqlValue};
-use common::{component, database_url_or_skip, nats_url_or_skip, redis_url_or_skip, unique_name};
+use common::{Backends, component, unique_name};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -87,40 +87,6 @@ config = {{ {} }}
         ));
     }
     text
-}
-
-/// Where each backend comes from.
-#[derive(Clone, Default)]
-struct Backends {
-    database_url: Option<String>,
-    redis_url: Option<String>,
-    nats_url: Option<String>,
-}
-
-impl Backends {
-    /// Embedded backends with the SQLite files in `dir` (a database of the test's own).
-    fn embedded(dir: &tempfile::TempDir) -> Backends {
-        Backends {
-            database_url: Some(format!("sqlite://{}", dir.path().join("sql").display())),
-            ..Backends::default()
-        }
-    }
-
-    /// PostgreSQL, Redis and NATS when all three are reachable (under CI=true they must be).
-    fn production() -> Option<Backends> {
-        let (Some(database_url), Some(redis_url), Some(nats_url)) = (
-            database_url_or_skip(),
-            redis_url_or_skip(),
-            nats_url_or_skip(),
-        ) else {
-            return None;
-        };
-        Some(Backends {
-            database_url: Some(database_url),
-            redis_url: Some(redis_url),
-            nats_url: Some(nats_url),
-        })
-    }
 }
 
 /// One signing key for every host of this test binary.
@@ -554,7 +520,7 @@ async fn main_flow(backends: Backends) {
 #[tokio::test(flavor = "multi_thread")]
 async fn register_login_me_refresh_logout_on_the_embedded_backends() {
     let data = tempfile::tempdir().unwrap();
-    main_flow(Backends::embedded(&data)).await;
+    main_flow(Backends::embedded(data.path())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -567,7 +533,7 @@ async fn register_login_me_refresh_logout_on_postgres_redis_and_nats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn registration_validates_every_field() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(&data)).await;
+    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
     let valid = || {
         json!({
             "email": unique_email("val"),
@@ -672,7 +638,7 @@ async fn registration_validates_every_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_sign_in_says_the_same_whatever_the_reason() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(&data)).await;
+    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
     let email = unique_email("same");
     shop.register(&email, "Same Answer").await;
     let gone = unique_email("gone");
@@ -722,7 +688,7 @@ async fn a_failed_sign_in_says_the_same_whatever_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(&data)).await;
+    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
     let email = unique_email("rotate");
     shop.register(&email, "Ro Tate").await;
     let session = shop.login(&email, PASSWORD).await;
@@ -768,7 +734,7 @@ async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
 #[tokio::test(flavor = "multi_thread")]
 async fn logout_ends_that_session_only() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(&data)).await;
+    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
     let email = unique_email("logout");
     let phone = shop.register(&email, "Log Out").await;
     let laptop = shop.login(&email, PASSWORD).await;
@@ -804,7 +770,7 @@ async fn logout_ends_that_session_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_me_routes_need_a_token() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(&data)).await;
+    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
     for (method, path) in [
         (Method::GET, "/api/accounts/me"),
         (Method::PATCH, "/api/accounts/me"),
@@ -826,7 +792,7 @@ async fn the_me_routes_need_a_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_changes_only_the_given_fields() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(&data)).await;
+    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
     let email = unique_email("patch");
     let registered = ok(
         shop.post(
@@ -891,7 +857,7 @@ async fn patch_changes_only_the_given_fields() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_change_ends_every_session() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(&data)).await;
+    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
     let email = unique_email("pw");
     let first = shop.register(&email, "Pass Word").await;
     let second = shop.login(&email, PASSWORD).await;
@@ -969,7 +935,7 @@ async fn a_deleted_account_is_gone_but_listed_for_admins() {
             &[("admin_email", &admin_email), ("admin_password", PASSWORD)],
             true,
         ),
-        &Backends::embedded(&data),
+        &Backends::embedded(data.path()),
     )
     .await;
     let email = unique_email("leaving");
@@ -1066,7 +1032,7 @@ async fn admins_list_accounts_and_change_roles() {
             &[("admin_email", &admin_email), ("admin_password", PASSWORD)],
             false,
         ),
-        &Backends::embedded(&data),
+        &Backends::embedded(data.path()),
     )
     .await;
     let admin = shop.login(&admin_email, PASSWORD).await;
@@ -1200,7 +1166,7 @@ async fn admins_list_accounts_and_change_roles() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_admin_comes_from_the_configuration() {
     let data = tempfile::tempdir().unwrap();
-    let backends = Backends::embedded(&data);
+    let backends = Backends::embedded(data.path());
 
     // Without the settings nobody is created; a user registers.
     let shop = Shop::start(&manifest(&[], false), &backends).await;
@@ -1304,7 +1270,7 @@ async fn the_first_admin_comes_from_the_configuration() {
 #[tokio::test(flavor = "multi_thread")]
 async fn passwords_are_argon2id_and_rehashed_when_the_cost_changes() {
     let data = tempfile::tempdir().unwrap();
-    let backends = Backends::embedded(&data);
+    let backends = Backends::embedded(data.path());
     let shop = Shop::start(&manifest(&[], false), &backends).await;
     let email = unique_email("cost");
     shop.register(&email, "Cos T").await;

@@ -16,7 +16,7 @@
 mod common;
 
 use agora_host::HostConfig;
-use common::{TestHost, TestKeys, component, database_url_or_skip, json_error, redis_url_or_skip};
+use common::{Backends, TestHost, TestKeys, component, json_error};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,27 +36,6 @@ roles = ["ADMIN"]
 routes = ["/api/products/internal/..."]
 access = "internal"
 "#;
-
-/// Where the database and the cache live.
-#[derive(Clone, Default)]
-struct Backends {
-    database_url: Option<String>,
-    redis_url: Option<String>,
-}
-
-impl Backends {
-    /// PostgreSQL and Redis, when both are reachable (under CI=true they must be).
-    fn production() -> Option<Backends> {
-        let (Some(database_url), Some(redis_url)) = (database_url_or_skip(), redis_url_or_skip())
-        else {
-            return None;
-        };
-        Some(Backends {
-            database_url: Some(database_url),
-            redis_url: Some(redis_url),
-        })
-    }
-}
 
 fn manifest() -> String {
     let catalog = component("catalog").display().to_string();

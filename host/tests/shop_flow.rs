@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{TestHost, database_url_or_skip, nats_url_or_skip, redis_url_or_skip};
+use common::{Backends, TestHost};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -264,21 +264,12 @@ async fn the_shop_flow_on_the_embedded_backends() {
 
 #[tokio::test]
 async fn the_shop_flow_on_postgres_redis_and_nats() {
-    let (Some(database), Some(redis), Some(nats)) = (
-        database_url_or_skip(),
-        redis_url_or_skip(),
-        nats_url_or_skip(),
-    ) else {
+    let Some(backends) = Backends::production() else {
         return;
     };
-    let keys = {
-        let (private, public) = agora_auth::Keys::generate_ed25519_pem().unwrap();
-        agora_auth::Keys::ed25519_from_pem(private.as_bytes(), public.as_bytes()).unwrap()
-    };
+    let keys = common::TestKeys::new().keys;
     the_shop_flow(move |config| {
-        config.database_url = Some(database);
-        config.redis_url = Some(redis);
-        config.nats_url = Some(nats);
+        backends.apply(config);
         config.auth_keys = Some(keys);
     })
     .await;

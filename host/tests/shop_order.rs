@@ -21,9 +21,7 @@ mod common;
 
 use agora_auth::Keys;
 use agora_host::HostConfig;
-use common::{
-    TestHost, TestKeys, component, database_url_or_skip, nats_url_or_skip, redis_url_or_skip,
-};
+use common::{Backends, TestHost, TestKeys, component};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -34,32 +32,6 @@ const AUDIENCE: &str = "shop";
 
 /// How long an order may take to reach its final state.
 const SETTLE: Duration = Duration::from_secs(20);
-
-/// Where the database, the cache and the broker live.
-#[derive(Clone, Default)]
-struct Backends {
-    database_url: Option<String>,
-    redis_url: Option<String>,
-    nats_url: Option<String>,
-}
-
-impl Backends {
-    /// PostgreSQL, Redis and NATS, when all three are reachable (under CI=true they must be).
-    fn production() -> Option<Backends> {
-        let (Some(database_url), Some(redis_url), Some(nats_url)) = (
-            database_url_or_skip(),
-            redis_url_or_skip(),
-            nats_url_or_skip(),
-        ) else {
-            return None;
-        };
-        Some(Backends {
-            database_url: Some(database_url),
-            redis_url: Some(redis_url),
-            nats_url: Some(nats_url),
-        })
-    }
-}
 
 /// Which components a shop runs besides order.
 #[derive(Clone, Copy)]

@@ -266,3 +266,44 @@ pub fn access_claims(
         fam: uuid::Uuid::new_v4().simple().to_string(),
     }
 }
+
+/// Where a test host's backends live: `None` = the embedded one.
+#[derive(Clone, Debug, Default)]
+pub struct Backends {
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub nats_url: Option<String>,
+}
+
+impl Backends {
+    /// PostgreSQL, Redis and NATS, when all three are reachable (under `CI=true` they must be).
+    pub fn production() -> Option<Backends> {
+        let (Some(database_url), Some(redis_url), Some(nats_url)) = (
+            database_url_or_skip(),
+            redis_url_or_skip(),
+            nats_url_or_skip(),
+        ) else {
+            return None;
+        };
+        Some(Backends {
+            database_url: Some(database_url),
+            redis_url: Some(redis_url),
+            nats_url: Some(nats_url),
+        })
+    }
+
+    /// Embedded backends with the SQLite files in `dir` (a database of the test's own).
+    pub fn embedded(dir: &Path) -> Backends {
+        Backends {
+            database_url: Some(format!("sqlite://{}", dir.join("sql").display())),
+            ..Backends::default()
+        }
+    }
+
+    /// Points `config` at these backends.
+    pub fn apply(&self, config: &mut HostConfig) {
+        config.database_url = self.database_url.clone();
+        config.redis_url = self.redis_url.clone();
+        config.nats_url = self.nats_url.clone();
+    }
+}
