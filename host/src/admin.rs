@@ -8,11 +8,20 @@
 //! - `GET /admin/health` — uptime, component count, backends.
 //! - `GET /admin/components` — every loaded component: content digest, routes, policies,
 //!   grants, subscriptions, limits, load time.
-//! - `GET /admin/components/{name}` — one of them.
+//! - `GET /admin/components/{name}` — one of them, with its current and previous versions.
+//! - `PUT /admin/components/{name}` — the body is a new version's wasm: validated off the
+//!   request path and swapped in atomically (see [`crate::swap`]). 200 with what changed (or
+//!   `"changed": false` when those bytes already serve), 422 with the failed check and the
+//!   version still serving, 413 above [`MAX_UPLOAD_BYTES`].
+//! - `POST /admin/components/{name}/rollback` — the previous version serves again; 409 when
+//!   there is none.
 
-use crate::component::LoadedComponent;
+use crate::component::{Installed, LoadedComponent};
+use crate::fleet::timestamp as rfc3339;
+use crate::swap::{Components, Outcome, SwapError, Version};
 use crate::triggers::http::{ResponseBody, error_response, json_response};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -29,6 +38,8 @@ use tokio::net::TcpListener;
 pub const ADMIN_TOKEN_VAR: &str = "AGORA_ADMIN_TOKEN";
 /// Shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+/// Largest component upload accepted.
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 
 /// The admin token, kept only as its SHA-256.
 #[derive(Clone)]
@@ -83,7 +94,7 @@ pub struct Backends {
 /// What the admin API reads.
 pub struct AdminState {
     token: AdminToken,
-    components: Vec<Arc<LoadedComponent>>,
+    components: Arc<Components>,
     started: SystemTime,
     backends: Backends,
     ids: AtomicU64,
@@ -93,7 +104,7 @@ impl AdminState {
     /// The state of a host that started at `started` with `components`.
     pub fn new(
         token: AdminToken,
-        components: Vec<Arc<LoadedComponent>>,
+        components: Arc<Components>,
         started: SystemTime,
         backends: Backends,
     ) -> AdminState {
@@ -109,10 +120,11 @@ impl AdminState {
     async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let request_id = format!("admin-{:08x}", self.ids.fetch_add(1, Ordering::Relaxed));
         let path = request.uri().path().trim_end_matches('/').to_owned();
-        let response = self.route(&request, &path, &request_id);
+        let method = request.method().clone();
+        let response = self.route(request, &path, &request_id).await;
         tracing::info!(
             target: "agora::admin",
-            method = %request.method(),
+            %method,
             %path,
             status = response.status().as_u16(),
             "admin request"
@@ -120,24 +132,27 @@ impl AdminState {
         response
     }
 
-    fn route(
+    async fn route(
         &self,
-        request: &Request<Incoming>,
+        request: Request<Incoming>,
         path: &str,
         request_id: &str,
     ) -> Response<ResponseBody> {
         if path == "/healthz" {
             return json_response(StatusCode::OK, &json!({ "status": "ok" }));
         }
-        if path != "/admin" && !path.starts_with("/admin/") {
-            return error_response(
+        let not_found = || {
+            error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("no admin endpoint {path}"),
                 request_id,
-            );
+            )
+        };
+        if path != "/admin" && !path.starts_with("/admin/") {
+            return not_found();
         }
-        if let Err(message) = self.authenticate(request) {
+        if let Err(message) = self.authenticate(&request) {
             let mut response = error_response(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -150,38 +165,151 @@ impl AdminState {
             );
             return response;
         }
-        if request.method() != Method::GET {
-            let mut response = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                &format!("{} {path}: only GET is served", request.method()),
-                request_id,
-            );
-            response
-                .headers_mut()
-                .insert(http::header::ALLOW, HeaderValue::from_static("GET"));
-            return response;
-        }
+        let method = request.method().clone();
         match path {
-            "/admin/health" => json_response(StatusCode::OK, &self.health()),
-            "/admin/components" => json_response(
-                StatusCode::OK,
-                &json!({ "items": self.components.iter().map(|c| describe(c)).collect::<Vec<_>>() }),
-            ),
-            _ => match path.strip_prefix("/admin/components/") {
-                Some(name) => match self.components.iter().find(|c| &*c.name == name) {
-                    Some(component) => json_response(StatusCode::OK, &describe(component)),
-                    None => error_response(
+            "/admin/health" => only(&method, &[Method::GET], path, request_id)
+                .unwrap_or_else(|| json_response(StatusCode::OK, &self.health())),
+            "/admin/components" => only(&method, &[Method::GET], path, request_id)
+                .unwrap_or_else(|| {
+                    json_response(
+                        StatusCode::OK,
+                        &json!({ "items": self.components.slots().iter().map(|slot| describe(&slot.current(), slot.previous().as_deref())).collect::<Vec<_>>() }),
+                    )
+                }),
+            _ => {
+                let Some(rest) = path.strip_prefix("/admin/components/") else {
+                    return not_found();
+                };
+                let (name, action) = match rest.split_once('/') {
+                    Some((name, action)) => (name, Some(action)),
+                    None => (rest, None),
+                };
+                let Some(slot) = self.components.get(name) else {
+                    return error_response(
                         StatusCode::NOT_FOUND,
                         "unknown_component",
                         &format!("no component is named `{name}`"),
                         request_id,
-                    ),
-                },
+                    );
+                };
+                match action {
+                    None => {
+                        if let Some(refused) =
+                            only(&method, &[Method::GET, Method::PUT], path, request_id)
+                        {
+                            return refused;
+                        }
+                        if method == Method::PUT {
+                            return self.upload(name, request, request_id).await;
+                        }
+                        json_response(
+                            StatusCode::OK,
+                            &describe(&slot.current(), slot.previous().as_deref()),
+                        )
+                    }
+                    Some("rollback") => {
+                        if let Some(refused) = only(&method, &[Method::POST], path, request_id) {
+                            return refused;
+                        }
+                        match self.components.rollback(name).await {
+                            Ok(swapped) => json_response(
+                                StatusCode::OK,
+                                &json!({
+                                    "changed": true,
+                                    "component": name,
+                                    "message": format!("rolled `{name}` back from {} to {}", swapped.from.digest, swapped.to.digest),
+                                    "current": swapped.to,
+                                    "previous": swapped.from,
+                                }),
+                            ),
+                            Err(err) => swap_refusal(&err, &slot.current(), request_id),
+                        }
+                    }
+                    Some(_) => not_found(),
+                }
+            }
+        }
+    }
+
+    /// `PUT /admin/components/{name}`: the body is the new version.
+    async fn upload(
+        &self,
+        name: &str,
+        request: Request<Incoming>,
+        request_id: &str,
+    ) -> Response<ResponseBody> {
+        let too_large = || {
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "upload_too_large",
+                &format!(
+                    "a component upload may hold at most {} MiB; nothing changed",
+                    MAX_UPLOAD_BYTES >> 20
+                ),
+                request_id,
+            )
+        };
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > MAX_UPLOAD_BYTES as u64) {
+            return too_large();
+        }
+        let body = http_body_util::Limited::new(request.into_body(), MAX_UPLOAD_BYTES);
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(err) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "upload_incomplete",
+                    &format!("the upload did not arrive whole ({err}); nothing changed"),
+                    request_id,
+                );
+            }
+        };
+        if bytes.is_empty() {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "empty_upload",
+                "the body must be the component's .wasm bytes (it was empty); nothing changed",
+                request_id,
+            );
+        }
+        match self
+            .components
+            .install(name, bytes.to_vec(), Installed::Admin)
+            .await
+        {
+            Ok(Outcome::Swapped(swapped)) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "changed": true,
+                    "component": name,
+                    "message": format!("`{name}` now runs {} (was {})", swapped.to.digest, swapped.from.digest),
+                    "current": swapped.to,
+                    "previous": swapped.from,
+                    "migrations_applied": swapped.migrations_applied,
+                    "validation_ms": swapped.validation_ms,
+                }),
+            ),
+            Ok(Outcome::Unchanged(version)) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "changed": false,
+                    "component": name,
+                    "message": format!("`{name}` already runs {}; nothing changed", version.digest),
+                    "current": version,
+                }),
+            ),
+            Err(err) => match self.components.get(name) {
+                Some(slot) => swap_refusal(&err, &slot.current(), request_id),
                 None => error_response(
                     StatusCode::NOT_FOUND,
-                    "not_found",
-                    &format!("no admin endpoint {path}"),
+                    "unknown_component",
+                    &err.to_string(),
                     request_id,
                 ),
             },
@@ -216,7 +344,7 @@ impl AdminState {
             "status": "ok",
             "uptime_s": uptime_s,
             "started_at": rfc3339(self.started),
-            "components": self.components.len(),
+            "components": self.components.slots().len(),
             "backends": {
                 "sql": self.backends.sql,
                 "cache": self.backends.cache,
@@ -227,8 +355,53 @@ impl AdminState {
     }
 }
 
+/// `Some(405)` unless `method` is one of `allowed`.
+fn only(
+    method: &Method,
+    allowed: &[Method],
+    path: &str,
+    request_id: &str,
+) -> Option<Response<ResponseBody>> {
+    if allowed.contains(method) {
+        return None;
+    }
+    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("{method} {path}: only {} is served", names.join(", ")),
+        request_id,
+    );
+    if let Ok(allow) = HeaderValue::from_str(&names.join(", ")) {
+        response.headers_mut().insert(http::header::ALLOW, allow);
+    }
+    Some(response)
+}
+
+/// The answer when a swap or a rollback changed nothing: why, and what still serves.
+fn swap_refusal(
+    err: &SwapError,
+    current: &LoadedComponent,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let (status, code) = match err {
+        SwapError::UnknownComponent(_) => (StatusCode::NOT_FOUND, "unknown_component"),
+        SwapError::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_component"),
+        SwapError::NoPrevious(_) => (StatusCode::CONFLICT, "no_previous_version"),
+    };
+    tracing::warn!(target: "agora::admin", component = %current.name, error = %err, "swap refused");
+    json_response(
+        status,
+        &json!({
+            "changed": false,
+            "error": { "code": code, "message": err.to_string(), "request_id": request_id },
+            "current": Version::of(current),
+        }),
+    )
+}
+
 /// What the admin API says about one component.
-fn describe(component: &LoadedComponent) -> Value {
+fn describe(component: &LoadedComponent, previous: Option<&LoadedComponent>) -> Value {
     let spec = &component.spec;
     let grants = &spec.grants;
     json!({
@@ -236,6 +409,10 @@ fn describe(component: &LoadedComponent) -> Value {
         "digest": format!("sha256:{}", component.digest),
         "compiled": matches!(component.origin, crate::Origin::Compiled),
         "loaded_at": rfc3339(component.loaded_at),
+        "versions": {
+            "current": Version::of(component),
+            "previous": previous.map(Version::of),
+        },
         "source": spec.source.display().to_string(),
         "routes": spec.routes,
         "policies": component.policies.iter().map(|p| json!({
@@ -267,12 +444,6 @@ fn describe(component: &LoadedComponent) -> Value {
             "concurrency": spec.limits.concurrency,
         },
     })
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    time::OffsetDateTime::from(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Serves the admin API on `listener` until `stop` turns true.

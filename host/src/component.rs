@@ -29,6 +29,8 @@ pub struct LoadedComponent {
     pub digest: String,
     /// Whether the machine code was compiled now or came from the cache.
     pub origin: Origin,
+    /// How this version came to run.
+    pub installed: Installed,
     /// Per-instance limits.
     pub limits: Limits,
     /// The engine it was compiled for.
@@ -138,6 +140,100 @@ pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     Ok(linker)
 }
 
+/// How a version of a component came to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// Loaded from the manifest's file when the host started.
+    Manifest,
+    /// Uploaded through the admin API.
+    Admin,
+    /// Swapped in by `agora serve --watch` after its file changed.
+    Watch,
+    /// The fleet's desired version (`agora deploy`).
+    Fleet,
+}
+
+impl Installed {
+    /// Its name in the admin API and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Installed::Manifest => "manifest",
+            Installed::Admin => "admin",
+            Installed::Watch => "watch",
+            Installed::Fleet => "fleet",
+        }
+    }
+}
+
+/// Compiled, linked and export-checked code: what a hot swap replaces.
+pub struct Code {
+    /// SHA-256 of the bytes, lowercase hex.
+    pub digest: String,
+    /// Compiled now or read from the cache.
+    pub origin: Origin,
+    /// Pre-linked for requests.
+    pub proxy: Option<ProxyPre<InstanceState>>,
+    /// Pre-linked for messages.
+    pub subscriber: Option<SubscriberPre<InstanceState>>,
+}
+
+/// Checks `bytes` as the code of the component `spec` describes: a component (not a core
+/// module), compiled (or read from the cache), importing only what its grants allow, linked,
+/// and exporting what its routes and subscriptions need. CPU-bound (compiling): run it off
+/// the async threads.
+pub fn prepare(
+    spec: &ComponentSpec,
+    bytes: &[u8],
+    engine: &Engine,
+    linker: &Linker<InstanceState>,
+    cache: &CompileCache,
+) -> Result<Code, String> {
+    if bytes.is_empty() {
+        return Err("empty file: no WebAssembly bytes".into());
+    }
+    if !bytes.starts_with(b"\0asm") {
+        return Err("not a WebAssembly file".into());
+    }
+    // A core module has version 1; a component has layer 1 in bytes 6..8.
+    if bytes.get(6..8) != Some(&[1, 0]) {
+        return Err("a core WebAssembly module, not a component (build for wasm32-wasip2)".into());
+    }
+    let digest = sha256_hex(bytes);
+    let (component, origin) = cache
+        .load(engine, bytes, &digest)
+        .map_err(|err| format!("does not compile: {err:#}"))?;
+    check_grants(spec, &component, engine)?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|err| format!("cannot be linked: {err:#}"))?;
+    let proxy = match ProxyPre::new(pre.clone()) {
+        Ok(proxy) => Some(proxy),
+        Err(_) if spec.routes.is_empty() => None,
+        Err(err) => {
+            return Err(format!(
+                "does not export wasi:http/incoming-handler@0.2 (is it a wasi:http/proxy component?): {err:#}"
+            ));
+        }
+    };
+    let subscriber = match SubscriberPre::new(pre) {
+        Ok(subscriber) => Some(subscriber),
+        Err(_) if spec.messaging.subscribe.is_empty() => None,
+        Err(err) => {
+            return Err(format!(
+                "subscribes to {} but does not export {} (register one with agora_sdk::export_handler!): {err:#}",
+                spec.messaging.subscribe.join(", "),
+                agora_messaging::HANDLER_INTERFACE
+            ));
+        }
+    };
+    Ok(Code {
+        digest,
+        origin,
+        proxy,
+        subscriber,
+    })
+}
+
 /// Loads the component `spec` describes: compiles and links it, then opens its database
 /// namespace and applies its new migrations.
 pub async fn load(
@@ -154,43 +250,7 @@ pub async fn load(
     };
     let config = resolve_config(spec).map_err(fail)?;
     let bytes = std::fs::read(&spec.source).map_err(|err| fail(format!("cannot read: {err}")))?;
-    if !bytes.starts_with(b"\0asm") {
-        return Err(fail("not a WebAssembly file".into()));
-    }
-    // A core module has version 1; a component has layer 1 in bytes 6..8.
-    if bytes.get(6..8) != Some(&[1, 0]) {
-        return Err(fail(
-            "a core WebAssembly module, not a component (build for wasm32-wasip2)".into(),
-        ));
-    }
-    let digest = sha256_hex(&bytes);
-    let (component, origin) = cache
-        .load(engine, &bytes, &digest)
-        .map_err(|err| fail(format!("does not compile: {err:#}")))?;
-    check_grants(spec, &component, engine).map_err(fail)?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(|err| fail(format!("cannot be linked: {err:#}")))?;
-    let proxy = match ProxyPre::new(pre.clone()) {
-        Ok(proxy) => Some(proxy),
-        Err(_) if spec.routes.is_empty() => None,
-        Err(err) => {
-            return Err(fail(format!(
-                "does not export wasi:http/incoming-handler@0.2 (is it a wasi:http/proxy component?): {err:#}"
-            )));
-        }
-    };
-    let subscriber = match SubscriberPre::new(pre) {
-        Ok(subscriber) => Some(subscriber),
-        Err(_) if spec.messaging.subscribe.is_empty() => None,
-        Err(err) => {
-            return Err(fail(format!(
-                "subscribes to {} but does not export {} (register one with agora_sdk::export_handler!): {err:#}",
-                spec.messaging.subscribe.join(", "),
-                agora_messaging::HANDLER_INTERFACE
-            )));
-        }
-    };
+    let code = prepare(spec, &bytes, engine, linker, cache).map_err(fail)?;
     let sql = if spec.grants.sql {
         Some(open_database(spec, capabilities).await.map_err(fail)?)
     } else {
@@ -201,12 +261,13 @@ pub async fn load(
     let patterns = publish.clone();
     Ok(LoadedComponent {
         name: name.clone(),
-        digest,
-        origin,
+        digest: code.digest,
+        origin: code.origin,
+        installed: Installed::Manifest,
         limits: spec.limits,
         engine: engine.clone(),
-        proxy,
-        subscriber,
+        proxy: code.proxy,
+        subscriber: code.subscriber,
         permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
         capabilities: Granted {
             name,
@@ -238,6 +299,52 @@ pub async fn load(
     })
 }
 
+impl LoadedComponent {
+    /// Another version of this component: `code` with everything else — grants, database
+    /// namespace, configuration, policies, limits and the concurrency gate — shared, so a swap
+    /// changes the code and nothing else.
+    pub fn with_code(&self, code: Code, installed: Installed) -> LoadedComponent {
+        LoadedComponent {
+            name: self.name.clone(),
+            digest: code.digest,
+            origin: code.origin,
+            installed,
+            limits: self.limits,
+            engine: self.engine.clone(),
+            proxy: code.proxy,
+            subscriber: code.subscriber,
+            permits: self.permits.clone(),
+            capabilities: self.capabilities.clone(),
+            config: self.config.clone(),
+            policies: self.policies.clone(),
+            spec: self.spec.clone(),
+            loaded_at: std::time::SystemTime::now(),
+        }
+    }
+}
+
+/// Applies the migrations of `spec`'s folder that `namespace` has not seen; returns their
+/// names.
+pub async fn apply_migrations(
+    spec: &ComponentSpec,
+    namespace: &dyn Namespace,
+    dialect: agora_sql::Dialect,
+) -> Result<Vec<String>, String> {
+    let Some(dir) = &spec.migrations else {
+        return Ok(Vec::new());
+    };
+    let migrations = Migration::load_dir(dir, dialect)
+        .map_err(|err| format!("cannot read its migrations: {err}"))?;
+    let applied = namespace
+        .migrate(&migrations)
+        .await
+        .map_err(|err| format!("migration failed: {err}"))?;
+    if !applied.is_empty() {
+        tracing::info!(component = %spec.name, applied = ?applied, "migrations applied");
+    }
+    Ok(applied)
+}
+
 /// Opens the component's database namespace and applies the migrations it has not seen.
 async fn open_database(
     spec: &ComponentSpec,
@@ -248,17 +355,7 @@ async fn open_database(
         .namespace(&spec.name)
         .await
         .map_err(|err| format!("cannot open its {} database: {err}", backend.dialect()))?;
-    if let Some(dir) = &spec.migrations {
-        let migrations = Migration::load_dir(dir, backend.dialect())
-            .map_err(|err| format!("cannot read its migrations: {err}"))?;
-        let applied = namespace
-            .migrate(&migrations)
-            .await
-            .map_err(|err| format!("migration failed: {err}"))?;
-        if !applied.is_empty() {
-            tracing::info!(component = %spec.name, applied = ?applied, "migrations applied");
-        }
-    }
+    apply_migrations(spec, namespace.as_ref(), backend.dialect()).await?;
     Ok(namespace)
 }
 

@@ -20,14 +20,18 @@ pub mod compile_cache;
 pub mod component;
 pub mod edge;
 pub mod engine;
+pub mod fleet;
 pub mod manifest;
 pub mod outbox;
 pub mod policy;
+pub mod replica;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod swap;
 pub mod telemetry;
 pub mod triggers;
+pub mod watch;
 
 use component::{LoadError, LoadedComponent};
 use engine::{EngineSettings, EpochTicker, HostEngine};
@@ -37,6 +41,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use swap::{Components, Slot};
 use tokio::net::TcpListener;
 use triggers::http::HttpTrigger;
 
@@ -67,6 +72,10 @@ pub struct HostConfig {
     /// Keys that sign and verify tokens. `None`: when the manifest needs auth, a key generated
     /// for this process on embedded backends, an error with Redis (replicas must share keys).
     pub auth_keys: Option<agora_auth::Keys>,
+    /// Swap a component in when its file changes (`agora serve --watch`).
+    pub watch: bool,
+    /// Join this fleet (needs `nats_url`): run its desired versions and report what runs.
+    pub fleet: Option<String>,
 }
 
 impl HostConfig {
@@ -81,6 +90,8 @@ impl HostConfig {
             database_url: None,
             nats_url: None,
             auth_keys: None,
+            watch: false,
+            fleet: None,
         }
     }
 }
@@ -216,11 +227,13 @@ async fn startup(trigger: &HttpTrigger, name: &str, path: &str) -> Result<(), St
 pub struct Host {
     engine: HostEngine,
     manifest: Manifest,
-    components: Vec<Arc<LoadedComponent>>,
+    components: Arc<Components>,
     capabilities: component::Capabilities,
     trigger: Arc<HttpTrigger>,
     drain_timeout: Duration,
     admin: Option<(TcpListener, admin::AdminToken)>,
+    watch: bool,
+    replica: Option<(Arc<replica::Replica>, replica::Updates)>,
     started: std::time::SystemTime,
     _epoch: EpochTicker,
 }
@@ -295,12 +308,16 @@ impl Host {
                 "component loaded"
             );
         }
+        let slots: Vec<Arc<Slot>> = components
+            .into_iter()
+            .map(|loaded| Arc::new(Slot::new(loaded)))
+            .collect();
         let router = Router::new(
             manifest
                 .components
                 .iter()
-                .zip(&components)
-                .flat_map(|(spec, loaded)| spec.routes.iter().map(|r| (r.clone(), loaded.clone()))),
+                .zip(&slots)
+                .flat_map(|(spec, slot)| spec.routes.iter().map(|r| (r.clone(), slot.clone()))),
         );
         let edge = edge::Edge::new(
             authority.map(|a| Arc::new(a.verifier().clone())),
@@ -310,6 +327,35 @@ impl Host {
         let trigger = Arc::new(HttpTrigger::new(router, edge));
         let _ = internal.set(Arc::downgrade(&trigger));
         let epoch = engine.start_epoch_ticker();
+        let components = Arc::new(Components::new(
+            slots,
+            swap::Loader {
+                engine: engine.engine.clone(),
+                linker,
+                cache,
+                capabilities: capabilities.clone(),
+            },
+        ));
+        // A replica runs the fleet's desired versions from its first request on.
+        let replica = match (&config.fleet, &config.nats_url) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(HostError::Backend(
+                    "fleet: joining a fleet needs NATS (--nats-url)".into(),
+                ));
+            }
+            (Some(name), Some(url)) => {
+                let joined = async {
+                    let fleet = fleet::Fleet::connect(url, name).await?;
+                    replica::Replica::join(fleet, components.clone()).await
+                };
+                Some(
+                    joined
+                        .await
+                        .map_err(|err| HostError::Backend(format!("fleet `{name}`: {err}")))?,
+                )
+            }
+        };
         for spec in &manifest.components {
             if let Some(path) = &spec.startup {
                 startup(&trigger, &spec.name, path)
@@ -332,13 +378,24 @@ impl Host {
             trigger,
             drain_timeout: config.drain_timeout,
             admin: None,
+            watch: config.watch,
+            replica,
             started: std::time::SystemTime::now(),
             _epoch: epoch,
         })
     }
 
-    /// The loaded components, in manifest order.
-    pub fn components(&self) -> &[Arc<LoadedComponent>] {
+    /// The versions serving now, in manifest order.
+    pub fn components(&self) -> Vec<Arc<LoadedComponent>> {
+        self.components
+            .slots()
+            .iter()
+            .map(|slot| slot.current())
+            .collect()
+    }
+
+    /// Every component's slot, and the means to swap in new versions.
+    pub fn registry(&self) -> &Arc<Components> {
         &self.components
     }
 
@@ -364,8 +421,8 @@ impl Host {
         shutdown: impl Future<Output = ()>,
     ) -> Result<Drained, HostError> {
         let mut subscriptions = Vec::new();
-        for (spec, component) in self.manifest.components.iter().zip(&self.components) {
-            let started = triggers::event::subscribe(spec, component, &self.capabilities.messaging)
+        for (spec, slot) in self.manifest.components.iter().zip(self.components.slots()) {
+            let started = triggers::event::subscribe(spec, slot, &self.capabilities.messaging)
                 .await
                 .map_err(|error| HostError::Component {
                     manifest: self.manifest.path.clone(),
@@ -382,9 +439,16 @@ impl Host {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let relays: Vec<_> = self
             .components
+            .slots()
             .iter()
-            .filter_map(|component| outbox::spawn(component.clone(), stopped.clone()))
+            .filter_map(|slot| outbox::spawn(slot.current(), stopped.clone()))
             .collect();
+        let watcher = self
+            .watch
+            .then(|| watch::spawn(self.components.clone(), stopped.clone()));
+        let replica = self
+            .replica
+            .map(|(replica, updates)| replica.spawn(updates, stopped.clone()));
         let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
         let admin = self.admin.map(|(listener, token)| {
             let state = admin::AdminState::new(
@@ -410,6 +474,12 @@ impl Host {
             subscription.stop().await;
         }
         let _ = stop.send(true);
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
+        if let Some(replica) = replica {
+            let _ = replica.await;
+        }
         for relay in relays {
             let _ = relay.await;
         }

@@ -5,6 +5,7 @@
 //! one-line message on stderr.
 
 use agora_host::admin::{ADMIN_TOKEN_VAR, AdminToken};
+use agora_host::fleet::Fleet;
 use agora_host::{Drained, Host, HostConfig};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -27,6 +28,33 @@ struct Cli {
 enum Command {
     /// Serve the components of a manifest over HTTP.
     Serve(ServeArgs),
+    /// Make FILE the version of component NAME on every replica of a fleet.
+    Deploy(DeployArgs),
+    /// Show the fleet's desired versions and what each replica runs.
+    Status(FleetArgs),
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// NATS with JetStream, where the fleet keeps its versions.
+    #[arg(long, env = "AGORA_NATS_URL")]
+    nats_url: String,
+    /// The fleet (several can share one NATS).
+    #[arg(long, env = "AGORA_FLEET", default_value = "default")]
+    fleet: String,
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// The component's name in the manifest.
+    name: String,
+    /// The new version's .wasm file.
+    file: PathBuf,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Seconds to wait for every live replica to run it or refuse it (0: do not wait).
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
 }
 
 #[derive(clap::Args)]
@@ -51,11 +79,22 @@ struct ServeArgs {
     #[arg(long, env = "AGORA_DATABASE_URL")]
     database_url: Option<String>,
     /// NATS with JetStream for messaging (`nats://host:4222`); default: the in-process bus.
+    /// With NATS the host also joins a fleet (see --fleet).
     #[arg(long, env = "AGORA_NATS_URL")]
     nats_url: Option<String>,
+    /// The fleet this replica belongs to when NATS is given: it runs the versions `agora
+    /// deploy` sets and reports what it runs to `agora status`.
+    #[arg(long, env = "AGORA_FLEET", default_value = "default")]
+    fleet: String,
+    /// Do not join a fleet even with NATS.
+    #[arg(long, env = "AGORA_NO_FLEET")]
+    no_fleet: bool,
     /// Also serve the admin API on this address (off unless given); needs AGORA_ADMIN_TOKEN.
     #[arg(long, env = "AGORA_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Swap a component in when its .wasm file changes (validated first; debounced).
+    #[arg(long, env = "AGORA_WATCH")]
+    watch: bool,
     /// Allocate instances on demand instead of from the pooling allocator.
     #[arg(long, env = "AGORA_ON_DEMAND")]
     on_demand: bool,
@@ -63,9 +102,16 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    agora_host::telemetry::init();
+    match &cli.command {
+        Command::Serve(_) => agora_host::telemetry::init(),
+        Command::Deploy(_) | Command::Status(_) => {
+            agora_host::telemetry::init_with(agora_host::telemetry::COMMAND_FILTER);
+        }
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Deploy(args) => fleet_command(deploy(args)),
+        Command::Status(args) => fleet_command(status(args)),
     }
 }
 
@@ -94,6 +140,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             },
         },
     };
+    let fleet = (args.nats_url.is_some() && !args.no_fleet).then_some(args.fleet);
     let config = HostConfig {
         manifest: args.manifest,
         data_dir: args.data_dir,
@@ -103,16 +150,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         database_url: args.database_url,
         nats_url: args.nats_url,
         auth_keys,
+        watch: args.watch,
+        fleet,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let host = match Host::load(&config).await {
@@ -167,6 +209,136 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Builds the async runtime, or says why it cannot.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .inspect_err(|err| eprintln!("error: cannot start the async runtime: {err}"))
+        .ok()
+}
+
+/// Runs a fleet command on a small runtime: exit 0 when it succeeded, its code otherwise.
+fn fleet_command(command: impl std::future::Future<Output = Result<(), (u8, String)>>) -> ExitCode {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// `agora deploy NAME FILE`: stores the file, sets it as NAME's desired version, and (unless
+/// `--wait 0`) waits until every live replica runs it or refused it. Exit 2 for a bad file or
+/// an unreachable NATS, 1 when a replica refused the version or did not answer in time.
+async fn deploy(args: DeployArgs) -> Result<(), (u8, String)> {
+    let bytes = std::fs::read(&args.file)
+        .map_err(|err| (2, format!("cannot read {}: {err}", args.file.display())))?;
+    if !bytes.starts_with(b"\0asm") || bytes.get(6..8) != Some(&[1, 0]) {
+        return Err((
+            2,
+            format!(
+                "{} is not a WebAssembly component (build it for wasm32-wasip2)",
+                args.file.display()
+            ),
+        ));
+    }
+    let fleet = Fleet::connect(&args.fleet.nats_url, &args.fleet.fleet)
+        .await
+        .map_err(|err| (2, err.to_string()))?;
+    let desired = fleet
+        .deploy(&args.name, &bytes)
+        .await
+        .map_err(|err| (2, err.to_string()))?;
+    println!(
+        "deployed {} sha256:{} ({} bytes) to fleet `{}` (revision {})",
+        desired.component,
+        desired.digest,
+        desired.size,
+        fleet.name(),
+        desired.revision
+    );
+    if args.wait == 0 {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.wait);
+    loop {
+        let replicas = match fleet.replicas().await {
+            Ok(replicas) => replicas,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("warning: {err}; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(err) => return Err((1, err.to_string())),
+        };
+        let mut pending = Vec::new();
+        let mut refused = Vec::new();
+        for replica in &replicas {
+            match replica.components.iter().find(|c| c.name == args.name) {
+                // A replica without the component is not asked to run it.
+                None => {}
+                Some(c) if c.digest == desired.digest => {}
+                Some(c) if c.desired.as_deref() == Some(desired.digest.as_str()) => {
+                    match &c.error {
+                        Some(error) => refused.push(format!("{}: {error}", replica.replica)),
+                        None => pending.push(replica.replica.clone()),
+                    }
+                }
+                Some(_) => pending.push(replica.replica.clone()),
+            }
+        }
+        if !refused.is_empty() {
+            return Err((
+                1,
+                format!(
+                    "{} replica(s) refused the new version and keep the old one: {}",
+                    refused.len(),
+                    refused.join("; ")
+                ),
+            ));
+        }
+        if pending.is_empty() {
+            println!(
+                "{} replica(s) of fleet `{}` run it",
+                replicas.len(),
+                fleet.name()
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err((
+                1,
+                format!(
+                    "after {} s, {} replica(s) do not run it yet: {} (see `agora status`)",
+                    args.wait,
+                    pending.len(),
+                    pending.join(", ")
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `agora status`: the desired versions and every live replica's.
+async fn status(args: FleetArgs) -> Result<(), (u8, String)> {
+    let fleet = Fleet::connect(&args.nats_url, &args.fleet)
+        .await
+        .map_err(|err| (2, err.to_string()))?;
+    let desired = fleet.desired().await.map_err(|err| (2, err.to_string()))?;
+    let replicas = fleet.replicas().await.map_err(|err| (2, err.to_string()))?;
+    print!(
+        "{}",
+        agora_host::fleet::format_status(&desired, &replicas, std::time::SystemTime::now())
+    );
+    Ok(())
 }
 
 /// Installs the SIGINT and SIGTERM handlers now, so a signal that arrives right after the

@@ -747,7 +747,9 @@ fn normalise_origin(origin: &str) -> Result<String, String> {
     Ok(lower)
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+/// The rule of component names: 1 to 64 characters of `a-z`, `0-9` and `-`, starting with a
+/// letter.
+pub fn validate_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())

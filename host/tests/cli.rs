@@ -5,32 +5,12 @@
 
 mod common;
 
+use common::process::{Agora, agora, signal, wait_with_limit};
 use common::{component, component_table};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn agora() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agora"));
-    command.env("RUST_LOG", "info");
-    command
-}
-
-/// Waits for `child` to exit, killing it (and failing) after `limit`.
-fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("agora did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 /// Everything the (exited) child wrote to its piped stderr.
 fn read_stderr(child: &mut Child) -> String {
@@ -208,60 +188,11 @@ fn start_agora(dir: &Path, manifest: &str) -> Agora {
     start_agora_with_env(dir, manifest, &[])
 }
 
-/// A running `agora serve` child, its address and (once it exits) its stderr.
-struct Agora {
-    child: Child,
-    addr: String,
-    log: std::thread::JoinHandle<String>,
-}
-
-impl Agora {
-    /// Sends `signal`, waits for the exit and returns its code and everything logged.
-    fn stop(mut self, signal_number: libc::c_int) -> (Option<i32>, String) {
-        signal(&self.child, signal_number);
-        let status = wait_with_limit(&mut self.child, Duration::from_secs(20));
-        (status.code(), self.log.join().unwrap())
-    }
-}
-
 /// [`start_agora`] with extra environment variables.
 fn start_agora_with_env(dir: &Path, manifest: &str, env: &[(&str, &str)]) -> Agora {
     let manifest_path = dir.join("agora.toml");
     std::fs::write(&manifest_path, manifest).unwrap();
-    let mut child = agora()
-        .envs(env.iter().copied())
-        .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "10"])
-        .arg("--manifest")
-        .arg(&manifest_path)
-        .arg("--data-dir")
-        .arg(common::shared_data_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Drain stderr continuously: a full pipe would block the server's logging.
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("agora listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Agora { child, addr, log }
-}
-
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    Agora::start(&manifest_path, &common::shared_data_dir(), env, &[])
 }
 
 /// GET `url` with a timeout (a hung server fails the test instead of hanging it).

@@ -1,6 +1,7 @@
 //! The whole shop, as the repository's agora.toml serves it, over real HTTP on both backend
 //! sets: register → the admin creates a product → order → PAID → notifications, and the
-//! declined-payment flow (PAYMENT_FAILED, stock released).
+//! declined-payment flow (PAYMENT_FAILED, stock released) — and the same flow while every
+//! component of the shop is swapped back and forth through the admin API.
 //!
 //! The manifest is agora.toml itself with three test adjustments: paths made absolute, no rate
 //! limits (tests share one client address), and the first admin's credentials (plus a cheap
@@ -119,10 +120,59 @@ fn kinds(notifications: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn the_shop_flow(adjust: impl FnOnce(&mut agora_host::HostConfig)) {
+const ADMIN_TOKEN: &str = "shop-flow-admin-token";
+const SHOP: [&str; 6] = [
+    "account",
+    "catalog",
+    "order",
+    "payment",
+    "notification",
+    "gateway",
+];
+
+/// Swaps every shop component, one after the other, between its file and a variant of it (same
+/// code, another digest) until `stop` is set; every swap must succeed. Returns the swap count.
+fn swap_continuously(
+    admin: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    let versions: Vec<(&str, [Vec<u8>; 2])> = SHOP
+        .iter()
+        .map(|name| {
+            let original = std::fs::read(common::component(name)).unwrap();
+            let variant = common::with_custom_section(&original, "agora-test", b"variant");
+            (*name, [variant, original])
+        })
+        .collect();
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut swaps = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for (name, bytes) in &versions {
+                let response = client
+                    .put(format!("http://{admin}/admin/components/{name}"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .body(bytes[swaps / SHOP.len() % 2].clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(status, 200, "swapping {name}: {body}");
+                assert_eq!(body["changed"], true, "swapping {name}: {body}");
+                swaps += 1;
+            }
+        }
+        swaps
+    })
+}
+
+async fn the_shop_flow(adjust: impl FnOnce(&mut agora_host::HostConfig), swapping: bool) {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let admin_email = format!("admin-{run}@shop.test");
-    let host = TestHost::start_with(&shop_manifest(&admin_email), adjust).await;
+    let host = TestHost::start_full(&shop_manifest(&admin_email), adjust, Some(ADMIN_TOKEN)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = swapping.then(|| swap_continuously(host.admin_addr.unwrap(), stop.clone()));
     let shop = Client {
         http: reqwest::Client::new(),
         host,
@@ -254,23 +304,45 @@ async fn the_shop_flow(adjust: impl FnOnce(&mut agora_host::HostConfig)) {
             .iter()
             .all(|n| n["user_id"] == json!(carol_id))
     );
+    if let Some(swapper) = swapper {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = swapper.await.unwrap();
+        eprintln!("{swaps} swaps during the flow");
+        assert!(
+            swaps >= SHOP.len(),
+            "every component was swapped at least once"
+        );
+    }
     shop.host.stop().await;
 }
 
 #[tokio::test]
 async fn the_shop_flow_on_the_embedded_backends() {
-    the_shop_flow(|_| {}).await;
+    the_shop_flow(|_| {}, false).await;
 }
 
-#[tokio::test]
-async fn the_shop_flow_on_postgres_redis_and_nats() {
+/// The flow on PostgreSQL, Redis and NATS (skipped when one is unreachable, outside CI).
+async fn the_shop_flow_on_production_backends(swapping: bool) {
     let Some(backends) = Backends::production() else {
         return;
     };
     let keys = common::TestKeys::new().keys;
-    the_shop_flow(move |config| {
-        backends.apply(config);
-        config.auth_keys = Some(keys);
-    })
+    the_shop_flow(
+        move |config| {
+            backends.apply(config);
+            config.auth_keys = Some(keys);
+        },
+        swapping,
+    )
     .await;
+}
+
+#[tokio::test]
+async fn the_shop_flow_on_postgres_redis_and_nats() {
+    the_shop_flow_on_production_backends(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_flow_while_every_component_is_swapped_on_postgres_redis_and_nats() {
+    the_shop_flow_on_production_backends(true).await;
 }

@@ -52,7 +52,7 @@ pub use backend::{
     SubscriptionSpec,
 };
 pub use memory::{DEDUP_WINDOW, MAX_QUEUED, MemoryBus};
-pub use nats::{NatsBackend, STREAM, WIRE_PREFIX};
+pub use nats::{NatsBackend, STREAM, WIRE_PREFIX, redact};
 pub use subject::{
     MAX_HEADER_BYTES, MAX_SUBJECT_BYTES, consumer_name, dead_letter_subject, subject_matches,
     validate_headers, validate_pattern, validate_subject,

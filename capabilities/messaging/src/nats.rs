@@ -423,7 +423,7 @@ impl NatsBackend {
 
 /// `url` without the credentials of its user-info part (`nats://user:secret@host` →
 /// `nats://***@host`), for logs and error messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     url.split(',')
         .map(|part| {
             let (scheme, rest) = match part.split_once("://") {

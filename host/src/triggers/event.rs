@@ -9,6 +9,7 @@
 use crate::component::LoadedComponent;
 use crate::manifest::ComponentSpec;
 use crate::state;
+use crate::swap::Slot;
 use agora_messaging::bindings::subscriber::exports::agora::platform::handler::Message;
 use agora_messaging::{
     Backoff, Delivery, MessageHandler, MessagingBackend, Subscription, SubscriptionSpec,
@@ -23,13 +24,13 @@ const ACK_GRACE: Duration = Duration::from_secs(10);
 
 /// Delivers one subscription's messages to a component.
 pub struct EventHandler {
-    component: Arc<LoadedComponent>,
+    slot: Arc<Slot>,
 }
 
 /// Starts every subscription the manifest declares for `component`.
 pub async fn subscribe(
     spec: &ComponentSpec,
-    component: &Arc<LoadedComponent>,
+    slot: &Arc<Slot>,
     backend: &Arc<dyn MessagingBackend>,
 ) -> Result<Vec<Subscription>, String> {
     let mut subscriptions = Vec::with_capacity(spec.messaging.subscribe.len());
@@ -45,9 +46,7 @@ pub async fn subscribe(
             concurrency: (spec.limits.concurrency as usize).clamp(1, 64),
             ack_wait: Duration::from_millis(spec.limits.deadline_ms) + ACK_GRACE,
         };
-        let handler = Arc::new(EventHandler {
-            component: component.clone(),
-        });
+        let handler = Arc::new(EventHandler { slot: slot.clone() });
         let subscription = backend
             .subscribe(subscription_spec, handler)
             .await
@@ -61,18 +60,20 @@ pub async fn subscribe(
 #[async_trait::async_trait]
 impl MessageHandler for EventHandler {
     async fn handle(&self, delivery: Delivery) -> Result<(), String> {
-        let component = &self.component;
+        // The version serving now handles this delivery to its end, whatever swaps meanwhile.
+        let component = self.slot.current();
         let span = tracing::info_span!(
             "event",
             component = %component.name,
             subject = %delivery.message.subject,
             message_id = %delivery.message.id,
             delivery = delivery.delivery,
+            digest = %&component.digest[..12],
             outcome = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = self.run(delivery).instrument(span.clone()).await;
+        let result = run(&component, delivery).instrument(span.clone()).await;
         let _entered = span.enter();
         span.record("duration_ms", started.elapsed().as_millis() as u64);
         match &result {
@@ -89,53 +90,51 @@ impl MessageHandler for EventHandler {
     }
 }
 
-impl EventHandler {
-    async fn run(&self, delivery: Delivery) -> Result<(), String> {
-        let component = &self.component;
-        let Some(pre) = component.subscriber.clone() else {
-            return Err(format!("component `{}` exports no handler", component.name));
-        };
-        // Events wait for a free instance rather than being refused: the broker holds them.
-        let _permit = component
-            .permits
-            .clone()
-            .acquire_owned()
+/// Handles one delivery on one version of the component.
+async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), String> {
+    let Some(pre) = component.subscriber.clone() else {
+        return Err(format!("component `{}` exports no handler", component.name));
+    };
+    // Events wait for a free instance rather than being refused: the broker holds them.
+    let _permit = component
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| "the component is shutting down".to_owned())?;
+    let deadline = Instant::now() + Duration::from_millis(component.limits.deadline_ms);
+    let mut store = state::new_store(component, deadline);
+    let message = Message {
+        id: delivery.message.id,
+        subject: delivery.message.subject,
+        payload: delivery.message.payload,
+        headers: delivery.message.headers,
+        delivery: delivery.delivery,
+    };
+    let run = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance
+            .agora_platform_handler()
+            .call_handle(&mut store, &message)
             .await
-            .map_err(|_| "the component is shutting down".to_owned())?;
-        let deadline = Instant::now() + Duration::from_millis(component.limits.deadline_ms);
-        let mut store = state::new_store(component, deadline);
-        let message = Message {
-            id: delivery.message.id,
-            subject: delivery.message.subject,
-            payload: delivery.message.payload,
-            headers: delivery.message.headers,
-            delivery: delivery.delivery,
-        };
-        let run = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .agora_platform_handler()
-                .call_handle(&mut store, &message)
-                .await
-        };
-        let outcome = tokio::time::timeout_at(deadline.into(), run).await;
-        let state = store.data();
-        match outcome {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(reason))) => Err(format!("the handler returned an error: {reason}")),
-            Err(_) => Err(format!(
-                "deadline of {} ms exceeded",
-                component.limits.deadline_ms
-            )),
-            Ok(Err(_)) if state.deadline_hit => Err(format!(
-                "deadline of {} ms exceeded",
-                component.limits.deadline_ms
-            )),
-            Ok(Err(_)) if state.limits.memory_denied => Err(format!(
-                "out of memory (limit {} MiB)",
-                component.limits.memory_bytes >> 20
-            )),
-            Ok(Err(trap)) => Err(format!("the handler trapped: {trap:#}")),
-        }
+    };
+    let outcome = tokio::time::timeout_at(deadline.into(), run).await;
+    let state = store.data();
+    match outcome {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(reason))) => Err(format!("the handler returned an error: {reason}")),
+        Err(_) => Err(format!(
+            "deadline of {} ms exceeded",
+            component.limits.deadline_ms
+        )),
+        Ok(Err(_)) if state.deadline_hit => Err(format!(
+            "deadline of {} ms exceeded",
+            component.limits.deadline_ms
+        )),
+        Ok(Err(_)) if state.limits.memory_denied => Err(format!(
+            "out of memory (limit {} MiB)",
+            component.limits.memory_bytes >> 20
+        )),
+        Ok(Err(trap)) => Err(format!("the handler trapped: {trap:#}")),
     }
 }

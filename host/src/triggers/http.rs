@@ -14,6 +14,7 @@ use crate::component::LoadedComponent;
 use crate::edge::{Caller, Edge};
 use crate::router::Router;
 use crate::state;
+use crate::swap::Slot;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -40,14 +41,14 @@ pub const MAX_CALL_DEPTH: u32 = 8;
 
 /// Routes requests to components and runs them.
 pub struct HttpTrigger {
-    router: Router<Arc<LoadedComponent>>,
+    router: Router<Arc<Slot>>,
     ids: RequestIds,
     edge: Edge,
 }
 
 impl HttpTrigger {
     /// A trigger serving `router`, checking requests at `edge`.
-    pub fn new(router: Router<Arc<LoadedComponent>>, edge: Edge) -> HttpTrigger {
+    pub fn new(router: Router<Arc<Slot>>, edge: Edge) -> HttpTrigger {
         HttpTrigger {
             router,
             ids: RequestIds::new(),
@@ -109,7 +110,7 @@ impl HttpTrigger {
         let route = self
             .router
             .lookup(&path)
-            .filter(|route| target.is_none_or(|target| *route.target.name == *target));
+            .filter(|route| target.is_none_or(|target| **route.target.name() == *target));
         let Some(route) = route else {
             tracing::debug!(%request_id, %path, target, "no route");
             let message = match target {
@@ -131,11 +132,13 @@ impl HttpTrigger {
                 request_id,
             );
         }
-        let component = route.target.clone();
+        // The version serving now answers this request to its end, whatever swaps meanwhile.
+        let component = route.target.current();
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
             component = %component.name,
+            digest = %&component.digest[..12],
             route = %route.pattern,
             method = %request.method(),
             path = %path,

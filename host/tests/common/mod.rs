@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod process;
+
 use agora_host::{Drained, Host, HostConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -202,6 +204,31 @@ pub fn service_url_or_skip(variable: &str, default: &str, what: &str) -> Option<
     );
     eprintln!("SKIPPED: {what} at {url} is unreachable");
     None
+}
+
+/// `wasm` with a component-level custom section appended: the same code under another digest,
+/// a new version as far as a hot swap is concerned.
+pub fn with_custom_section(wasm: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut content = Vec::new();
+    leb128(name.len(), &mut content);
+    content.extend_from_slice(name.as_bytes());
+    content.extend_from_slice(payload);
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb128(content.len(), &mut out);
+    out.extend_from_slice(&content);
+    out
 }
 
 /// A component name no other test run uses (for backends that outlive the test).

@@ -1,0 +1,88 @@
+//! The `agora` binary as a child process: started, read, signalled.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `agora` binary of this build, logging at `info`.
+pub fn agora() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agora"));
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// Waits for `child` to exit, killing it (and failing) after `limit`.
+pub fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agora did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` to `child`.
+pub fn signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// A running `agora serve` child, its address and (once it exits) its stderr.
+pub struct Agora {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::thread::JoinHandle<String>,
+}
+
+impl Agora {
+    /// Starts `agora serve --manifest MANIFEST --data-dir DATA ARGS…` on an ephemeral port and
+    /// reads its address from the listening line.
+    pub fn start(manifest: &Path, data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Agora {
+        let mut child = agora()
+            .envs(env.iter().copied())
+            .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "10"])
+            .arg("--manifest")
+            .arg(manifest)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Drain stderr continuously: a full pipe would block the server's logging.
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("agora listening on http://") else {
+            let _ = child.kill();
+            panic!(
+                "unexpected first line: {line:?}; log: {}",
+                log.join().unwrap_or_default()
+            );
+        };
+        let addr = addr.to_owned();
+        Agora { child, addr, log }
+    }
+
+    /// Sends `signal_number`, waits for the exit and returns its code and everything logged.
+    pub fn stop(mut self, signal_number: libc::c_int) -> (Option<i32>, String) {
+        signal(&self.child, signal_number);
+        let status = wait_with_limit(&mut self.child, Duration::from_secs(20));
+        (status.code(), self.log.join().unwrap())
+    }
+}
