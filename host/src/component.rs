@@ -177,13 +177,14 @@ pub struct Code {
     pub subscriber: Option<SubscriberPre<InstanceState>>,
 }
 
-/// Checks `bytes` as the code of the component `spec` describes: a component (not a core
-/// module), compiled (or read from the cache), importing only what its grants allow, linked,
-/// and exporting what its routes and subscriptions need. CPU-bound (compiling): run it off
-/// the async threads.
+/// Checks `bytes` (whose SHA-256 is `digest`) as the code of the component `spec` describes: a
+/// component (not a core module), compiled (or read from the cache), importing only what its
+/// grants allow, linked, and exporting what its routes and subscriptions need. CPU-bound
+/// (compiling): run it off the async threads.
 pub fn prepare(
     spec: &ComponentSpec,
     bytes: &[u8],
+    digest: String,
     engine: &Engine,
     linker: &Linker<InstanceState>,
     cache: &CompileCache,
@@ -198,7 +199,6 @@ pub fn prepare(
     if bytes.get(6..8) != Some(&[1, 0]) {
         return Err("a core WebAssembly module, not a component (build for wasm32-wasip2)".into());
     }
-    let digest = sha256_hex(bytes);
     let (component, origin) = cache
         .load(engine, bytes, &digest)
         .map_err(|err| format!("does not compile: {err:#}"))?;
@@ -250,7 +250,7 @@ pub async fn load(
     };
     let config = resolve_config(spec).map_err(fail)?;
     let bytes = std::fs::read(&spec.source).map_err(|err| fail(format!("cannot read: {err}")))?;
-    let code = prepare(spec, &bytes, engine, linker, cache).map_err(fail)?;
+    let code = prepare(spec, &bytes, sha256_hex(&bytes), engine, linker, cache).map_err(fail)?;
     let sql = if spec.grants.sql {
         Some(open_database(spec, capabilities).await.map_err(fail)?)
     } else {

@@ -25,6 +25,36 @@ pub const POOL_INSTANCES: u32 = 1000;
 /// slot keeps: at most this much per slot, and only pages a guest actually touched.
 pub const KEEP_RESIDENT: usize = 16 << 20;
 
+/// The nice value of the threads that compile and validate components: below the threads that
+/// serve requests, so compiling a new version under load takes the CPU requests leave.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (on Linux the nice value is
+/// per thread). Elsewhere, and when refused, the thread keeps its priority.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is involved.
+        let refused = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE) != 0
+        };
+        if refused {
+            tracing::debug!("cannot lower the priority of a compiling thread");
+        }
+    }
+}
+
+/// Runs wasmtime's parallel compilation (rayon's global pool) at background priority. Called
+/// before the first compile; when the pool already exists (a second host in one process) it
+/// stays as it is.
+pub fn background_compile_threads() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|index| format!("agora-compile-{index}"))
+        .start_handler(|_| lower_thread_priority())
+        .build_global();
+}
+
 /// How the engine allocates instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocation {
@@ -55,6 +85,7 @@ pub struct HostEngine {
 impl HostEngine {
     /// Builds the engine: pooling when the address space allows it, on-demand otherwise.
     pub fn new(settings: EngineSettings) -> anyhow::Result<HostEngine> {
+        background_compile_threads();
         if !settings.force_on_demand && can_reserve_pool_address_space() {
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(POOL_INSTANCES)

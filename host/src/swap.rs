@@ -201,23 +201,44 @@ impl Components {
         let _one_at_a_time = slot.swapping.lock().await;
         let started = Instant::now();
         let current = slot.current();
-        let digest = crate::compile_cache::sha256_hex(&bytes);
-        if digest == current.digest {
-            return Ok(Outcome::Unchanged(Version::of(&current)));
-        }
         let rejected = |reason: String| SwapError::Rejected {
             component: name.to_owned(),
             current: format!("sha256:{}", current.digest),
             reason: crate::manifest::one_line(&reason),
         };
+        // Hashing and compiling run on a thread of their own at background priority: requests
+        // on the async threads go first.
+        let (sender, receiver) = tokio::sync::oneshot::channel();
         let loader = self.loader.clone();
         let spec = current.spec.clone();
-        let code = tokio::task::spawn_blocking(move || {
-            prepare(&spec, &bytes, &loader.engine, &loader.linker, &loader.cache)
-        })
-        .await
-        .map_err(|err| rejected(format!("validation stopped: {err}")))?
-        .map_err(&rejected)?;
+        let running = current.digest.clone();
+        std::thread::Builder::new()
+            .name(format!("agora-validate-{name}"))
+            .spawn(move || {
+                crate::engine::lower_thread_priority();
+                let digest = crate::compile_cache::sha256_hex(&bytes);
+                let prepared = if digest == running {
+                    Ok(None)
+                } else {
+                    prepare(
+                        &spec,
+                        &bytes,
+                        digest,
+                        &loader.engine,
+                        &loader.linker,
+                        &loader.cache,
+                    )
+                    .map(Some)
+                };
+                let _ = sender.send(prepared);
+            })
+            .map_err(|err| rejected(format!("cannot start validating: {err}")))?;
+        let prepared = receiver
+            .await
+            .map_err(|_| rejected("validation stopped unexpectedly".into()))?;
+        let Some(code) = prepared.map_err(&rejected)? else {
+            return Ok(Outcome::Unchanged(Version::of(&current)));
+        };
         let candidate = current.with_code(code, installed);
         probe(&candidate).await.map_err(&rejected)?;
         let migrations_applied = match &candidate.capabilities.sql {
