@@ -44,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The shop's components this benchmark serves (account, hello and example are left out).
 const SHOP: [&str; 4] = ["catalog", "order", "payment", "notification"];
 /// Requests per connection of a warm-up before each measured read run.
-const WARMUP_PER_CONNECTION: u64 = 50;
+pub(crate) const WARMUP_PER_CONNECTION: u64 = 50;
 /// Any single request taking longer than this fails the benchmark.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An order not PAID this long after its 201 fails the benchmark.
@@ -60,6 +60,9 @@ pub enum Which {
     /// The shop on PostgreSQL, Redis and NATS: a cached product read against native hyper +
     /// Redis, then orders per second and order → PAID latency.
     Shop(Args),
+    /// Hot swap on the shop: upload → serving per component (compiled and from the compile
+    /// cache), and a product read's latency while components are swapped.
+    Swap(crate::bench_swap::Args),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +96,7 @@ pub fn run_bench(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Other(which) => crate::bench::run_bench(which),
         Which::Shop(args) => run(&args),
+        Which::Swap(args) => crate::bench_swap::run(&args),
     }
 }
 
@@ -111,32 +115,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let server = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    client.block_on(check_backends(args, &work))?;
+    client.block_on(check_backends(&args.backends, &work))?;
 
     components::build_all()?;
     eprintln!("xtask: building agora (release)");
     crate::run(cargo().args(["build", "--release", "--package", "agora-host"]))?;
 
-    let (manifest, auth) = shop_manifest(&work)?;
-    let (private_pem, public_pem) =
-        Keys::generate_ed25519_pem().context("generating the run's key pair")?;
-    let signer = Signer {
-        key: jsonwebtoken::EncodingKey::from_ed_pem(private_pem.as_bytes())?,
-        issuer: auth.0,
-        audience: auth.1,
-    };
-    let mut command = Command::new(target_dir().join("release/agora"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .args(["--database-url", &args.backends.database_url])
-        .args(["--redis-url", &args.backends.redis_url])
-        .args(["--nats-url", &args.backends.nats_url])
-        .env("AGORA_AUTH_PRIVATE_KEY", &private_pem)
-        .env("AGORA_AUTH_PUBLIC_KEY", &public_pem)
-        .env("RUST_LOG", "warn");
+    let (manifest, auth) = shop_manifest(&work, &SHOP)?;
+    let (mut command, signer) = host_command(&args.backends, &manifest, &work, auth)?;
     eprintln!("xtask: starting agora with the shop (catalog, order, payment, notification)");
     let (child, addr) = spawn_and_read_addr(&mut command)?;
     let mut host = Host(Some(child));
@@ -166,9 +152,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
 // --- the backends and the host -----------------------------------------------------------
 
 /// Fails with one clear message per unreachable backend.
-async fn check_backends(args: &Args, work: &Path) -> anyhow::Result<()> {
+pub(crate) async fn check_backends(
+    backends: &crate::bench::BackendUrls,
+    work: &Path,
+) -> anyhow::Result<()> {
     let mut down = Vec::new();
-    let redis = RedisCache::new(&args.backends.redis_url).map_err(|e| e.to_string());
+    let redis = RedisCache::new(&backends.redis_url).map_err(|e| e.to_string());
     let redis = match redis {
         Ok(cache) => cache
             .get("agora:bench:probe")
@@ -177,20 +166,17 @@ async fn check_backends(args: &Args, work: &Path) -> anyhow::Result<()> {
         Err(err) => Err(err),
     };
     if let Err(err) = redis {
-        down.push(format!("Redis at {}: {err}", args.backends.redis_url));
+        down.push(format!("Redis at {}: {err}", backends.redis_url));
     }
-    if let Err(err) = agora_sql::connect(Some(&args.backends.database_url), work).await {
-        down.push(format!(
-            "PostgreSQL at {}: {err}",
-            args.backends.database_url
-        ));
+    if let Err(err) = agora_sql::connect(Some(&backends.database_url), work).await {
+        down.push(format!("PostgreSQL at {}: {err}", backends.database_url));
     }
-    if let Err(err) = agora_messaging::connect(Some(&args.backends.nats_url)).await {
-        down.push(format!("NATS at {}: {err}", args.backends.nats_url));
+    if let Err(err) = agora_messaging::connect(Some(&backends.nats_url)).await {
+        down.push(format!("NATS at {}: {err}", backends.nats_url));
     }
     if !down.is_empty() {
         bail!(
-            "`bench shop` needs PostgreSQL, Redis and NATS (JetStream); unreachable:\n  {}\n\
+            "this benchmark needs PostgreSQL, Redis and NATS (JetStream); unreachable:\n  {}\n\
              (set --database-url / --redis-url / --nats-url or AGORA_DATABASE_URL / \
              AGORA_REDIS_URL / AGORA_NATS_URL)",
             down.join("\n  ")
@@ -199,9 +185,12 @@ async fn check_backends(args: &Args, work: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// agora.toml's `[auth]`, `[edge]` and the shop's components, with absolute paths; and the
-/// issuer and audience tokens must carry.
-fn shop_manifest(work: &Path) -> anyhow::Result<(std::path::PathBuf, (String, String))> {
+/// agora.toml's `[auth]`, `[edge]` and its components named in `shop`, with absolute paths;
+/// and the issuer and audience tokens must carry.
+pub(crate) fn shop_manifest(
+    work: &Path,
+    shop: &[&str],
+) -> anyhow::Result<(std::path::PathBuf, (String, String))> {
     let root = root();
     let text = std::fs::read_to_string(root.join("agora.toml")).context("reading agora.toml")?;
     let mut manifest: toml::Table = text.parse().context("parsing agora.toml")?;
@@ -215,7 +204,7 @@ fn shop_manifest(work: &Path) -> anyhow::Result<(std::path::PathBuf, (String, St
             continue;
         };
         let name = table.get("name").and_then(|n| n.as_str()).unwrap_or("");
-        if !SHOP.contains(&name) {
+        if !shop.contains(&name) {
             continue;
         }
         for key in ["source", "migrations"] {
@@ -226,8 +215,8 @@ fn shop_manifest(work: &Path) -> anyhow::Result<(std::path::PathBuf, (String, St
         }
         kept.push(component);
     }
-    if kept.len() != SHOP.len() {
-        bail!("agora.toml does not declare all of {SHOP:?}");
+    if kept.len() != shop.len() {
+        bail!("agora.toml does not declare all of {shop:?}");
     }
     manifest.insert("component".to_owned(), toml::Value::Array(kept));
     let auth = manifest.get("auth").and_then(|a| a.as_table());
@@ -243,11 +232,43 @@ fn shop_manifest(work: &Path) -> anyhow::Result<(std::path::PathBuf, (String, St
     Ok((path, (issuer, audience)))
 }
 
+/// `agora serve` (the release build) on `manifest` and the production backends, on a free
+/// port, data under `work`, `RUST_LOG=warn`, with a key pair generated for the run (handed
+/// over in `AGORA_AUTH_PRIVATE_KEY` / `AGORA_AUTH_PUBLIC_KEY`); and the signer of the run's
+/// tokens for `auth` (issuer, audience).
+pub(crate) fn host_command(
+    backends: &crate::bench::BackendUrls,
+    manifest: &Path,
+    work: &Path,
+    auth: (String, String),
+) -> anyhow::Result<(Command, Signer)> {
+    let (private_pem, public_pem) =
+        Keys::generate_ed25519_pem().context("generating the run's key pair")?;
+    let signer = Signer {
+        key: jsonwebtoken::EncodingKey::from_ed_pem(private_pem.as_bytes())?,
+        issuer: auth.0,
+        audience: auth.1,
+    };
+    let mut command = Command::new(target_dir().join("release/agora"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(manifest)
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .args(["--database-url", &backends.database_url])
+        .args(["--redis-url", &backends.redis_url])
+        .args(["--nats-url", &backends.nats_url])
+        .env("AGORA_AUTH_PRIVATE_KEY", &private_pem)
+        .env("AGORA_AUTH_PUBLIC_KEY", &public_pem)
+        .env("RUST_LOG", "warn");
+    Ok((command, signer))
+}
+
 /// The host process; stopped with SIGTERM (so it drains) when dropped or stopped.
-struct Host(Option<Child>);
+pub(crate) struct Host(pub(crate) Option<Child>);
 
 impl Host {
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(mut child) = self.0.take() else {
             return;
         };
@@ -273,7 +294,7 @@ impl Drop for Host {
 }
 
 /// Signs access tokens with the run's key.
-struct Signer {
+pub(crate) struct Signer {
     key: jsonwebtoken::EncodingKey,
     issuer: String,
     audience: String,
@@ -281,7 +302,7 @@ struct Signer {
 
 impl Signer {
     /// A token for a new subject with `roles`, valid for an hour.
-    fn token(&self, roles: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn token(&self, roles: &[&str]) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims {
             sub: uuid::Uuid::new_v4().to_string(),
@@ -301,19 +322,21 @@ impl Signer {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Client {
+pub(crate) struct Client {
     sender: SendRequest<Full<Bytes>>,
     authority: String,
+    /// How long one exchange may take ([`REQUEST_TIMEOUT`] unless changed).
+    timeout: Duration,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
-    fn json(&self) -> anyhow::Result<Json> {
+    pub(crate) fn json(&self) -> anyhow::Result<Json> {
         serde_json::from_slice(&self.body).with_context(|| {
             format!(
                 "not JSON ({}): {}",
@@ -323,13 +346,13 @@ impl Answer {
         })
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("{} {}", self.status, String::from_utf8_lossy(&self.body))
     }
 }
 
 impl Client {
-    async fn connect(addr: &str) -> anyhow::Result<Client> {
+    pub(crate) async fn connect(addr: &str) -> anyhow::Result<Client> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
@@ -340,15 +363,36 @@ impl Client {
         Ok(Client {
             sender,
             authority: addr.to_owned(),
+            timeout: REQUEST_TIMEOUT,
         })
     }
 
-    async fn send(
+    /// The same connection, allowing `timeout` for one exchange.
+    pub(crate) fn with_timeout(self, timeout: Duration) -> Client {
+        Client { timeout, ..self }
+    }
+
+    pub(crate) async fn send(
         &mut self,
         method: Method,
         path: &str,
         token: Option<&str>,
         body: Option<&Json>,
+    ) -> anyhow::Result<Answer> {
+        let body = match body {
+            Some(body) => Some(("application/json", Bytes::from(serde_json::to_vec(body)?))),
+            None => None,
+        };
+        self.send_bytes(method, path, token, body).await
+    }
+
+    /// `send` with a body of any type: `(content type, bytes)`.
+    pub(crate) async fn send_bytes(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<Answer> {
         let mut request = http::Request::builder()
             .method(method.clone())
@@ -358,9 +402,9 @@ impl Client {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let body = match body {
-            Some(body) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(body)?)
+            Some((content_type, bytes)) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                bytes
             }
             None => Bytes::new(),
         };
@@ -376,15 +420,16 @@ impl Client {
                 body,
             })
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, exchange)
             .await
-            .with_context(|| format!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("{method} {path}: no answer within {timeout:?}"))?
             .with_context(|| format!("{method} {path}"))
     }
 }
 
 /// Creates a product as an admin; returns its id.
-async fn create_product(
+pub(crate) async fn create_product(
     client: &mut Client,
     admin: &str,
     sku: &str,
@@ -412,17 +457,17 @@ async fn create_product(
         .context("the created product has no id")
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
-fn micros_since(start: Instant) -> u32 {
+pub(crate) fn micros_since(start: Instant) -> u32 {
     u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
-fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
+pub(crate) fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
     if sorted_us.is_empty() {
         return f64::NAN;
     }
@@ -529,9 +574,9 @@ async fn product_read(
                 args.connections, args.requests
             );
             let warmup = WARMUP_PER_CONNECTION * args.connections as u64;
+            let (warmup, measured) = (Amount::Requests(warmup), Amount::Requests(args.requests));
             closed_loop(target, &path, args.connections, warmup, expect_hit).await?;
-            let report =
-                closed_loop(target, &path, args.connections, args.requests, expect_hit).await?;
+            let report = closed_loop(target, &path, args.connections, measured, expect_hit).await?;
             eprintln!(
                 "        {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
                 report.rps(),
@@ -564,7 +609,7 @@ fn median(mut runs: Vec<Report>) -> Report {
 
 /// Drops the product's cache entry, reads it once through agora (a miss, which fills the
 /// cache) and once more (which must be a hit); returns the body.
-async fn warm(
+pub(crate) async fn warm(
     client: &mut Client,
     path: &str,
     cache: &RedisCache,
@@ -639,21 +684,34 @@ async fn native_get(
     }
 }
 
-/// `requests` GETs of `path` over `connections` keep-alive connections, each sending the next
-/// as soon as the previous answer is read; the clock runs from the first request (connections
-/// are opened before) to the last answer. With `expect_hit`, an answer without
+/// How much load a closed loop sends.
+#[derive(Clone, Copy)]
+pub(crate) enum Amount {
+    /// This many requests in all.
+    Requests(u64),
+    /// Requests until this long after the first one was sent.
+    For(Duration),
+}
+
+/// GETs of `path` over `connections` keep-alive connections, each sending the next as soon as
+/// the previous answer is read, `amount` of them; the clock runs from the first request
+/// (connections are opened before) to the last answer. With `expect_hit`, an answer without
 /// `x-cache: hit` counts as an error.
-async fn closed_loop(
+pub(crate) async fn closed_loop(
     addr: &str,
     path: &str,
     connections: usize,
-    requests: u64,
+    amount: Amount,
     expect_hit: bool,
 ) -> anyhow::Result<Report> {
     let mut clients = Vec::new();
     for _ in 0..connections.max(1) {
         clients.push(Client::connect(addr).await?);
     }
+    let (requests, deadline) = match amount {
+        Amount::Requests(requests) => (requests, None),
+        Amount::For(duration) => (u64::MAX, Some(Instant::now() + duration)),
+    };
     let remaining = Arc::new(AtomicU64::new(requests));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -663,9 +721,10 @@ async fn closed_loop(
         tasks.spawn(async move {
             let (mut ok, mut errors, mut latencies) = (0u64, 0u64, Vec::new());
             let mut first_error = None;
-            while remaining
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok()
+            while deadline.is_none_or(|deadline| Instant::now() < deadline)
+                && remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
             {
                 let sent = Instant::now();
                 let answer = client.send(Method::GET, &path, None, None).await;
@@ -721,8 +780,9 @@ async fn closed_loop(
     report.latencies_us.sort_unstable();
     if let Some(error) = first_error {
         eprintln!(
-            "xtask: {} of {requests} requests to {addr} failed; the first: {error}",
-            report.errors
+            "xtask: {} of {} requests to {addr} failed; the first: {error}",
+            report.errors,
+            report.ok + report.errors
         );
     }
     if report.ok == 0 {
@@ -917,7 +977,7 @@ async fn event_latencies(events: &PaidEvents, placed: &[(String, Instant)]) -> V
     }
 }
 
-fn order_body(product_id: &str) -> Json {
+pub(crate) fn order_body(product_id: &str) -> Json {
     json!({
         "items": [{ "product_id": product_id, "quantity": 1 }],
         "payment_method": "tok_visa",

@@ -4,10 +4,15 @@
 //! - `dev`: build components and host, serve agora.toml on embedded backends
 //! - `test`: build components, then format check, clippy and the whole test suite
 //! - `bench hello`: agora vs `wasmtime serve -Scli` vs native hyper, same load, same run
+//! - `bench capabilities`: per-call cost of each capability from a guest vs natively
+//! - `bench shop`: the shop on PostgreSQL, Redis and NATS: a cached product read, orders
+//! - `bench swap`: hot swap on the shop: upload → serving per component, latency under swaps
 
 mod bench;
 mod bench_capabilities;
+mod bench_fleet;
 mod bench_shop;
+mod bench_swap;
 mod components;
 mod loadgen;
 

@@ -1,0 +1,186 @@
+//! The fleet part of `cargo xtask bench swap`: from `agora deploy` to every replica serving the
+//! new version.
+//!
+//! Two release `agora serve` replicas of a fleet made for the run (NATS JetStream; embedded
+//! SQLite each), serving `fixture-swap-v1` as component `swap` (it answers `{"version": …}`).
+//! Each deploy runs the real `agora deploy swap FILE --wait 0` and then polls both replicas
+//! until both answer with the deployed version: *compiled* deploys send v2 with a fresh custom
+//! section (bytes no replica has seen: each fetches and compiles them), *from cache* deploys
+//! alternate the plain v1 and v2 (both replicas compiled them before).
+
+use crate::bench_shop::{self as shop, Host};
+use crate::target_dir;
+use anyhow::{Context as _, bail};
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a deploy may take to reach both replicas before the benchmark gives up.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Times of one kind of deploy, in µs.
+#[derive(Default)]
+pub struct DeployTimes {
+    /// `agora deploy` started → exited (stored, desired version set).
+    pub command_us: Vec<u32>,
+    /// `agora deploy` started → both replicas answer with the new version.
+    pub serving_us: Vec<u32>,
+}
+
+/// What the fleet part measured.
+pub struct FleetResult {
+    /// Deploys of bytes no replica had compiled.
+    pub compiled: DeployTimes,
+    /// Deploys of versions both replicas had compiled before.
+    pub cached: DeployTimes,
+}
+
+/// Runs `repeats` deploys of each kind on two replicas sharing `nats_url`.
+pub fn run(
+    nats_url: &str,
+    repeats: usize,
+    with_nonce: impl Fn(&[u8]) -> Vec<u8>,
+) -> anyhow::Result<FleetResult> {
+    let work = target_dir().join("bench-swap/fleet");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let root = crate::root();
+    let v1 = root.join("target/components/fixture-swap-v1.wasm");
+    let v2 = root.join("target/components/fixture-swap-v2.wasm");
+    let manifest = work.join("agora.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[component]]\nname = \"swap\"\nsource = {:?}\nroutes = [\"/swap\", \"/swap/...\"]\n\
+             grants = {{ sql = true, publish = [\"swap.ping\"] }}\nmigrations = {:?}\n",
+            v1.display().to_string(),
+            root.join("components/fixtures/swap-v1/migrations")
+                .display()
+                .to_string(),
+        ),
+    )?;
+    let fleet = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let agora = target_dir().join("release/agora");
+    let mut replicas = Vec::new();
+    for index in 1..=2 {
+        let mut command = Command::new(&agora);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--nats-url", nats_url])
+            .args(["--fleet", &fleet, "--manifest"])
+            .arg(&manifest)
+            .arg("--data-dir")
+            .arg(work.join(format!("replica-{index}")))
+            .env("RUST_LOG", "warn");
+        replicas.push(spawn(&mut command)?);
+    }
+    eprintln!("xtask: fleet `{fleet}`: two replicas up; deploying");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let addrs: Vec<String> = replicas.iter().map(|(_, addr)| addr.clone()).collect();
+    let deploy = |file: &Path, expected: &str, times: &mut DeployTimes| -> anyhow::Result<()> {
+        let started = Instant::now();
+        let status = Command::new(&agora)
+            .args(["deploy", "swap"])
+            .arg(file)
+            .args(["--nats-url", nats_url, "--fleet", &fleet, "--wait", "0"])
+            .stdout(Stdio::null())
+            .status()
+            .context("running agora deploy")?;
+        if !status.success() {
+            bail!("agora deploy failed ({status})");
+        }
+        times.command_us.push(shop::micros_since(started));
+        let mut pending = addrs.clone();
+        while !pending.is_empty() {
+            if started.elapsed() > PATIENCE {
+                bail!("after {PATIENCE:?}, {pending:?} do not serve {expected}");
+            }
+            pending.retain(|addr| version(&client, addr).as_deref() != Some(expected));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        times.serving_us.push(shop::micros_since(started));
+        Ok(())
+    };
+    let mut result = FleetResult {
+        compiled: DeployTimes::default(),
+        cached: DeployTimes::default(),
+    };
+    let fresh = work.join("fresh.wasm");
+    let v2_bytes = std::fs::read(&v2)?;
+    let outcome = (|| {
+        // Both plain versions compiled on both replicas first.
+        deploy(&v2, "v2", &mut DeployTimes::default())?;
+        deploy(&v1, "v1", &mut DeployTimes::default())?;
+        for round in 0..repeats {
+            std::fs::write(&fresh, with_nonce(&v2_bytes))?;
+            deploy(&fresh, "v2", &mut result.compiled)?;
+            let (file, expected) = if round % 2 == 0 {
+                (&v1, "v1")
+            } else {
+                (&v2, "v2")
+            };
+            deploy(file, expected, &mut result.cached)?;
+            eprintln!("xtask: fleet deploy round {}/{repeats} done", round + 1);
+        }
+        anyhow::Ok(())
+    })();
+    for (mut host, _) in replicas {
+        host.stop();
+    }
+    outcome?;
+    Ok(result)
+}
+
+/// Starts a replica and reads its address from the listening line.
+fn spawn(command: &mut Command) -> anyhow::Result<(Host, String)> {
+    let child = command.stdout(Stdio::piped()).spawn();
+    let mut host = Host(Some(
+        child.with_context(|| format!("cannot start {command:?}"))?,
+    ));
+    let stdout = host.0.as_mut().and_then(|child| child.stdout.take());
+    let mut lines = BufReader::new(stdout.context("no stdout")?).lines();
+    let line = lines.next().transpose()?.unwrap_or_default();
+    let Some(addr) = line.strip_prefix("agora listening on http://") else {
+        bail!("the replica did not start (see its errors above)");
+    };
+    let addr = addr.trim().to_owned();
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((host, addr))
+}
+
+/// The version `/swap` of the replica at `addr` answers with, if it answers.
+fn version(client: &reqwest::blocking::Client, addr: &str) -> Option<String> {
+    let response = client.get(format!("http://{addr}/swap")).send().ok()?;
+    let body: serde_json::Value = response.json().ok()?;
+    body["version"].as_str().map(str::to_owned)
+}
+
+/// The table rows of `result`.
+pub fn print(result: &FleetResult) {
+    println!(
+        "| fleet deploy (2 replicas) | deploys | `agora deploy` ms (median / max) | deploy → both serving ms (median / max) |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (label, times) in [
+        ("compiled (new bytes)", &result.compiled),
+        ("from cache", &result.cached),
+    ] {
+        let ms = |v: &[u32]| {
+            let mut sorted = v.to_vec();
+            sorted.sort_unstable();
+            format!(
+                "{:.1} / {:.1}",
+                shop::percentile_ms(&sorted, 0.5),
+                shop::percentile_ms(&sorted, 1.0)
+            )
+        };
+        println!(
+            "| {label} | {} | {} | {} |",
+            times.serving_us.len(),
+            ms(&times.command_us),
+            ms(&times.serving_us)
+        );
+    }
+}
