@@ -78,6 +78,10 @@ impl AdminToken {
     }
 }
 
+/// Marks an answer given after the request's body was read whole.
+#[derive(Debug, Clone, Copy)]
+struct BodyRead;
+
 /// Which backends the host runs on.
 #[derive(Debug, Clone)]
 pub struct Backends {
@@ -121,7 +125,16 @@ impl AdminState {
         let request_id = format!("admin-{:08x}", self.ids.fetch_add(1, Ordering::Relaxed));
         let path = request.uri().path().trim_end_matches('/').to_owned();
         let method = request.method().clone();
-        let response = self.route(request, &path, &request_id).await;
+        let has_body = !hyper::body::Body::is_end_stream(request.body());
+        let mut response = self.route(request, &path, &request_id).await;
+        // A body left unread (a refusal before the upload was read: never read for someone
+        // without the token) ends the connection; saying so keeps the client from sending its
+        // next request on it.
+        if has_body && response.extensions().get::<BodyRead>().is_none() {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         tracing::info!(
             target: "agora::admin",
             %method,
@@ -231,7 +244,8 @@ impl AdminState {
         }
     }
 
-    /// `PUT /admin/components/{name}`: the body is the new version.
+    /// `PUT /admin/components/{name}`: the body is the new version. Every answer given after
+    /// the body was read carries [`BodyRead`].
     async fn upload(
         &self,
         name: &str,
@@ -270,6 +284,18 @@ impl AdminState {
                 );
             }
         };
+        let mut response = self.install(name, bytes, request_id).await;
+        response.extensions_mut().insert(BodyRead);
+        response
+    }
+
+    /// Installs the uploaded `bytes` as the new version of `name`.
+    async fn install(
+        &self,
+        name: &str,
+        bytes: bytes::Bytes,
+        request_id: &str,
+    ) -> Response<ResponseBody> {
         if bytes.is_empty() {
             return error_response(
                 StatusCode::BAD_REQUEST,

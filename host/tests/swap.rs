@@ -365,11 +365,20 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
         (status, body["error"]["code"].as_str()),
         (400, Some("empty_upload"))
     );
-    let (status, body) = admin.put("nope", v1.clone()).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("unknown_component"))
-    );
+    // Refused before the upload is read: the connection closes, and the answer says so (a
+    // client sending its next request on it would see it cut).
+    let response = admin
+        .client
+        .put(format!("{}/admin/components/nope", admin.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(v1.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["connection"], "close");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_component");
     let (status, body) = admin.put("swap", v2.clone()).await;
     assert_eq!(status, 200);
     assert_eq!(body["changed"], false, "{body}");
@@ -382,6 +391,7 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["connection"], "close");
     assert_eq!(version(&client, &host).await, "v2");
     host.stop().await;
 }
