@@ -188,13 +188,15 @@ async fn the_body_limit_answers_413() {
     let host = TestHost::start(&manifest).await;
     let http = client();
 
-    // Declared too large: refused before the component runs.
+    // Declared too large: refused before the component runs, and the connection with the body
+    // unread is not reused (the answer says so).
     let response = http
         .post(host.url("/echo"))
         .body(vec![b'x'; 2048])
         .send()
         .await
         .unwrap();
+    assert_eq!(response.headers()["connection"], "close");
     let (code, message, _) = json_error(response, 413).await;
     assert_eq!(code, "body_too_large");
     assert!(message.contains("1024 bytes"), "{message}");
@@ -211,15 +213,15 @@ async fn the_body_limit_answers_413() {
     let (code, _, _) = json_error(response, 413).await;
     assert_eq!(code, "body_too_large");
 
-    // Within the limit, both ways.
-    let seen = echo(
-        http.post(host.url("/echo"))
-            .body(vec![b'z'; 1024])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    // Within the limit, both ways; the component read the body, the connection stays open.
+    let response = http
+        .post(host.url("/echo"))
+        .body(vec![b'z'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers().get("connection"), None);
+    let seen = echo(response).await;
     assert_eq!(seen["body_len"], 1024);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..2).map(|_| Ok(vec![b'y'; 300])).collect();

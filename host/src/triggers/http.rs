@@ -63,12 +63,24 @@ impl HttpTrigger {
 
     /// Answers one request from a client. Never fails: every problem becomes an error
     /// response. Every answer carries the request id in [`REQUEST_ID_HEADER`].
+    ///
+    /// A request whose body the host refused before any component read it (no route, an edge
+    /// refusal, a declared length over the limit, …) gets `Connection: close`: the connection
+    /// cannot be reused with that body unread, and a client told so does not send its next
+    /// request on it.
     pub async fn handle(
         &self,
         request: Request<WasiBody>,
         caller: Caller,
     ) -> Response<ResponseBody> {
-        self.handle_for(request, caller, None).await
+        let has_body = !request.body().is_end_stream();
+        let mut response = self.handle_for(request, caller, None).await;
+        if has_body && response.extensions().get::<FromGuest>().is_none() {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 
     /// Answers an in-process call to component `target` (`http://TARGET.agora.internal/…`):
@@ -199,6 +211,10 @@ impl HttpTrigger {
     }
 }
 
+/// Marks a response the component itself gave (it had the request body to read).
+#[derive(Debug, Clone, Copy)]
+struct FromGuest;
+
 /// What ended a guest task, as far as the host can tell.
 struct TaskEnd {
     result: wasmtime::Result<()>,
@@ -309,7 +325,10 @@ async fn invoke(
         return body_too_large(limits.body_bytes, request_id);
     }
     match outcome {
-        Ok(Ok(response)) => response,
+        Ok(Ok(mut response)) => {
+            response.extensions_mut().insert(FromGuest);
+            response
+        }
         Ok(Err(code)) => {
             tracing::warn!(error = ?code, "component answered with an error");
             error_response(
