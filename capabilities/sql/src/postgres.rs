@@ -562,17 +562,23 @@ fn outbox_message(row: &PgRow) -> Result<OutboxMessage, String> {
 }
 
 impl PgNamespace {
+    /// The applied migrations: version → checksum.
+    async fn applied(&self, conn: &mut PgConnection) -> Result<HashMap<String, String>, SqlError> {
+        Ok(
+            sqlx::query_as(AssertSqlSafe(self.sql.migrations_applied.as_str()))
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect(),
+        )
+    }
+
     async fn migrate_locked(
         &self,
         conn: &mut PgConnection,
         migrations: &[Migration],
     ) -> Result<Vec<String>, SqlError> {
-        let applied: HashMap<String, String> =
-            sqlx::query_as(AssertSqlSafe(self.sql.migrations_applied.as_str()))
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .collect();
+        let applied = self.applied(conn).await?;
         let mut done = Vec::new();
         for migration in pending(migrations, &applied)? {
             let mut tx = conn.begin().await?;
@@ -618,6 +624,16 @@ impl Namespace for PgNamespace {
     }
 
     async fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
+        // Most starts and every hot swap without new migrations find nothing to apply: found
+        // out on a pooled connection, without the lock, the pool keeps all its connections
+        // (the locked path below ends the one it used).
+        {
+            let mut conn = self.pool.acquire().await?;
+            let applied = self.applied(&mut conn).await?;
+            if pending(migrations, &applied)?.is_empty() {
+                return Ok(Vec::new());
+            }
+        }
         let mut conn = self.pool.acquire().await?;
         // The session-level lock is released with the session: closing this connection after
         // the run (whatever happens, even if this future is dropped) never leaves it held.

@@ -918,6 +918,29 @@ async fn migrations_apply_once(setup: Setup) {
     );
 }
 
+/// PostgreSQL: a migration run that finds nothing to apply — every hot swap without new
+/// migrations — leaves the pool's connection open (the locked path closes the one it used, and
+/// the next request then paid for a new connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrating_nothing_new_keeps_the_connection() {
+    on_postgres(|setup: Setup| async move {
+        // A pool of one connection: the session seen before and after is the pool's only one.
+        let backend = PostgresBackend::connect(&database_url())
+            .await
+            .unwrap()
+            .with_pool_size(1);
+        let namespace = backend.namespace(&setup.a).await.unwrap();
+        let mut guest = Guest::new(namespace.clone());
+        let migrations = vec![Migration::new("0001_init", "create table t (id int);")];
+        assert_eq!(namespace.migrate(&migrations).await.unwrap(), ["0001_init"]);
+        let before = guest.rows("select pg_backend_pid()", vec![]).await;
+        assert!(namespace.migrate(&migrations).await.unwrap().is_empty());
+        let after = guest.rows("select pg_backend_pid()", vec![]).await;
+        assert_eq!(before, after, "the same session before and after");
+    })
+    .await;
+}
+
 type Published = Arc<Mutex<Vec<OutboxMessage>>>;
 
 /// A publish callback that records messages, failing for payloads in `fail`.
