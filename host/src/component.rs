@@ -177,6 +177,21 @@ pub struct Code {
     pub subscriber: Option<SubscriberPre<InstanceState>>,
 }
 
+/// Checks that `bytes` start like a WebAssembly component (not empty, not a core module).
+pub fn check_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Err("empty file: no WebAssembly bytes".into());
+    }
+    if !bytes.starts_with(b"\0asm") {
+        return Err("not a WebAssembly file".into());
+    }
+    // A core module has version 1; a component has layer 1 in bytes 6..8.
+    if bytes.get(6..8) != Some(&[1, 0]) {
+        return Err("a core WebAssembly module, not a component (build for wasm32-wasip2)".into());
+    }
+    Ok(())
+}
+
 /// Checks `bytes` (whose SHA-256 is `digest`) as the code of the component `spec` describes: a
 /// component (not a core module), compiled (or read from the cache), importing only what its
 /// grants allow, linked, and exporting what its routes and subscriptions need. CPU-bound
@@ -189,16 +204,7 @@ pub fn prepare(
     linker: &Linker<InstanceState>,
     cache: &CompileCache,
 ) -> Result<Code, String> {
-    if bytes.is_empty() {
-        return Err("empty file: no WebAssembly bytes".into());
-    }
-    if !bytes.starts_with(b"\0asm") {
-        return Err("not a WebAssembly file".into());
-    }
-    // A core module has version 1; a component has layer 1 in bytes 6..8.
-    if bytes.get(6..8) != Some(&[1, 0]) {
-        return Err("a core WebAssembly module, not a component (build for wasm32-wasip2)".into());
-    }
+    check_header(bytes)?;
     let (component, origin) = cache
         .load(engine, bytes, &digest)
         .map_err(|err| format!("does not compile: {err:#}"))?;

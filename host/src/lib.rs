@@ -333,7 +333,7 @@ impl Host {
                 engine: engine.engine.clone(),
                 linker,
                 cache,
-                capabilities: capabilities.clone(),
+                dialect: capabilities.sql.dialect(),
             },
         ));
         // A replica runs the fleet's desired versions from its first request on.

@@ -240,15 +240,8 @@ fn fleet_command(command: impl std::future::Future<Output = Result<(), (u8, Stri
 async fn deploy(args: DeployArgs) -> Result<(), (u8, String)> {
     let bytes = std::fs::read(&args.file)
         .map_err(|err| (2, format!("cannot read {}: {err}", args.file.display())))?;
-    if !bytes.starts_with(b"\0asm") || bytes.get(6..8) != Some(&[1, 0]) {
-        return Err((
-            2,
-            format!(
-                "{} is not a WebAssembly component (build it for wasm32-wasip2)",
-                args.file.display()
-            ),
-        ));
-    }
+    agora_host::component::check_header(&bytes)
+        .map_err(|reason| (2, format!("{}: {reason}", args.file.display())))?;
     let fleet = Fleet::connect(&args.fleet.nats_url, &args.fleet.fleet)
         .await
         .map_err(|err| (2, err.to_string()))?;

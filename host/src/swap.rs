@@ -15,7 +15,7 @@
 //! namespace and the concurrency gate are the manifest's and are shared by every version.
 
 use crate::compile_cache::CompileCache;
-use crate::component::{Capabilities, Installed, LoadedComponent, prepare};
+use crate::component::{Installed, LoadedComponent, prepare};
 use crate::state::{self, InstanceState};
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
@@ -74,7 +74,7 @@ impl Slot {
 }
 
 /// What compiling and linking a new version needs: the host's one engine, its linker, the
-/// compile cache and the capabilities.
+/// compile cache and the sql dialect.
 pub struct Loader {
     /// The engine every component is compiled for.
     pub engine: Engine,
@@ -82,8 +82,8 @@ pub struct Loader {
     pub linker: Linker<InstanceState>,
     /// Compiled artifacts on disk.
     pub cache: CompileCache,
-    /// The capabilities (for the sql dialect of migrations).
-    pub capabilities: Capabilities,
+    /// The sql dialect, for choosing migration files.
+    pub dialect: agora_sql::Dialect,
 }
 
 /// A version, as the admin API and the fleet describe it.
@@ -190,7 +190,7 @@ impl Components {
     }
 
     /// Validates `bytes` as the new version of `name` and, when every check passes, makes it
-    /// current. Compiling runs on a blocking thread, so requests on the async threads go on.
+    /// current. Hashing and compiling run on a thread of their own at background priority.
     pub async fn install(
         &self,
         name: &str,
@@ -206,8 +206,7 @@ impl Components {
             current: format!("sha256:{}", current.digest),
             reason: crate::manifest::one_line(&reason),
         };
-        // Hashing and compiling run on a thread of their own at background priority: requests
-        // on the async threads go first.
+        // Off the async threads, at a priority below theirs: requests go first.
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let loader = self.loader.clone();
         let spec = current.spec.clone();
@@ -245,7 +244,7 @@ impl Components {
             Some(namespace) => crate::component::apply_migrations(
                 &candidate.spec,
                 namespace.as_ref(),
-                self.loader.capabilities.sql.dialect(),
+                self.loader.dialect,
             )
             .await
             .map_err(&rejected)?,

@@ -183,7 +183,7 @@ fn deploy_refuses_bad_input_with_one_line() {
         (
             not_wasm.to_str().unwrap(),
             "nats://127.0.0.1:4222",
-            "is not a WebAssembly component",
+            "not.wasm: not a WebAssembly file",
         ),
         (
             missing.to_str().unwrap(),

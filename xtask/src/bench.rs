@@ -260,6 +260,19 @@ fn wait_until_serving(child: &mut Child, addr: &str) -> anyhow::Result<()> {
     bail!("{addr} did not start serving within 60 s")
 }
 
+/// `agora serve` of the release build on `manifest`, on a free port, its data in `data_dir`,
+/// logging warnings only.
+pub fn agora_serve(manifest: &Path, data_dir: &Path) -> Command {
+    let mut command = Command::new(target_dir().join("release/agora"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(manifest)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn");
+    command
+}
+
 /// Starts `command` and reads `... http://ADDR` from the first line of its stdout.
 pub fn spawn_and_read_addr(command: &mut Command) -> anyhow::Result<(Child, String)> {
     let mut child = command

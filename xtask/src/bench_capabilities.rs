@@ -17,7 +17,6 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -233,14 +232,8 @@ fn guest_run(
     args: &[String],
     measure: impl FnOnce(&str) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<Duration>> + '_>>,
 ) -> anyhow::Result<Duration> {
-    let mut command = Command::new(target_dir().join("release/agora"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(manifest)
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .args(args)
-        .env("RUST_LOG", "warn");
+    let mut command = crate::bench::agora_serve(manifest, &work.join("data"));
+    command.args(args);
     let (mut child, addr) = spawn_and_read_addr(&mut command)?;
     let result = runtime.block_on(measure(&addr));
     let _ = child.kill();

@@ -11,7 +11,6 @@
 use crate::bench_shop::{self as shop, Host};
 use crate::target_dir;
 use anyhow::{Context as _, bail};
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,15 +63,11 @@ pub fn run(
     let agora = target_dir().join("release/agora");
     let mut replicas = Vec::new();
     for index in 1..=2 {
-        let mut command = Command::new(&agora);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--nats-url", nats_url])
-            .args(["--fleet", &fleet, "--manifest"])
-            .arg(&manifest)
-            .arg("--data-dir")
-            .arg(work.join(format!("replica-{index}")))
-            .env("RUST_LOG", "warn");
-        replicas.push(spawn(&mut command)?);
+        let mut command =
+            crate::bench::agora_serve(&manifest, &work.join(format!("replica-{index}")));
+        command.args(["--nats-url", nats_url, "--fleet", &fleet]);
+        let (child, addr) = crate::bench::spawn_and_read_addr(&mut command)?;
+        replicas.push((Host(Some(child)), addr));
     }
     eprintln!("xtask: fleet `{fleet}`: two replicas up; deploying");
     let client = reqwest::blocking::Client::builder()
@@ -131,23 +126,6 @@ pub fn run(
     }
     outcome?;
     Ok(result)
-}
-
-/// Starts a replica and reads its address from the listening line.
-fn spawn(command: &mut Command) -> anyhow::Result<(Host, String)> {
-    let child = command.stdout(Stdio::piped()).spawn();
-    let mut host = Host(Some(
-        child.with_context(|| format!("cannot start {command:?}"))?,
-    ));
-    let stdout = host.0.as_mut().and_then(|child| child.stdout.take());
-    let mut lines = BufReader::new(stdout.context("no stdout")?).lines();
-    let line = lines.next().transpose()?.unwrap_or_default();
-    let Some(addr) = line.strip_prefix("agora listening on http://") else {
-        bail!("the replica did not start (see its errors above)");
-    };
-    let addr = addr.trim().to_owned();
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok((host, addr))
 }
 
 /// The version `/swap` of the replica at `addr` answers with, if it answers.

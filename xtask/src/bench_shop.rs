@@ -249,18 +249,13 @@ pub(crate) fn host_command(
         issuer: auth.0,
         audience: auth.1,
     };
-    let mut command = Command::new(target_dir().join("release/agora"));
+    let mut command = crate::bench::agora_serve(manifest, &work.join("data"));
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(manifest)
-        .arg("--data-dir")
-        .arg(work.join("data"))
         .args(["--database-url", &backends.database_url])
         .args(["--redis-url", &backends.redis_url])
         .args(["--nats-url", &backends.nats_url])
         .env("AGORA_AUTH_PRIVATE_KEY", &private_pem)
-        .env("AGORA_AUTH_PUBLIC_KEY", &public_pem)
-        .env("RUST_LOG", "warn");
+        .env("AGORA_AUTH_PUBLIC_KEY", &public_pem);
     Ok((command, signer))
 }
 
