@@ -23,7 +23,6 @@ use crate::triggers::http::{ResponseBody, error_response, json_response};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -468,6 +467,8 @@ fn describe(component: &LoadedComponent, previous: Option<&LoadedComponent>) -> 
             "deadline_ms": spec.limits.deadline_ms,
             "body_kib": spec.limits.body_bytes >> 10,
             "concurrency": spec.limits.concurrency,
+            "cache_keys": spec.limits.cache_keys,
+            "cache_value_kib": spec.limits.cache_value_bytes >> 10,
         },
     })
 }
@@ -476,16 +477,25 @@ fn describe(component: &LoadedComponent, previous: Option<&LoadedComponent>) -> 
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    limits: crate::server::ConnectionLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let gate = crate::server::ConnectionGate::new(limits);
+    let builder = crate::server::http1_builder(&limits);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(target: "agora::admin", %addr, "admin API listening");
     }
     loop {
-        let stream = tokio::select! {
+        let (stream, permit) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => match gate.admit(peer.ip()) {
+                    Ok(permit) => (stream, permit),
+                    Err(why) => {
+                        crate::server::refuse(stream, peer.ip(), why);
+                        continue;
+                    }
+                },
                 Err(err) => {
                     tracing::warn!(target: "agora::admin", error = %err, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -498,11 +508,10 @@ pub async fn serve(
             let state = state.clone();
             async move { Ok::<_, Infallible>(state.handle(request).await) }
         });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            if let Err(err) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let _permit = permit;
+            if let Err(err) = connection.await {
                 tracing::debug!(target: "agora::admin", error = %err, "admin connection ended with an error");
             }
         });

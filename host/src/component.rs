@@ -278,7 +278,15 @@ pub async fn load(
         capabilities: Granted {
             name,
             cache: if spec.grants.cache {
-                CacheCtx::granted(capabilities.cache.clone(), &spec.name)
+                CacheCtx::granted_with(
+                    capabilities.cache.clone(),
+                    &spec.name,
+                    agora_cache::CacheLimits {
+                        max_keys: spec.limits.cache_keys,
+                        max_value_bytes: usize::try_from(spec.limits.cache_value_bytes)
+                            .unwrap_or(usize::MAX),
+                    },
+                )
             } else {
                 CacheCtx::denied()
             },

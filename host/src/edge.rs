@@ -3,7 +3,8 @@
 //!
 //! In order:
 //! 1. Every `x-agora-*` header the caller sent is removed: only the host writes them.
-//! 2. The route's policy is found ([`crate::policy::resolve`]); an `internal` route called
+//! 2. The method is upper-cased (`get` is `GET`, for the policy and for the component alike)
+//!    and the route's policy is found ([`crate::policy::resolve`]); an `internal` route called
 //!    from outside answers 404, as if it did not exist.
 //! 3. The per-IP token bucket (429 with `Retry-After` when empty).
 //! 4. The bearer token: required on `authenticated` routes and routes with roles (401 for a
@@ -27,6 +28,17 @@ use agora_ratelimit::{Decision, Rate, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// Upper-cases a method sent in another case: methods are case-sensitive tokens in HTTP, but a
+/// policy listing `PUT` must also cover `put`, and the component must see what was checked.
+fn normalize_method(method: &mut http::Method) {
+    let text = method.as_str();
+    if text.bytes().any(|b| b.is_ascii_lowercase())
+        && let Ok(upper) = http::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+    {
+        *method = upper;
+    }
+}
 
 /// Header the host writes with the verified subject.
 pub const SUBJECT_HEADER: &str = "x-agora-subject";
@@ -132,6 +144,7 @@ impl Edge {
         request_id: &str,
     ) -> Result<Admitted, Response<ResponseBody>> {
         strip_reserved(&mut parts.headers);
+        normalize_method(&mut parts.method);
         let path = parts.uri.path();
         let (index, policy) = policy::resolve(&component.policies, parts.method.as_str(), path);
         if policy.access == Access::Internal && matches!(caller, Caller::External { .. }) {

@@ -433,8 +433,15 @@ impl Fleet {
     pub async fn connect(nats_url: &str, fleet: &str) -> Result<Fleet, FleetError> {
         validate_fleet(fleet)?;
         let url = agora_messaging::redact(nats_url);
+        let (options, nats_url) =
+            agora_messaging::connect_options(nats_url)
+                .await
+                .map_err(|reason| FleetError::Connect {
+                    url: url.clone(),
+                    reason,
+                })?;
         let logged_url = url.clone();
-        let options = async_nats::ConnectOptions::new()
+        let options = options
             .name("agora-fleet")
             .connection_timeout(CONNECT_TIMEOUT)
             .event_callback(move |event| {
@@ -453,7 +460,7 @@ impl Fleet {
             });
         let client = tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_secs(1),
-            options.connect(nats_url),
+            options.connect(nats_url.as_str()),
         )
         .await
         .map_err(|_| FleetError::Connect {

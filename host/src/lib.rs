@@ -64,6 +64,10 @@ pub struct HostConfig {
     pub drain_timeout: Duration,
     /// Redis for the cache capability; `None` = the in-memory cache.
     pub redis_url: Option<String>,
+    /// Redis for auth state (revocations, refresh families) and rate-limit buckets; `None` =
+    /// the database after `redis_url`'s on the same server ([`agora_redis::next_database`]),
+    /// or memory without `redis_url`. Never the cache's keyspace.
+    pub auth_redis_url: Option<String>,
     /// `postgres://…` or `sqlite://DIR` for the sql capability; `None` = SQLite files under
     /// `data_dir/sql`.
     pub database_url: Option<String>,
@@ -76,6 +80,10 @@ pub struct HostConfig {
     pub watch: bool,
     /// Join this fleet (needs `nats_url`): run its desired versions and report what runs.
     pub fleet: Option<String>,
+    /// Bounds on the connections of the public and admin listeners.
+    pub connections: server::ConnectionLimits,
+    /// The lowest rate at which a client's request body must arrive.
+    pub body_rate: triggers::http::BodyRate,
 }
 
 impl HostConfig {
@@ -87,11 +95,14 @@ impl HostConfig {
             force_on_demand: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             redis_url: None,
+            auth_redis_url: None,
             database_url: None,
             nats_url: None,
             auth_keys: None,
             watch: false,
             fleet: None,
+            connections: server::ConnectionLimits::default(),
+            body_rate: triggers::http::BodyRate::default(),
         }
     }
 }
@@ -136,13 +147,22 @@ fn auth_keys(
     config: &HostConfig,
     manifest: &Manifest,
 ) -> Result<Option<agora_auth::Keys>, HostError> {
+    if !manifest.uses_auth() {
+        return Ok(config.auth_keys.clone());
+    }
+    // Replicas of a fleet answer the same clients: a token revoked on one, or a bucket spent
+    // on one, must count on all of them, so they share Redis (and, with it, keys).
+    let shared = config.redis_url.is_some() || config.auth_redis_url.is_some();
+    if let (Some(fleet), false) = (&config.fleet, shared) {
+        return Err(HostError::Backend(format!(
+            "auth: the manifest issues or checks tokens and this host joins fleet `{fleet}`, \
+             whose replicas must share revocations: give --redis-url (or --no-fleet for a single host)"
+        )));
+    }
     if let Some(keys) = &config.auth_keys {
         return Ok(Some(keys.clone()));
     }
-    if !manifest.uses_auth() {
-        return Ok(None);
-    }
-    if config.redis_url.is_some() {
+    if shared {
         return Err(HostError::Backend(format!(
             "auth: the manifest issues or checks tokens and replicas share Redis, so they must share keys: {}",
             agora_auth::KeyError::Missing
@@ -163,6 +183,18 @@ type EdgeBackends = (
     Arc<dyn agora_auth::RevocationStore>,
     Arc<dyn agora_ratelimit::RateLimiter>,
 );
+
+/// Where auth state and rate-limit buckets live: the auth Redis URL, else the database after
+/// the cache's, else memory (`None`).
+fn auth_redis_url(config: &HostConfig) -> Result<Option<String>, HostError> {
+    match (&config.auth_redis_url, &config.redis_url) {
+        (Some(url), _) => Ok(Some(url.clone())),
+        (None, Some(cache)) => agora_redis::next_database(cache)
+            .map(Some)
+            .map_err(|err| HostError::Backend(format!("auth: {err} (or give --auth-redis-url)"))),
+        (None, None) => Ok(None),
+    }
+}
 
 /// The revocation store and the rate limiter: in Redis when it is configured (shared by
 /// replicas), in memory otherwise.
@@ -231,6 +263,7 @@ pub struct Host {
     capabilities: component::Capabilities,
     trigger: Arc<HttpTrigger>,
     drain_timeout: Duration,
+    connections: server::ConnectionLimits,
     admin: Option<(TcpListener, admin::AdminToken)>,
     watch: bool,
     replica: Option<(Arc<replica::Replica>, replica::Updates)>,
@@ -257,7 +290,7 @@ impl Host {
         let linker = component::host_linker(&engine.engine).map_err(HostError::Engine)?;
         let cache =
             compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
-        let (revocations, limiter) = edge_backends(config.redis_url.as_deref())?;
+        let (revocations, limiter) = edge_backends(auth_redis_url(config)?.as_deref())?;
         let authority = match auth_keys(config, &manifest)? {
             Some(keys) => Some(Arc::new(
                 agora_auth::Authority::new(keys, manifest.auth.clone(), revocations)
@@ -324,7 +357,7 @@ impl Host {
             limiter,
             manifest.edge.trusted_proxy_hops,
         );
-        let trigger = Arc::new(HttpTrigger::new(router, edge));
+        let trigger = Arc::new(HttpTrigger::new(router, edge).with_body_rate(config.body_rate));
         let _ = internal.set(Arc::downgrade(&trigger));
         let epoch = engine.start_epoch_ticker();
         let components = Arc::new(Components::new(
@@ -377,6 +410,9 @@ impl Host {
             components,
             trigger,
             drain_timeout: config.drain_timeout,
+            connections: config
+                .connections
+                .resolved(manifest.edge.trusted_proxy_hops as usize),
             admin: None,
             watch: config.watch,
             replica,
@@ -462,10 +498,21 @@ impl Host {
                     rate_limits: self.trigger.edge().limiter_kind(),
                 },
             );
-            tokio::spawn(admin::serve(listener, Arc::new(state), admin_stopped))
+            tokio::spawn(admin::serve(
+                listener,
+                Arc::new(state),
+                self.connections,
+                admin_stopped,
+            ))
         });
-        let drained =
-            server::serve(listener, self.trigger.clone(), shutdown, self.drain_timeout).await;
+        let drained = server::serve(
+            listener,
+            self.trigger.clone(),
+            self.connections,
+            shutdown,
+            self.drain_timeout,
+        )
+        .await;
         let _ = admin_stop.send(true);
         if let Some(admin) = admin {
             let _ = admin.await;

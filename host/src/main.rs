@@ -74,6 +74,11 @@ struct ServeArgs {
     /// Redis for the cache capability (`redis://host:port/db`); default: in-memory cache.
     #[arg(long, env = "AGORA_REDIS_URL")]
     redis_url: Option<String>,
+    /// Redis for auth state (revocations, refresh families) and rate-limit buckets; default:
+    /// the database after --redis-url's on the same server (`redis://h:6379/0` → `/1`), so
+    /// nothing a component stores in the cache shares their keyspace.
+    #[arg(long, env = "AGORA_AUTH_REDIS_URL")]
+    auth_redis_url: Option<String>,
     /// Database for the sql capability: `postgres://user@host/db` (a schema and a role per
     /// component) or `sqlite://DIR` (a file per component); default: SQLite under the data dir.
     #[arg(long, env = "AGORA_DATABASE_URL")]
@@ -98,6 +103,33 @@ struct ServeArgs {
     /// Allocate instances on demand instead of from the pooling allocator.
     #[arg(long, env = "AGORA_ON_DEMAND")]
     on_demand: bool,
+    #[command(flatten)]
+    clients: ClientArgs,
+}
+
+/// Bounds on what clients hold: connections, time to send a request head, body pace.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Connections each listener (public, admin) holds open at once; past it a new one is
+    /// answered 503 and closed.
+    #[arg(long, env = "AGORA_MAX_CONNECTIONS", default_value_t = agora_host::server::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Connections one client address holds open at once (0: no cap). Default 256, or no cap
+    /// when the manifest trusts proxies in front of the host (`[edge] trusted_proxy_hops`).
+    #[arg(long, env = "AGORA_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Milliseconds a client has to send a complete request head, from the connection's start
+    /// or, on a kept-alive connection, from the end of the previous response (the idle
+    /// keep-alive timeout).
+    #[arg(long, env = "AGORA_HEADER_TIMEOUT_MS", default_value_t = agora_host::server::DEFAULT_HEADER_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
+    /// Lowest pace of a request body, in bytes per second (0: none); a slower body is cut
+    /// with 408.
+    #[arg(long, env = "AGORA_BODY_MIN_RATE", default_value_t = agora_host::triggers::http::DEFAULT_BODY_MIN_RATE)]
+    body_min_rate: u64,
+    /// Milliseconds a body may wait on its client before --body-min-rate applies.
+    #[arg(long, env = "AGORA_BODY_GRACE_MS", default_value_t = agora_host::triggers::http::DEFAULT_BODY_GRACE.as_millis() as u64)]
+    body_grace_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -147,11 +179,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         force_on_demand: args.on_demand,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         redis_url: args.redis_url,
+        auth_redis_url: args.auth_redis_url,
         database_url: args.database_url,
         nats_url: args.nats_url,
         auth_keys,
         watch: args.watch,
         fleet,
+        connections: agora_host::server::ConnectionLimits {
+            max_connections: usize::try_from(args.clients.max_connections).unwrap_or(usize::MAX),
+            max_per_ip: args.clients.max_connections_per_ip,
+            header_timeout: Duration::from_millis(args.clients.header_timeout_ms),
+        },
+        body_rate: agora_host::triggers::http::BodyRate {
+            min_bytes_per_s: args.clients.body_min_rate,
+            grace: Duration::from_millis(args.clients.body_grace_ms),
+        },
     };
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;

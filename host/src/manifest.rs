@@ -239,6 +239,10 @@ pub struct Limits {
     pub body_bytes: u64,
     /// Instances allowed to run at once; further requests get 503.
     pub concurrency: u32,
+    /// Live cache keys the component may hold at once.
+    pub cache_keys: u64,
+    /// Largest value the component may store in the cache, in bytes.
+    pub cache_value_bytes: u64,
 }
 
 impl Default for Limits {
@@ -248,6 +252,8 @@ impl Default for Limits {
             deadline_ms: DEFAULT_DEADLINE_MS,
             body_bytes: DEFAULT_BODY_KIB << 10,
             concurrency: DEFAULT_CONCURRENCY,
+            cache_keys: agora_cache::MAX_KEYS,
+            cache_value_bytes: agora_cache::MAX_VALUE_BYTES as u64,
         }
     }
 }
@@ -390,6 +396,8 @@ struct RawLimits {
     deadline_ms: Option<u64>,
     body_kib: Option<u64>,
     concurrency: Option<u32>,
+    cache_keys: Option<u64>,
+    cache_value_kib: Option<u64>,
 }
 
 impl Manifest {
@@ -583,11 +591,24 @@ impl RawLimits {
             self.concurrency.map(u64::from),
             u64::from(defaults.concurrency),
         )?;
+        let cache_keys = positive("cache_keys", self.cache_keys, defaults.cache_keys)?;
+        let cache_value_kib = positive(
+            "cache_value_kib",
+            self.cache_value_kib,
+            defaults.cache_value_bytes >> 10,
+        )?;
+        if cache_value_kib > 64 << 10 {
+            return Err(format!(
+                "limits.cache_value_kib is {cache_value_kib}, above the 65536 KiB (64 MiB) a cache value may hold"
+            ));
+        }
         Ok(Limits {
             memory_bytes: memory_mib << 20,
             deadline_ms,
             body_bytes: body_kib.saturating_mul(1024),
             concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
+            cache_keys,
+            cache_value_bytes: cache_value_kib << 10,
         })
     }
 }

@@ -2,7 +2,11 @@
 //!
 //! A component's `[[component.policy]]` tables each name path patterns (optional: all its
 //! routes), methods (optional: all), an access level and rate limits. For a request, the most
-//! specific matching policy applies; with none, the route is public and unlimited.
+//! specific matching policy applies; with none, the route is public and unlimited. Methods
+//! compare without regard to case, and a policy listing `GET` also covers `HEAD` (which a
+//! component may answer as a `GET`). A method that the policies of a route do not list gets the
+//! component's default policy: the one without `routes` and `methods` if there is one, public
+//! otherwise.
 //!
 //! Path patterns are route patterns plus `*`, which matches exactly one segment:
 //! `/api/accounts/*/role`, `/api/products/...`. Specificity, highest first: more literal
@@ -80,7 +84,10 @@ impl Policy {
 
     /// How specifically the policy matches `method` and `path`, or `None` when it does not.
     fn specificity(&self, method: &str, path: &[&str]) -> Option<(usize, bool, bool)> {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
+        let listed = |m: &String| {
+            m.eq_ignore_ascii_case(method) || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
+        };
+        if !self.methods.is_empty() && !self.methods.iter().any(listed) {
             return None;
         }
         let has_methods = !self.methods.is_empty();
@@ -239,6 +246,32 @@ mod tests {
         assert_eq!((index, resolved.access), (usize::MAX, Access::Public));
         assert_eq!(resolve(&policies, "POST", "/a/").0, 0);
         assert_eq!(resolve(&policies, "POST", "/a/b").0, usize::MAX);
+    }
+
+    #[test]
+    fn methods_compare_without_case_and_get_covers_head() {
+        let policies = [
+            policy(&[], &[], Access::Authenticated),
+            policy(&["/a/*/role"], &["PUT"], Access::Internal),
+            policy(&["/a"], &["GET"], Access::Internal),
+        ];
+        let access = |method, path| resolve(&policies, method, path).1.access;
+        assert_eq!(access("put", "/a/7/role"), Access::Internal);
+        assert_eq!(access("Put", "/a/7/role"), Access::Internal);
+        assert_eq!(access("HEAD", "/a"), Access::Internal);
+        assert_eq!(access("head", "/a"), Access::Internal);
+        // Unlisted methods get the component's default policy, not an open route.
+        assert_eq!(access("DELETE", "/a/7/role"), Access::Authenticated);
+        assert_eq!(access("PURGE", "/a"), Access::Authenticated);
+        let without_default = [policy(&["/a"], &["POST"], Access::Internal)];
+        assert_eq!(
+            resolve(&without_default, "post", "/a").1.access,
+            Access::Internal
+        );
+        assert_eq!(
+            resolve(&without_default, "GET", "/a").1.access,
+            Access::Public
+        );
     }
 
     #[test]

@@ -378,6 +378,28 @@ fn admin_and_auth_settings_are_checked_at_start() {
     }
 }
 
+/// Replicas of a fleet must share revocations: a host joining one on NATS without Redis
+/// refuses to start when its manifest uses tokens — before it connects to anything.
+#[test]
+fn a_fleet_without_a_shared_revocation_store_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("agora.toml");
+    let protected = "[[component.policy]]\naccess = \"authenticated\"";
+    std::fs::write(
+        &manifest,
+        common::component_table("hello", "hello", &["/hello"], protected),
+    )
+    .unwrap();
+    let stderr = serve_expecting_exit_2(
+        &manifest,
+        &dir.path().join("data"),
+        &["--nats-url", "nats://127.0.0.1:1"],
+        &[],
+    );
+    assert!(stderr.contains("--redis-url"), "{stderr}");
+    assert!(stderr.contains("fleet `default`"), "{stderr}");
+}
+
 #[test]
 fn the_admin_api_listens_on_its_own_address_when_asked() {
     let dir = tempfile::tempdir().unwrap();

@@ -121,6 +121,15 @@ impl Shop {
     /// Loads the host (which sends the bootstrap request) and serves it; the load error as
     /// text when it fails.
     async fn try_start(manifest: &str, backends: &Backends) -> Result<Shop, String> {
+        Shop::try_start_with_keys(manifest, backends, keys()).await
+    }
+
+    /// Like [`Shop::try_start`], signing and verifying with `keys`.
+    async fn try_start_with_keys(
+        manifest: &str,
+        backends: &Backends,
+        keys: Keys,
+    ) -> Result<Shop, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agora.toml");
         std::fs::write(&path, manifest).unwrap();
@@ -129,7 +138,7 @@ impl Shop {
         config.database_url = backends.database_url.clone();
         config.redis_url = backends.redis_url.clone();
         config.nats_url = backends.nats_url.clone();
-        config.auth_keys = Some(keys());
+        config.auth_keys = Some(keys);
         let host = Host::load(&config).await.map_err(|err| err.to_string())?;
         let messaging = host.components()[0].capabilities.messaging.clone();
         let sql = host.components()[0].capabilities.sql.clone().unwrap();
@@ -1203,8 +1212,10 @@ async fn the_first_admin_comes_from_the_configuration() {
     assert_eq!(list["total"], 2);
     shop.stop().await;
 
-    // A restart naming an existing account makes it an ADMIN without touching its password;
-    // the earlier admin stays one, and nobody is created twice.
+    // A restart naming an account registered before the setting leaves it as it is: a
+    // customer with its own password, refused on ADMIN routes (whoever registered the address
+    // first must not become an admin by it). The earlier admin stays one, nobody is created
+    // twice.
     let shop = Shop::start(
         &manifest(
             &[
@@ -1216,8 +1227,12 @@ async fn the_first_admin_comes_from_the_configuration() {
         &backends,
     )
     .await;
-    let promoted = shop.login(&user_email, PASSWORD).await;
-    assert_eq!(promoted["user"]["role"], "ADMIN");
+    let early = shop.login(&user_email, PASSWORD).await;
+    assert_eq!(early["user"]["role"], "USER");
+    let denied = shop
+        .get("/api/accounts", token(&early, "access_token"))
+        .await;
+    assert_eq!(error(denied, 403).await["code"], "forbidden");
     let refused = shop
         .post(
             "/api/accounts/login",
@@ -1324,4 +1339,63 @@ async fn passwords_are_argon2id_and_rehashed_when_the_cost_changes() {
             .contains("argon2_memory_kib"),
         "{failure}"
     );
+}
+
+/// The `kid` in the header of `jwt`.
+fn kid(jwt: &str) -> String {
+    use base64::Engine as _;
+    let header = jwt.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: Value = serde_json::from_slice(&bytes).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// A key rotation across restarts: the host signs with the new key and still accepts the
+/// tokens of the old one (named by `kid`) while they live; once the old public key is dropped
+/// from the configuration, its tokens are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_rotation_keeps_earlier_tokens_valid_until_the_old_key_is_dropped() {
+    let data = tempfile::tempdir().unwrap();
+    let backends = Backends::embedded(data.path());
+    let (old_private, old_public) = Keys::generate_ed25519_pem().unwrap();
+    let (new_private, new_public) = Keys::generate_ed25519_pem().unwrap();
+    let old = Keys::ed25519_from_pem(old_private.as_bytes(), old_public.as_bytes()).unwrap();
+    let new = Keys::ed25519_from_pem(new_private.as_bytes(), new_public.as_bytes()).unwrap();
+    assert_ne!(old.kid(), new.kid());
+
+    let shop = Shop::try_start_with_keys(&manifest(&[], false), &backends, old.clone())
+        .await
+        .unwrap();
+    let email = unique_email("rotation");
+    shop.register(&email, "Rita Rotation").await;
+    let before = shop.login(&email, PASSWORD).await;
+    assert_eq!(kid(token(&before, "access_token")), old.kid());
+    shop.stop().await;
+
+    let rotated = new.clone().with_previous_pem(&old_public).unwrap();
+    let shop = Shop::try_start_with_keys(&manifest(&[], false), &backends, rotated)
+        .await
+        .unwrap();
+    assert_eq!(
+        shop.me(token(&before, "access_token")).await["email"],
+        json!(email)
+    );
+    let after = shop.login(&email, PASSWORD).await;
+    assert_eq!(kid(token(&after, "access_token")), new.kid());
+    shop.stop().await;
+
+    let shop = Shop::try_start_with_keys(&manifest(&[], false), &backends, new)
+        .await
+        .unwrap();
+    let refused = shop
+        .get("/api/accounts/me", token(&before, "access_token"))
+        .await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        shop.me(token(&after, "access_token")).await["email"],
+        json!(email)
+    );
+    shop.stop().await;
 }

@@ -4,6 +4,7 @@
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use sha2::Digest as _;
 use std::path::Path;
 
 /// Environment variable holding the private key PEM.
@@ -17,6 +18,12 @@ pub const PUBLIC_KEY_FILE_VAR: &str = "AGORA_AUTH_PUBLIC_KEY_FILE";
 /// Environment variable choosing the algorithm: `EdDSA` (default) or `RS256`. HS256 is never
 /// chosen from the environment; use [`Keys::hs256`] explicitly.
 pub const ALGORITHM_VAR: &str = "AGORA_AUTH_ALGORITHM";
+
+/// Public keys (PEM, one or more blocks) of earlier signing keys, still accepted on tokens that
+/// name them by `kid` until those tokens expire.
+pub const PREVIOUS_PUBLIC_KEYS_VAR: &str = "AGORA_AUTH_PREVIOUS_PUBLIC_KEYS";
+/// A file holding [`PREVIOUS_PUBLIC_KEYS_VAR`]'s PEM blocks.
+pub const PREVIOUS_PUBLIC_KEYS_FILE_VAR: &str = "AGORA_AUTH_PREVIOUS_PUBLIC_KEYS_FILE";
 
 /// Shortest HS256 secret accepted, in bytes.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
@@ -88,21 +95,68 @@ impl KeyAlgorithm {
 }
 
 /// The keys of one host: always a verification key, and a signing key unless the host only
-/// verifies. Cheap to share behind an `Arc`.
+/// verifies; plus the verification keys of earlier signing keys (a rotation). Every key has a
+/// `kid` — the first 16 hex digits of the SHA-256 of its public PEM (of the secret, for
+/// HS256) — written into the header of each token it signs, so a verifier picks the key a
+/// token names. Cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct Keys {
     algorithm: KeyAlgorithm,
     encoding: Option<EncodingKey>,
     decoding: DecodingKey,
+    kid: String,
+    previous: Vec<VerificationKey>,
+}
+
+/// A key that verifies tokens only: an earlier signing key's public half.
+#[derive(Clone)]
+struct VerificationKey {
+    algorithm: KeyAlgorithm,
+    decoding: DecodingKey,
+    kid: String,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
             .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
             .field("can_sign", &self.encoding.is_some())
+            .field(
+                "previous",
+                &self.previous.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
+}
+
+/// The `kid` of a key with this public material.
+fn key_id(public: &[u8]) -> String {
+    let text = String::from_utf8_lossy(public);
+    let normalized: String = text.split_whitespace().collect();
+    hex::encode(&sha2::Sha256::digest(normalized.as_bytes())[..8])
+}
+
+/// The PEM blocks of `text`, each with its BEGIN and END lines.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(block) = &mut current {
+            block.push_str(line);
+            block.push('\n');
+        }
+        if line.starts_with("-----END ")
+            && let Some(block) = current.take()
+        {
+            blocks.push(block);
+        }
+    }
+    blocks
 }
 
 fn invalid(what: &'static str, err: jsonwebtoken::errors::Error) -> KeyError {
@@ -140,6 +194,8 @@ impl Keys {
             algorithm: KeyAlgorithm::HS256,
             encoding: Some(EncodingKey::from_secret(secret)),
             decoding: DecodingKey::from_secret(secret),
+            kid: key_id(secret),
+            previous: Vec::new(),
         })
     }
 
@@ -175,9 +231,71 @@ impl Keys {
             algorithm,
             encoding,
             decoding,
+            kid: key_id(public_pem),
+            previous: Vec::new(),
         };
         keys.check_pair()?;
         Ok(keys)
+    }
+
+    /// These keys, also accepting tokens signed by each key of `pem` (one or more public-key
+    /// PEM blocks, Ed25519 or RSA, told apart by their content): the keys of earlier
+    /// rotations. A key that is the current one is ignored.
+    pub fn with_previous_pem(mut self, pem: &str) -> Result<Keys, KeyError> {
+        let blocks = pem_blocks(pem);
+        if blocks.is_empty() && !pem.trim().is_empty() {
+            return Err(KeyError::Invalid {
+                what: "previous public keys",
+                reason: "no PEM block found".into(),
+            });
+        }
+        for block in blocks {
+            let kid = key_id(block.as_bytes());
+            if kid == self.kid || self.previous.iter().any(|k| k.kid == kid) {
+                continue;
+            }
+            let (algorithm, decoding) = match DecodingKey::from_ed_pem(block.as_bytes()) {
+                Ok(decoding) => (KeyAlgorithm::EdDSA, decoding),
+                Err(_) => (
+                    KeyAlgorithm::RS256,
+                    DecodingKey::from_rsa_pem(block.as_bytes())
+                        .map_err(|e| invalid("previous public key", e))?,
+                ),
+            };
+            self.previous.push(VerificationKey {
+                algorithm,
+                decoding,
+                kid,
+            });
+        }
+        Ok(self)
+    }
+
+    /// The `kid` of the current key (written into the tokens it signs).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The `kid`s of the earlier keys still accepted.
+    pub fn previous_kids(&self) -> Vec<&str> {
+        self.previous.iter().map(|k| k.kid.as_str()).collect()
+    }
+
+    /// The key that verifies a token whose header names `kid` (none: the current key, as
+    /// tokens signed before keys had ids carry none), and its algorithm.
+    pub(crate) fn verification_key(
+        &self,
+        kid: Option<&str>,
+    ) -> Option<(KeyAlgorithm, &DecodingKey)> {
+        match kid {
+            None => Some((self.algorithm, &self.decoding)),
+            Some(kid) if kid == self.kid => Some((self.algorithm, &self.decoding)),
+            Some(kid) => self
+                .previous
+                .iter()
+                .find(|k| k.kid == kid)
+                .map(|k| (k.algorithm, &k.decoding)),
+        }
     }
 
     /// Keys from the environment: the PEM in [`PRIVATE_KEY_VAR`] / [`PUBLIC_KEY_VAR`], or the
@@ -205,7 +323,11 @@ impl Keys {
         };
         let private = read(PRIVATE_KEY_VAR, PRIVATE_KEY_FILE_VAR)?;
         let public = read(PUBLIC_KEY_VAR, PUBLIC_KEY_FILE_VAR)?.ok_or(KeyError::Missing)?;
-        Keys::from_pem(algorithm, private.as_deref(), &public)
+        let keys = Keys::from_pem(algorithm, private.as_deref(), &public)?;
+        match read(PREVIOUS_PUBLIC_KEYS_VAR, PREVIOUS_PUBLIC_KEYS_FILE_VAR)? {
+            Some(previous) => keys.with_previous_pem(&String::from_utf8_lossy(&previous)),
+            None => Ok(keys),
+        }
     }
 
     /// Keys from PEM files (`private` optional: without it the keys only verify).
@@ -248,6 +370,8 @@ impl Keys {
             algorithm: self.algorithm,
             encoding: None,
             decoding: self.decoding.clone(),
+            kid: self.kid.clone(),
+            previous: self.previous.clone(),
         }
     }
 
@@ -263,10 +387,6 @@ impl Keys {
 
     pub(crate) fn encoding(&self) -> Option<&EncodingKey> {
         self.encoding.as_ref()
-    }
-
-    pub(crate) fn decoding(&self) -> &DecodingKey {
-        &self.decoding
     }
 
     /// Signs a probe with the private key and verifies it with the public one.
@@ -330,6 +450,38 @@ mod tests {
             Keys::ed25519_from_pem(private.as_bytes(), other_public.as_bytes()).unwrap_err(),
             KeyError::Mismatch
         );
+    }
+
+    #[test]
+    fn previous_keys_are_found_by_kid() {
+        let (private, public) = Keys::generate_ed25519_pem().unwrap();
+        let (_, old_a) = Keys::generate_ed25519_pem().unwrap();
+        let (_, old_b) = Keys::generate_ed25519_pem().unwrap();
+        let keys = Keys::ed25519_from_pem(private.as_bytes(), public.as_bytes())
+            .unwrap()
+            .with_previous_pem(&format!("{old_a}\n{old_b}\n{public}"))
+            .unwrap();
+        // The current key listed again is not a previous one; ids are stable across loads.
+        assert_eq!(keys.previous_kids().len(), 2);
+        let again = Keys::ed25519_from_pem(private.as_bytes(), public.as_bytes()).unwrap();
+        assert_eq!(keys.kid(), again.kid());
+        for kid in keys.previous_kids() {
+            assert!(keys.verification_key(Some(kid)).is_some());
+        }
+        assert!(keys.verification_key(Some(keys.kid())).is_some());
+        assert!(keys.verification_key(None).is_some());
+        assert!(keys.verification_key(Some("0123456789abcdef")).is_none());
+        assert!(
+            keys.verify_only()
+                .verification_key(Some(keys.previous_kids()[0]))
+                .is_some()
+        );
+        assert!(matches!(
+            again.clone().with_previous_pem("no pem here"),
+            Err(KeyError::Invalid { .. })
+        ));
+        let broken = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        assert!(again.with_previous_pem(broken).is_err());
     }
 
     #[test]

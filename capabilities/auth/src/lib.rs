@@ -39,8 +39,9 @@ mod store;
 mod tokens;
 
 pub use keys::{
-    ALGORITHM_VAR, KeyAlgorithm, KeyError, Keys, MIN_HS256_SECRET_BYTES, PRIVATE_KEY_FILE_VAR,
-    PRIVATE_KEY_VAR, PUBLIC_KEY_FILE_VAR, PUBLIC_KEY_VAR,
+    ALGORITHM_VAR, KeyAlgorithm, KeyError, Keys, MIN_HS256_SECRET_BYTES,
+    PREVIOUS_PUBLIC_KEYS_FILE_VAR, PREVIOUS_PUBLIC_KEYS_VAR, PRIVATE_KEY_FILE_VAR, PRIVATE_KEY_VAR,
+    PUBLIC_KEY_FILE_VAR, PUBLIC_KEY_VAR,
 };
 pub use memory::MemoryRevocationStore;
 pub use redis::{CALL_TIMEOUT, KEY_PREFIX, RedisRevocationStore};

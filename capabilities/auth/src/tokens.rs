@@ -281,8 +281,12 @@ impl Verifier {
         if token.is_empty() {
             return Err(VerifyError::Missing);
         }
-        let algorithm = self.keys.algorithm();
-        let found = header_algorithm(token)?;
+        let header = token_header(token)?;
+        let found = header.alg;
+        let Some((algorithm, decoding)) = self.keys.verification_key(header.kid.as_deref()) else {
+            // A key this host does not hold (retired, or never ours): as good as forged.
+            return Err(VerifyError::BadSignature);
+        };
         if found != algorithm.name() {
             return Err(VerifyError::Algorithm { found });
         }
@@ -293,18 +297,20 @@ impl Verifier {
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, self.keys.decoding(), &validation)
-            .map_err(|err| match err.kind() {
-                ErrorKind::InvalidSignature => VerifyError::BadSignature,
-                ErrorKind::InvalidAlgorithm => VerifyError::Algorithm {
-                    found: found.clone(),
+        let data =
+            jsonwebtoken::decode::<Claims>(token, decoding, &validation).map_err(
+                |err| match err.kind() {
+                    ErrorKind::InvalidSignature => VerifyError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => VerifyError::Algorithm {
+                        found: found.clone(),
+                    },
+                    ErrorKind::ExpiredSignature => VerifyError::Expired,
+                    ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+                    ErrorKind::InvalidAudience => VerifyError::WrongAudience,
+                    ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
+                    _ => VerifyError::Malformed(err.to_string()),
                 },
-                ErrorKind::ExpiredSignature => VerifyError::Expired,
-                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-                ErrorKind::InvalidAudience => VerifyError::WrongAudience,
-                ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
-                _ => VerifyError::Malformed(err.to_string()),
-            })?;
+            )?;
         let claims = data.claims;
         if claims.typ != expected {
             return Err(VerifyError::WrongType {
@@ -331,7 +337,15 @@ impl Verifier {
 
 /// The `alg` of a compact JWT's header, read before any verification so that `none` and
 /// every unexpected algorithm get their own error.
-fn header_algorithm(token: &str) -> Result<String, VerifyError> {
+/// The header fields a verifier reads before it picks a key.
+#[derive(Deserialize)]
+struct TokenHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+fn token_header(token: &str) -> Result<TokenHeader, VerifyError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -343,13 +357,7 @@ fn header_algorithm(token: &str) -> Result<String, VerifyError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|e| VerifyError::Malformed(format!("header: {e}")))?;
-    #[derive(Deserialize)]
-    struct AlgOnly {
-        alg: String,
-    }
-    let parsed: AlgOnly = serde_json::from_slice(&bytes)
-        .map_err(|e| VerifyError::Malformed(format!("header: {e}")))?;
-    Ok(parsed.alg)
+    serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(format!("header: {e}")))
 }
 
 /// Issues, rotates and revokes sessions. Every replica builds one with the same keys,
@@ -525,6 +533,7 @@ impl Authority {
         let refresh = claims(TokenType::Refresh, refresh_ttl);
         let mut header = Header::new(keys.algorithm().jwt());
         header.typ = Some("JWT".into());
+        header.kid = Some(keys.kid().to_owned());
         let sign = |claims: &Claims| {
             jsonwebtoken::encode(&header, claims, encoding)
                 .map_err(|e| AuthError::Unavailable(format!("signing failed: {e}")))

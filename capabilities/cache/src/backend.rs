@@ -11,6 +11,21 @@ pub enum BackendError {
     /// `incr` on a value that is not a decimal 64-bit integer, or overflow.
     #[error("the value is not a 64-bit integer")]
     NotANumber,
+    /// A new key would take the namespace past its quota of keys.
+    #[error("the component's cache already holds its quota of {0} keys")]
+    QuotaExceeded(u64),
+}
+
+/// The bound on one component's part of the store: `namespace` is the prefix of all its keys
+/// (every key passed with it starts with it), `max_keys` how many live keys it may hold.
+/// Overwriting or incrementing a key it holds is always allowed; a new key past the quota is
+/// [`BackendError::QuotaExceeded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota<'a> {
+    /// The namespace prefix (`agora:<component>:`).
+    pub namespace: &'a str,
+    /// Live keys the namespace may hold.
+    pub max_keys: u64,
 }
 
 /// A cache store. Keys arrive already namespaced; implementations must be safe to share
@@ -19,13 +34,19 @@ pub enum BackendError {
 pub trait CacheBackend: Send + Sync + 'static {
     /// The value under `key`, if present and not expired.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
-    /// Stores `value`, expiring after `ttl` when given.
-    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>)
-    -> Result<(), BackendError>;
-    /// Removes `key`; true if it was present.
-    async fn delete(&self, key: &str) -> Result<bool, BackendError>;
-    /// Adds `delta` to the decimal integer under `key` (missing = 0), keeping its expiry.
-    async fn incr(&self, key: &str, delta: i64) -> Result<i64, BackendError>;
+    /// Stores `value`, expiring after `ttl` when given, within `quota`.
+    async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        quota: Quota<'_>,
+    ) -> Result<(), BackendError>;
+    /// Removes `key` of `namespace`; true if it was present.
+    async fn delete(&self, key: &str, namespace: &str) -> Result<bool, BackendError>;
+    /// Adds `delta` to the decimal integer under `key` (missing = 0), keeping its expiry,
+    /// within `quota`.
+    async fn incr(&self, key: &str, delta: i64, quota: Quota<'_>) -> Result<i64, BackendError>;
     /// A short name for logs ("memory", "redis").
     fn kind(&self) -> &'static str;
 }

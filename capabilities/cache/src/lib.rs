@@ -22,7 +22,7 @@ mod backend;
 mod memory;
 mod redis;
 
-pub use backend::{BackendError, CacheBackend};
+pub use backend::{BackendError, CacheBackend, Quota};
 pub use memory::MemoryCache;
 pub use redis::RedisCache;
 
@@ -48,14 +48,36 @@ pub const INTERFACE: &str = "agora:platform/cache";
 
 /// Longest key a guest may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
-/// Largest value a guest may store, in bytes.
+/// Default largest value a component may store, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Default number of live keys a component may hold.
+pub const MAX_KEYS: u64 = 10_000;
+
+/// What one component may hold in the cache: with [`MAX_KEY_BYTES`], at most
+/// `max_keys × (max_value_bytes + MAX_KEY_BYTES)` bytes, so no component can flood the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Live keys at once; a new key past it answers `invalid` naming the quota.
+    pub max_keys: u64,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_keys: MAX_KEYS,
+            max_value_bytes: MAX_VALUE_BYTES,
+        }
+    }
+}
 
 /// The cache state of one store.
 #[derive(Clone)]
 pub struct CacheCtx {
     /// The backend and the key prefix; cloned into every store, so both are shared.
     grant: Option<(Arc<dyn CacheBackend>, Arc<str>)>,
+    limits: CacheLimits,
     /// Hits and misses of `get`, shared by every store of the component.
     stats: Arc<CacheStats>,
 }
@@ -80,10 +102,21 @@ impl CacheStats {
 }
 
 impl CacheCtx {
-    /// A component with a cache grant: `backend`, namespaced under `component`.
+    /// A component with a cache grant: `backend`, namespaced under `component`, with the
+    /// default [`CacheLimits`].
     pub fn granted(backend: Arc<dyn CacheBackend>, component: &str) -> CacheCtx {
+        CacheCtx::granted_with(backend, component, CacheLimits::default())
+    }
+
+    /// A component with a cache grant held to `limits`.
+    pub fn granted_with(
+        backend: Arc<dyn CacheBackend>,
+        component: &str,
+        limits: CacheLimits,
+    ) -> CacheCtx {
         CacheCtx {
             grant: Some((backend, Arc::from(format!("agora:{component}:")))),
+            limits,
             stats: Arc::default(),
         }
     }
@@ -92,7 +125,15 @@ impl CacheCtx {
     pub fn denied() -> CacheCtx {
         CacheCtx {
             grant: None,
+            limits: CacheLimits::default(),
             stats: Arc::default(),
+        }
+    }
+
+    fn quota(&self) -> Quota<'_> {
+        Quota {
+            namespace: self.grant.as_ref().map_or("", |(_, prefix)| prefix),
+            max_keys: self.limits.max_keys,
         }
     }
 
@@ -125,6 +166,10 @@ fn to_guest(err: BackendError) -> Error {
             Error::Unavailable(message)
         }
         BackendError::NotANumber => Error::NotANumber,
+        BackendError::QuotaExceeded(max_keys) => Error::Invalid(format!(
+            "quota exceeded: the component already holds {max_keys} keys, its limit \
+             (delete some, or let them expire)"
+        )),
     }
 }
 
@@ -154,9 +199,10 @@ impl Host for CacheCtx {
             Ok(found) => found,
             Err(err) => return Ok(Err(err)),
         };
-        if value.len() > MAX_VALUE_BYTES {
+        let max_value = self.limits.max_value_bytes;
+        if value.len() > max_value {
             return Ok(Err(Error::Invalid(format!(
-                "the value is {} bytes, over the {MAX_VALUE_BYTES}-byte limit",
+                "the value is {} bytes, over the {max_value}-byte limit",
                 value.len()
             ))));
         }
@@ -166,7 +212,11 @@ impl Host for CacheCtx {
             )));
         }
         let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(backend.set(&key, &value, ttl).await.map_err(to_guest))
+        let quota = self.quota();
+        Ok(backend
+            .set(&key, &value, ttl, quota)
+            .await
+            .map_err(to_guest))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
@@ -174,7 +224,8 @@ impl Host for CacheCtx {
             Ok(found) => found,
             Err(err) => return Ok(Err(err)),
         };
-        Ok(backend.delete(&key).await.map_err(to_guest))
+        let namespace = self.quota().namespace;
+        Ok(backend.delete(&key, namespace).await.map_err(to_guest))
     }
 
     async fn incr(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, Error>> {
@@ -182,7 +233,8 @@ impl Host for CacheCtx {
             Ok(found) => found,
             Err(err) => return Ok(Err(err)),
         };
-        Ok(backend.incr(&key, delta).await.map_err(to_guest))
+        let quota = self.quota();
+        Ok(backend.incr(&key, delta, quota).await.map_err(to_guest))
     }
 }
 

@@ -1,17 +1,21 @@
 //! The embedded default: an in-process cache, bounded in entries and bytes, TTL-aware.
 //!
 //! Expired entries are dropped when read and are the first to go when room is needed; beyond
-//! that the least recently used entry is evicted. A single mutex guards the map: every
-//! operation is a hash lookup, so contention stays low at the request rates one host serves.
+//! that the least recently used entry is evicted. Each namespace's live keys are counted, so a
+//! component at its quota gets an error for a new key instead of evicting others' entries. A
+//! single mutex guards the map: every operation is a hash lookup, so contention stays low at
+//! the request rates one host serves.
 
-use crate::backend::{BackendError, CacheBackend};
+use crate::backend::{BackendError, CacheBackend, Quota};
 use lru::LruCache;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Entry {
     value: Vec<u8>,
     expires: Option<Instant>,
+    namespace: Arc<str>,
 }
 
 impl Entry {
@@ -23,6 +27,8 @@ impl Entry {
 struct State {
     entries: LruCache<String, Entry>,
     bytes: usize,
+    /// Entries held per namespace.
+    held: HashMap<Arc<str>, u64>,
 }
 
 /// The in-memory cache.
@@ -39,6 +45,7 @@ impl MemoryCache {
             state: Mutex::new(State {
                 entries: LruCache::unbounded(),
                 bytes: 0,
+                held: HashMap::new(),
             }),
             max_entries: max_entries.max(1),
             max_bytes,
@@ -66,10 +73,50 @@ fn size(key: &str, value: &[u8]) -> usize {
 }
 
 impl State {
+    fn forget(&mut self, key: &str, entry: &Entry) {
+        self.bytes -= size(key, &entry.value);
+        if let Some(held) = self.held.get_mut(&entry.namespace) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(&entry.namespace);
+            }
+        }
+    }
+
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.entries.pop(key)?;
-        self.bytes -= size(key, &entry.value);
+        self.forget(key, &entry);
         Some(entry)
+    }
+
+    /// Whether a new key fits `quota` (expired entries of the namespace are dropped first
+    /// when it looks full).
+    fn admits(&mut self, key: &str, quota: Quota<'_>, now: Instant) -> bool {
+        if self.entries.peek(key).is_some_and(|entry| entry.live(now)) {
+            return true;
+        }
+        let held = |state: &State| state.held.get(quota.namespace).copied().unwrap_or(0);
+        if held(self) < quota.max_keys {
+            return true;
+        }
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| k.starts_with(quota.namespace) && !e.live(now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.remove(&key);
+        }
+        // The key itself may be one of the expired ones just dropped.
+        held(self) < quota.max_keys
+    }
+
+    fn namespace(&mut self, quota: Quota<'_>) -> Arc<str> {
+        match self.held.get_key_value(quota.namespace) {
+            Some((namespace, _)) => namespace.clone(),
+            None => Arc::from(quota.namespace),
+        }
     }
 
     fn insert(&mut self, key: &str, entry: Entry, max_entries: usize, max_bytes: usize) {
@@ -89,11 +136,12 @@ impl State {
         }
         while self.entries.len() >= max_entries || self.bytes + needed > max_bytes {
             match self.entries.pop_lru() {
-                Some((old_key, old)) => self.bytes -= size(&old_key, &old.value),
+                Some((old_key, old)) => self.forget(&old_key, &old),
                 None => break,
             }
         }
         self.bytes += needed;
+        *self.held.entry(entry.namespace.clone()).or_insert(0) += 1;
         self.entries.put(key.to_owned(), entry);
     }
 }
@@ -118,25 +166,34 @@ impl CacheBackend for MemoryCache {
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
+        quota: Quota<'_>,
     ) -> Result<(), BackendError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if !state.admits(key, quota, now) {
+            return Err(BackendError::QuotaExceeded(quota.max_keys));
+        }
         let entry = Entry {
             value: value.to_vec(),
-            expires: ttl.map(|ttl| Instant::now() + ttl),
+            expires: ttl.map(|ttl| now + ttl),
+            namespace: state.namespace(quota),
         };
-        self.lock()
-            .insert(key, entry, self.max_entries, self.max_bytes);
+        state.insert(key, entry, self.max_entries, self.max_bytes);
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+    async fn delete(&self, key: &str, _namespace: &str) -> Result<bool, BackendError> {
         let mut state = self.lock();
         let now = Instant::now();
         Ok(state.remove(key).is_some_and(|entry| entry.live(now)))
     }
 
-    async fn incr(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
+    async fn incr(&self, key: &str, delta: i64, quota: Quota<'_>) -> Result<i64, BackendError> {
         let mut state = self.lock();
         let now = Instant::now();
+        if !state.admits(key, quota, now) {
+            return Err(BackendError::QuotaExceeded(quota.max_keys));
+        }
         let (current, expires) = match state.entries.get(key) {
             Some(entry) if entry.live(now) => {
                 let text =
@@ -150,6 +207,7 @@ impl CacheBackend for MemoryCache {
         let entry = Entry {
             value: next.to_string().into_bytes(),
             expires,
+            namespace: state.namespace(quota),
         };
         state.insert(key, entry, self.max_entries, self.max_bytes);
         Ok(next)

@@ -4,8 +4,14 @@
 //! `ConnectionManager` re-establishes a broken connection in the background. Every call is
 //! bounded by [`CALL_TIMEOUT`]: with Redis down, a guest gets `unavailable` quickly instead of a
 //! hang.
+//!
+//! Quotas: each namespace's keys are listed in a sorted set beside them
+//! (`agora-cache-index:<namespace>`, scored by expiry in Redis's own milliseconds, `+inf` for
+//! none). `set` and `incr` are Lua scripts — atomic, one round trip — that drop the expired
+//! members, admit a new key only below the quota (checking, when at it, whether the soonest
+//! members were evicted by Redis meanwhile) and record the key with its expiry.
 
-use crate::backend::{BackendError, CacheBackend};
+use crate::backend::{BackendError, CacheBackend, Quota};
 use agora_redis::LazyRedis;
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
@@ -14,9 +20,66 @@ use std::time::Duration;
 /// Upper bound on one cache call, connection included.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// Prefix of the sorted set listing a namespace's keys.
+pub const INDEX_PREFIX: &str = "agora-cache-index:";
+
+/// Shared head of the scripts: `now` in Redis's clock, expired members dropped, and `admit()`:
+/// whether KEYS[1] may be written under the quota ARGV[1] of the index KEYS[2].
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
+local function admit()
+  if redis.call('EXISTS', KEYS[1]) == 1 then return true end
+  local max = tonumber(ARGV[1])
+  if redis.call('ZCARD', KEYS[2]) < max then return true end
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, 99)) do
+    if redis.call('EXISTS', member) == 0 then redis.call('ZREM', KEYS[2], member) end
+  end
+  return redis.call('ZCARD', KEYS[2]) < max
+end
+";
+
+/// `set`: ARGV = max_keys, value, ttl_ms (0: none). Returns 1, or 0 past the quota.
+const SET: &str = r"
+if not admit() then return 0 end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+  redis.call('ZADD', KEYS[2], now + ttl, KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], 'inf', KEYS[1])
+end
+return 1
+";
+
+/// `incr`: ARGV = max_keys, delta. Returns {1, value}, or {0} past the quota.
+const INCR: &str = r"
+if not admit() then return {0} end
+local value = redis.call('INCRBY', KEYS[1], ARGV[2])
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl > 0 then
+  redis.call('ZADD', KEYS[2], now + pttl, KEYS[1])
+else
+  redis.call('ZADD', KEYS[2], 'inf', KEYS[1])
+end
+return {1, value}
+";
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{ADMIT}{body}"))
+}
+
+fn index_key(namespace: &str) -> String {
+    format!("{INDEX_PREFIX}{namespace}")
+}
+
 /// The Redis cache.
 pub struct RedisCache {
     redis: LazyRedis,
+    set: redis::Script,
+    incr: redis::Script,
 }
 
 impl RedisCache {
@@ -25,6 +88,8 @@ impl RedisCache {
     pub fn new(url: &str) -> Result<RedisCache, redis::RedisError> {
         Ok(RedisCache {
             redis: LazyRedis::new(url, CALL_TIMEOUT)?,
+            set: script(SET),
+            incr: script(INCR),
         })
     }
 
@@ -65,31 +130,64 @@ impl CacheBackend for RedisCache {
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
+        quota: Quota<'_>,
     ) -> Result<(), BackendError> {
-        self.run(|mut c| async move {
-            match ttl {
-                Some(ttl) => {
-                    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                    c.pset_ex::<_, _, ()>(key, value, ms).await
-                }
-                None => c.set::<_, _, ()>(key, value).await,
-            }
-            .map_err(unavailable)
-        })
-        .await
+        let ttl_ms = ttl.map_or(0, |ttl| {
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        let index = index_key(quota.namespace);
+        let stored: i64 = self
+            .run(|mut c| async move {
+                self.set
+                    .key(key)
+                    .key(&index)
+                    .arg(quota.max_keys)
+                    .arg(value)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        if stored == 0 {
+            return Err(BackendError::QuotaExceeded(quota.max_keys));
+        }
+        Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+    async fn delete(&self, key: &str, namespace: &str) -> Result<bool, BackendError> {
+        let index = index_key(namespace);
         self.run(|mut c| async move {
-            let removed: u64 = c.del(key).await.map_err(unavailable)?;
+            let (removed, _): (u64, u64) = redis::pipe()
+                .atomic()
+                .del(key)
+                .zrem(&index, key)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(removed > 0)
         })
         .await
     }
 
-    async fn incr(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
-        self.run(|mut c| async move { c.incr(key, delta).await.map_err(incr_error) })
-            .await
+    async fn incr(&self, key: &str, delta: i64, quota: Quota<'_>) -> Result<i64, BackendError> {
+        let index = index_key(quota.namespace);
+        let answer: Vec<i64> = self
+            .run(|mut c| async move {
+                self.incr
+                    .key(key)
+                    .key(&index)
+                    .arg(quota.max_keys)
+                    .arg(delta)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(incr_error)
+            })
+            .await?;
+        match answer.as_slice() {
+            [1, value] => Ok(*value),
+            _ => Err(BackendError::QuotaExceeded(quota.max_keys)),
+        }
     }
 
     fn kind(&self) -> &'static str {

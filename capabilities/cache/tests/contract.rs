@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use agora_cache::bindings::agora::platform::cache::{Error, Host};
-use agora_cache::{BackendError, CacheBackend, CacheCtx, MemoryCache, RedisCache};
+use agora_cache::{
+    BackendError, CacheBackend, CacheCtx, CacheLimits, MemoryCache, Quota, RedisCache,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +170,73 @@ async fn contract(backend: Arc<dyn CacheBackend>) {
         ctx.delete(key.into()).await.unwrap().unwrap();
     }
     other.delete("visits".into()).await.unwrap().unwrap();
+
+    quota(backend).await;
+}
+
+/// A component holds at most its quota of live keys: a new key past it is refused (the
+/// others' keys untouched), an existing one can still be overwritten and incremented, and
+/// room comes back when keys are deleted or expire.
+async fn quota(backend: Arc<dyn CacheBackend>) {
+    let limits = CacheLimits {
+        max_keys: 3,
+        max_value_bytes: 8,
+    };
+    let mut ctx = CacheCtx::granted_with(backend.clone(), &component(), limits);
+    let mut other = CacheCtx::granted(backend.clone(), &component());
+    other
+        .set("kept".into(), b"1".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let over_quota = |result: Result<_, Error>| match result {
+        Err(Error::Invalid(message)) => message.contains("quota"),
+        _ => false,
+    };
+    ctx.set("a".into(), b"1".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    ctx.incr("b".into(), 1).await.unwrap().unwrap();
+    ctx.set("short".into(), b"1".to_vec(), Some(150))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(over_quota(
+        ctx.set("d".into(), b"1".to_vec(), None).await.unwrap()
+    ));
+    assert!(over_quota(ctx.incr("e".into(), 1).await.unwrap()));
+    assert!(matches!(
+        ctx.set("a".into(), vec![0; 9], None).await.unwrap(),
+        Err(Error::Invalid(message)) if message.contains("8-byte")
+    ));
+    ctx.set("a".into(), b"2".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ctx.incr("b".into(), 1).await.unwrap(), Ok(2));
+    assert_eq!(
+        other.get("kept".into()).await.unwrap(),
+        Ok(Some(b"1".to_vec()))
+    );
+    // A deleted key and an expired one make room again.
+    ctx.delete("a".into()).await.unwrap().unwrap();
+    ctx.set("d".into(), b"1".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ctx.set("e".into(), b"1".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(over_quota(
+        ctx.set("f".into(), b"1".to_vec(), None).await.unwrap()
+    ));
+    for key in ["b", "d", "e"] {
+        ctx.delete(key.into()).await.unwrap().unwrap();
+    }
+    other.delete("kept".into()).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -184,12 +253,16 @@ async fn redis_backend_meets_the_contract() {
 
 #[tokio::test]
 async fn memory_backend_stays_within_its_bounds() {
+    const QUOTA: Quota<'static> = Quota {
+        namespace: "",
+        max_keys: u64::MAX,
+    };
     let cache = MemoryCache::new(3, 1 << 20);
     for key in ["a", "b", "c"] {
-        cache.set(key, b"1", None).await.unwrap();
+        cache.set(key, b"1", None, QUOTA).await.unwrap();
     }
     cache.get("a").await.unwrap();
-    cache.set("d", b"1", None).await.unwrap();
+    cache.set("d", b"1", None, QUOTA).await.unwrap();
     assert_eq!(
         cache.get("b").await.unwrap(),
         None,
@@ -200,8 +273,8 @@ async fn memory_backend_stays_within_its_bounds() {
     }
 
     let small = MemoryCache::new(100, 10);
-    small.set("k1", b"12345", None).await.unwrap();
-    small.set("k2", b"12345", None).await.unwrap();
+    small.set("k1", b"12345", None, QUOTA).await.unwrap();
+    small.set("k2", b"12345", None, QUOTA).await.unwrap();
     assert_eq!(small.get("k1").await.unwrap(), None, "byte bound evicts");
     assert!(small.get("k2").await.unwrap().is_some());
 }
@@ -216,7 +289,16 @@ async fn an_unreachable_redis_is_an_error_value_not_a_hang() {
             Err(BackendError::Unavailable(_))
         ));
         assert!(matches!(
-            cache.incr("k", 1).await,
+            cache
+                .incr(
+                    "k",
+                    1,
+                    Quota {
+                        namespace: "agora:x:",
+                        max_keys: 1
+                    }
+                )
+                .await,
             Err(BackendError::Unavailable(_))
         ));
     }

@@ -42,6 +42,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod credentials;
 mod memory;
 mod nats;
 mod subject;
@@ -51,6 +52,7 @@ pub use backend::{
     MessagingBackend, MessagingError, ORIGINAL_ID, ORIGINAL_SUBJECT, Subscription,
     SubscriptionSpec,
 };
+pub use credentials::{CREDS_VAR, connect_options, connect_options_with};
 pub use memory::{DEDUP_WINDOW, MAX_QUEUED, MemoryBus};
 pub use nats::{NatsBackend, STREAM, WIRE_PREFIX, redact};
 pub use subject::{

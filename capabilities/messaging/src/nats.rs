@@ -89,10 +89,12 @@ impl NatsBackend {
     /// [`STREAM`]. Fails within a few seconds, naming the URL, when the server is unreachable or
     /// has no JetStream.
     pub async fn connect(url: &str) -> Result<NatsBackend, MessagingError> {
-        let real_url = url;
+        let (options, real_url) = crate::connect_options(url).await.map_err(|reason| {
+            MessagingError::Unavailable(format!("NATS at {}: {reason}", redact(url)))
+        })?;
         let url = redact(url);
         let logged_url = url.clone();
-        let options = async_nats::ConnectOptions::new()
+        let options = options
             .name("agora")
             .connection_timeout(CONNECT_TIMEOUT)
             .event_callback(move |event| {
@@ -110,7 +112,7 @@ impl NatsBackend {
         let what = format!("cannot connect to NATS at {url}");
         let client = bounded(CONNECT_TIMEOUT + Duration::from_secs(1), &what, async {
             options
-                .connect(real_url)
+                .connect(real_url.as_str())
                 .await
                 .map_err(|err| unavailable(&what, err))
         })

@@ -773,6 +773,8 @@ struct PrivateNats {
     binary: std::path::PathBuf,
     port: u16,
     child: Option<std::process::Child>,
+    /// Further server options (authentication).
+    extra: Vec<String>,
 }
 
 impl PrivateNats {
@@ -796,10 +798,20 @@ impl PrivateNats {
     }
 
     async fn start(binary: std::path::PathBuf, store: &std::path::Path) -> PrivateNats {
+        PrivateNats::start_with(binary, store, &[]).await
+    }
+
+    /// [`PrivateNats::start`] with further server options.
+    async fn start_with(
+        binary: std::path::PathBuf,
+        store: &std::path::Path,
+        extra: &[&str],
+    ) -> PrivateNats {
         let mut nats = PrivateNats {
             binary,
             port: PrivateNats::free_port(),
             child: None,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
         nats.restart(store).await;
         nats
@@ -830,6 +842,7 @@ impl PrivateNats {
                 "-sd",
             ])
             .arg(store)
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -933,4 +946,57 @@ async fn nats_deliveries_resume_after_a_nats_restart() {
 
     subscription.stop().await;
     drop(nats);
+}
+
+/// The host authenticates to NATS with the user and password, or the token, of its URL —
+/// async-nats alone ignores them — and a wrong or missing secret is refused without being
+/// echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_come_from_the_url() {
+    let Some(binary) = PrivateNats::binary() else {
+        if under_ci() {
+            panic!("nats-server is required under CI=true (set AGORA_TEST_NATS_SERVER or PATH)");
+        }
+        eprintln!("SKIPPED: no nats-server binary on PATH (set AGORA_TEST_NATS_SERVER)");
+        return;
+    };
+    for (server, good, bad) in [
+        (
+            vec!["--user", "agora", "--pass", "s@cret pass"],
+            "agora:s%40cret%20pass@",
+            "agora:wrong-secret@",
+        ),
+        (
+            vec!["--auth", "token-of-agora"],
+            "token-of-agora@",
+            "wrong-secret@",
+        ),
+    ] {
+        let store = tempfile::tempdir().unwrap();
+        let nats = PrivateNats::start_with(binary.clone(), store.path(), &server).await;
+        let with = |info: &str| nats.url().replace("nats://", &format!("nats://{info}"));
+        let backend: Arc<dyn MessagingBackend> =
+            Arc::new(NatsBackend::connect(&with(good)).await.unwrap());
+        backend
+            .publish(&Message::new("auth.test", b"hi".to_vec(), vec![]))
+            .await
+            .unwrap();
+        for url in [nats.url(), with(bad)] {
+            let err = NatsBackend::connect(&url)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{server:?}: {url} was let in"))
+                .to_string();
+            assert!(!err.contains("wrong-secret"), "secret echoed: {err}");
+        }
+    }
+    // A credentials file that is not there is named in the error.
+    let err = agora_messaging::connect_options_with(
+        "nats://127.0.0.1:4222",
+        Some("/nonexistent/agora.creds".into()),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.contains("/nonexistent/agora.creds"), "{err}");
 }

@@ -101,9 +101,51 @@ impl LazyRedis {
     }
 }
 
+/// The URL of the database next to the one `url` names: same server and credentials, database
+/// index + 1 (`redis://h:6379` → `redis://h:6379/1`, `redis://h/4` → `redis://h/5`). The host
+/// keeps auth state (revocations, refresh families, rate-limit buckets) there by default, out
+/// of the keyspace components fill through the cache.
+pub fn next_database(url: &str) -> Result<String, String> {
+    let mut parsed =
+        redis::parse_redis_url(url).ok_or_else(|| format!("invalid Redis URL `{url}`"))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss" | "valkey" | "valkeys") {
+        return Err(format!(
+            "`{url}`: a separate auth database is derived only for redis:// and rediss:// URLs; \
+             give the auth Redis URL explicitly"
+        ));
+    }
+    let path = parsed.path().trim_matches('/').to_owned();
+    let db: u32 = if path.is_empty() {
+        0
+    } else {
+        path.parse()
+            .map_err(|_| format!("invalid Redis URL `{url}`: `{path}` is not a database index"))?
+    };
+    parsed.set_path(&format!("/{}", db + 1));
+    Ok(parsed.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_database_keeps_the_server_and_credentials() {
+        for (url, next) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/1"),
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/1"),
+            ("redis://h/4", "redis://h/5"),
+            (
+                "rediss://user:secret@h:7000/2?protocol=resp3",
+                "rediss://user:secret@h:7000/3?protocol=resp3",
+            ),
+        ] {
+            assert_eq!(next_database(url).as_deref(), Ok(next), "{url}");
+        }
+        assert!(next_database("redis://h/x").is_err());
+        assert!(next_database("not a url").is_err());
+        assert!(next_database("redis+unix:///tmp/redis.sock").is_err());
+    }
 
     #[tokio::test]
     async fn an_unreachable_redis_is_unavailable_not_a_hang() {

@@ -286,9 +286,12 @@ pub async fn set_role(request: &mut Request<Body>, id: &str) -> Answer {
 }
 
 /// `POST /api/accounts/internal/bootstrap`, sent by the host at start (the manifest's
-/// `startup`): with the configuration's `admin_email` and `admin_password`, makes sure that
-/// account exists and is an ADMIN (an existing one keeps its password). Without them it does
-/// nothing. A bad or half-given configuration answers 500, which stops the host's start.
+/// `startup`): with the configuration's `admin_email` and `admin_password`, creates that
+/// account as an ADMIN when no live account has the address. An existing account is never
+/// touched — not promoted, its password kept: whoever registered the address before the
+/// operator set it must not become an admin by it (a warning says so; an admin promotes it
+/// with `PUT /api/accounts/{id}/role` if that is meant). Without the settings it does nothing.
+/// A bad or half-given configuration answers 500, which stops the host's start.
 pub fn bootstrap(request: &Request<Body>) -> Answer {
     if auth::caller(request.headers()).is_none() {
         // Only the host (or another component) reaches internal routes; the policy makes
@@ -324,9 +327,14 @@ pub fn bootstrap(request: &Request<Body>) -> Answer {
     for _ in 0..2 {
         if let Some((user, _)) = users::live_by_email(&email).map_err(ApiError::from)? {
             if user.role != Role::Admin {
-                users::set_role(&user.id, Role::Admin).map_err(ApiError::from)?;
-                auth::revoke_subject(&user.id).map_err(auth_error)?;
-                log::info("bootstrap", &format!("account {} is now an ADMIN", user.id));
+                log::warn(
+                    "bootstrap",
+                    &format!(
+                        "account {} already holds admin_email and is not an ADMIN: left as it is \
+                         (an admin can promote it with PUT /api/accounts/{}/role)",
+                        user.id, user.id
+                    ),
+                );
             }
             return Ok(agora_sdk::http::no_content());
         }

@@ -6,7 +6,7 @@
 //!   dropped when its guest task ends.
 //! - Whatever the guest does — trap, loop, exhaust memory, read too much — only its own request
 //!   fails, with a JSON error carrying the request id; the answer's status tells which limit was
-//!   hit (413 body, 503 concurrency, 504 deadline, 500 trap).
+//!   hit (413 body, 408 body too slow, 503 concurrency, 504 deadline, 500 trap).
 //! - The guest runs in its own task so it can keep streaming the body after the response head
 //!   has gone out; the concurrency permit and the deadline cover that whole task.
 
@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,21 +40,67 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// host answers 508 instead of recursing.
 pub const MAX_CALL_DEPTH: u32 = 8;
 
+/// Default lowest rate at which a client's request body must arrive.
+pub const DEFAULT_BODY_MIN_RATE: u64 = 1024;
+/// Default time a client's body may take before [`DEFAULT_BODY_MIN_RATE`] applies.
+pub const DEFAULT_BODY_GRACE: Duration = Duration::from_secs(5);
+
+/// The lowest rate at which a client's request body must arrive: the host waits on the client
+/// for at most `grace` plus one second per `min_bytes_per_s` bytes received so far, then cuts
+/// the body, answers 408 and frees the instance. Only time spent waiting on the client counts,
+/// not time the component took before reading on. In-process calls are not bounded by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRate {
+    /// Bytes per second, averaged over the body so far (0: no lower bound).
+    pub min_bytes_per_s: u64,
+    /// Waiting allowed before the rate applies.
+    pub grace: Duration,
+}
+
+impl Default for BodyRate {
+    fn default() -> Self {
+        BodyRate {
+            min_bytes_per_s: DEFAULT_BODY_MIN_RATE,
+            grace: DEFAULT_BODY_GRACE,
+        }
+    }
+}
+
+impl BodyRate {
+    /// How long the host may have waited on the client once `received` bytes arrived.
+    fn allowance(&self, received: u64) -> Duration {
+        let per_byte = Duration::from_secs(1)
+            .checked_div(u32::try_from(self.min_bytes_per_s).unwrap_or(u32::MAX))
+            .unwrap_or(Duration::MAX);
+        let earned = per_byte.saturating_mul(u32::try_from(received).unwrap_or(u32::MAX));
+        self.grace.saturating_add(earned)
+    }
+}
+
 /// Routes requests to components and runs them.
 pub struct HttpTrigger {
     router: Router<Arc<Slot>>,
     ids: RequestIds,
     edge: Edge,
+    body_rate: BodyRate,
 }
 
 impl HttpTrigger {
-    /// A trigger serving `router`, checking requests at `edge`.
+    /// A trigger serving `router`, checking requests at `edge`, with the default
+    /// [`BodyRate`] for clients' bodies.
     pub fn new(router: Router<Arc<Slot>>, edge: Edge) -> HttpTrigger {
         HttpTrigger {
             router,
             ids: RequestIds::new(),
             edge,
+            body_rate: BodyRate::default(),
         }
+    }
+
+    /// The same trigger bounding clients' bodies by `rate`.
+    pub fn with_body_rate(mut self, rate: BodyRate) -> HttpTrigger {
+        self.body_rate = rate;
+        self
     }
 
     /// The edge checks of this trigger.
@@ -189,10 +236,17 @@ impl HttpTrigger {
                         depth,
                         request_id: Some(Arc::from(request_id)),
                     };
+                    let body_rate = match caller {
+                        Caller::External { .. } if self.body_rate.min_bytes_per_s > 0 => {
+                            Some(self.body_rate)
+                        }
+                        _ => None,
+                    };
                     invoke(
                         &component,
                         Request::from_parts(parts, body),
                         context,
+                        body_rate,
                         request_id,
                     )
                     .await
@@ -226,6 +280,7 @@ async fn invoke(
     component: &LoadedComponent,
     request: Request<WasiBody>,
     context: state::CallContext,
+    body_rate: Option<BodyRate>,
     request_id: &str,
 ) -> Response<ResponseBody> {
     let limits = component.limits;
@@ -253,11 +308,13 @@ async fn invoke(
 
     let deadline = Instant::now() + Duration::from_millis(limits.deadline_ms);
     let body_exceeded = Arc::new(AtomicBool::new(false));
+    let body_slow = Arc::new(AtomicBool::new(false));
     let request = request.map(|body| LimitedBody {
         inner: body,
         remaining: limits.body_bytes,
         limit: limits.body_bytes,
         exceeded: body_exceeded.clone(),
+        pace: body_rate.map(|rate| Pace::new(rate, body_slow.clone())),
     });
 
     let mut store = state::new_store(component, deadline);
@@ -323,6 +380,19 @@ async fn invoke(
     let outcome = receiver.await;
     if body_exceeded.load(Ordering::Relaxed) {
         return body_too_large(limits.body_bytes, request_id);
+    }
+    if body_slow.load(Ordering::Relaxed) {
+        tracing::warn!("request body arrived too slowly; cut");
+        let mut response = error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_too_slow",
+            "the request body arrived too slowly",
+            request_id,
+        );
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
     }
     match outcome {
         Ok(Ok(mut response)) => {
@@ -492,12 +562,71 @@ impl RequestIds {
 }
 
 /// The request body as the guest sees it: at most `limit` bytes, then an error (and a flag the
-/// host turns into 413).
+/// host turns into 413); from a client, no slower than its [`BodyRate`], then an error (and a
+/// flag the host turns into 408).
 struct LimitedBody {
     inner: WasiBody,
     remaining: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
+    pace: Option<Pace>,
+}
+
+/// The time a body has made the host wait on its client, against its [`BodyRate`].
+struct Pace {
+    rate: BodyRate,
+    received: u64,
+    /// Time waited on the client before the current wait.
+    waited: Duration,
+    /// When the current wait began (the inner body answered `Pending`).
+    waiting_since: Option<tokio::time::Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    slow: Arc<AtomicBool>,
+}
+
+impl Pace {
+    fn new(rate: BodyRate, slow: Arc<AtomicBool>) -> Pace {
+        Pace {
+            rate,
+            received: 0,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            slow,
+        }
+    }
+
+    /// Data (or the end) arrived: the current wait is over.
+    fn arrived(&mut self, bytes: u64) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+        self.received += bytes;
+    }
+
+    /// The inner body is not ready: `true` when the client has used up its allowance (the
+    /// timer is armed for the moment it will have, and wakes `cx` then).
+    fn exhausted(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = tokio::time::Instant::now();
+        let since = *self.waiting_since.get_or_insert(now);
+        let left = self
+            .rate
+            .allowance(self.received)
+            .saturating_sub(self.waited);
+        let give_up = since + left;
+        if give_up <= now {
+            self.slow.store(true, Ordering::Relaxed);
+            return true;
+        }
+        if self.timer.deadline() != give_up {
+            self.timer.as_mut().reset(give_up);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            self.slow.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
 }
 
 impl Body for LimitedBody {
@@ -508,7 +637,25 @@ impl Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        if let Some(pace) = &mut this.pace {
+            match &polled {
+                Poll::Pending => {
+                    if pace.exhausted(cx) {
+                        this.pace = None;
+                        return Poll::Ready(Some(Err(
+                            wasmtime_wasi_http::Error::ConnectionReadTimeout,
+                        )));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    pace.arrived(frame.data_ref().map_or(0, |data| data.len() as u64));
+                }
+                Poll::Ready(_) => pace.arrived(0),
+            }
+        }
+        let frame = match ready!(polled) {
             None => return Poll::Ready(None),
             Some(Err(err)) => return Poll::Ready(Some(Err(err))),
             Some(Ok(frame)) => frame,
