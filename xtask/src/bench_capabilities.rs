@@ -307,7 +307,11 @@ fn native_run(runtime: &tokio::runtime::Runtime, native: Native) -> anyhow::Resu
 async fn native_per_call(native: &Native) -> anyhow::Result<Duration> {
     let key = "agora:bench:key";
     if let Native::Cache(cache) = native {
-        cache.set(key, VALUE, None).await?;
+        let quota = agora_cache::Quota {
+            namespace: "agora:bench:",
+            max_keys: 1,
+        };
+        cache.set(key, VALUE, None, quota).await?;
     }
     let mut samples = Vec::new();
     for _ in 0..SAMPLES {
@@ -338,7 +342,7 @@ async fn native_per_call(native: &Native) -> anyhow::Result<Duration> {
         samples.push(started.elapsed() / CALLS);
     }
     if let Native::Cache(cache) = native {
-        cache.delete(key).await?;
+        cache.delete(key, "agora:bench:").await?;
     }
     Ok(median(samples))
 }
