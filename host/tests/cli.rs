@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::process::{Agora, agora, signal, wait_with_limit};
+use common::process::{Agora, ChildGuard, agora, signal, wait_with_limit};
 use common::{component, component_table};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
@@ -24,25 +24,40 @@ fn read_stderr(child: &mut Child) -> String {
     stderr
 }
 
-/// Runs `agora serve` on `manifest` and expects a load failure: exit 2, one line on stderr.
+/// Whether `line` is the host's progress log of one component's load (`compiling 1/2 hello…`,
+/// `compiled 1/2 hello in …`, `loaded 1/2 hello from the compile cache in …`).
+fn is_progress(line: &str) -> bool {
+    line.contains(" INFO ")
+        && ["compiling ", "compiled ", "loaded "]
+            .iter()
+            .any(|verb| line.contains(verb))
+}
+
+/// Runs `agora serve` on `manifest` and expects a load failure: exit 2, one error line on
+/// stderr, preceded at most by the progress lines of the components loaded before.
 fn expect_load_error(dir: &Path, manifest: &str, expected: &[&str]) {
     let manifest_path = dir.join("agora.toml");
     std::fs::write(&manifest_path, manifest).unwrap();
-    let mut child = agora()
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest_path)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        agora()
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(&manifest_path)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let status = wait_with_limit(&mut child, Duration::from_secs(60));
     let stderr = read_stderr(&mut child);
     assert_eq!(status.code(), Some(2), "exit code for {manifest}: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line, got: {stderr}");
-    let line = lines[0];
+    let Some((line, before)) = lines.split_last() else {
+        panic!("nothing on stderr for {manifest}");
+    };
+    assert!(
+        before.iter().all(|earlier| is_progress(earlier)),
+        "only progress lines before the error, got: {stderr}"
+    );
     assert!(line.starts_with("error: "), "{line}");
     assert!(
         !line.contains("panicked") && !line.contains("backtrace"),
@@ -118,6 +133,50 @@ fn bad_manifests_and_components_exit_2_with_one_line() {
 }
 
 #[test]
+fn the_host_logs_each_component_as_it_compiles_or_loads_from_the_compile_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("agora.toml");
+    std::fs::write(
+        &manifest,
+        [
+            component_table("hello", "hello", &["/hello"], ""),
+            component_table("echo", "fixture-echo", &["/echo"], ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    // A data folder of its own: its compile cache starts empty.
+    let data = dir.path().join("data");
+    let find = |log: &str, needle: &str| -> String {
+        log.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` line in: {log}"))
+            .to_owned()
+    };
+
+    let (exit, cold) = Agora::start(&manifest, &data, &[], &[]).stop(libc::SIGTERM);
+    assert_eq!(exit, Some(0), "{cold}");
+    for needle in ["compiling 1/2 hello (", "compiling 2/2 echo ("] {
+        assert!(is_progress(&find(&cold, needle)), "{cold}");
+    }
+    for needle in ["compiled 1/2 hello in ", "compiled 2/2 echo in "] {
+        let line = find(&cold, needle);
+        assert!(line.contains("load_ms="), "{line}");
+    }
+    assert!(
+        cold.find("compiling 2/2").unwrap() > cold.find("compiled 1/2").unwrap(),
+        "one at a time: {cold}"
+    );
+    assert!(!cold.contains("from the compile cache"), "{cold}");
+
+    let (exit, warm) = Agora::start(&manifest, &data, &[], &[]).stop(libc::SIGTERM);
+    assert_eq!(exit, Some(0), "{warm}");
+    find(&warm, "loaded 1/2 hello from the compile cache in ");
+    find(&warm, "loaded 2/2 echo from the compile cache in ");
+    assert!(!warm.contains("compiling "), "{warm}");
+}
+
+#[test]
 fn a_missing_manifest_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nowhere.toml");
@@ -143,18 +202,18 @@ fn serve_expecting_exit_2(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> String {
-    let mut child = agora()
-        .env_remove("AGORA_ADMIN_TOKEN")
-        .envs(env.iter().copied())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(manifest)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        agora()
+            .env_remove("AGORA_ADMIN_TOKEN")
+            .envs(env.iter().copied())
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(manifest)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let status = wait_with_limit(&mut child, Duration::from_secs(30));
     let stderr = read_stderr(&mut child);
     assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
@@ -388,23 +447,23 @@ fn the_admin_api_listens_on_its_own_address_when_asked() {
     )
     .unwrap();
     let token = "a-long-enough-admin-token";
-    let mut child = agora()
-        .env("AGORA_ADMIN_TOKEN", token)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--manifest")
-        .arg(&manifest_path)
-        .arg("--data-dir")
-        .arg(common::shared_data_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        agora()
+            .env("AGORA_ADMIN_TOKEN", token)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--manifest")
+            .arg(&manifest_path)
+            .arg("--data-dir")
+            .arg(common::shared_data_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut lines = [String::new(), String::new()];
     for line in &mut lines {
