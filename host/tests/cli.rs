@@ -268,20 +268,80 @@ fn get_json(url: String) -> (u16, serde_json::Value) {
     })
 }
 
+/// The body of a raw HTTP/1.1 `response` (its `content-length` or chunked framing undone).
+fn http1_body(response: &str) -> String {
+    let (head, mut rest) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {response:?}"));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return rest.to_owned();
+    }
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .unwrap_or_else(|| panic!("bad chunk in {response:?}"));
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
+    use std::io::Write as _;
     let dir = tempfile::tempdir().unwrap();
     let agora = start_agora(
         dir.path(),
         &component_table("echo", "fixture-echo", &["/echo"], ""),
     );
-    let url = format!("http://{}/echo?sleep_ms=2500", agora.addr);
-    let slow = std::thread::spawn(move || get_json(url));
-    std::thread::sleep(Duration::from_millis(800));
-    let (exit, stderr) = agora.stop(libc::SIGTERM);
-    let (status, body) = slow.join().unwrap();
-    assert_eq!(status, 200, "the in-flight request finished after SIGTERM");
+    // A request the test holds in flight: with `expect: 100-continue` the host says `100
+    // Continue` only once the component reads the body — the request is then inside echo, not
+    // on its way — and echo answers only once the body is sent.
+    let mut stream = std::net::TcpStream::connect(&agora.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /echo?sleep_ms=300 HTTP/1.1\r\nhost: agora\r\ncontent-length: 5\r\n\
+              expect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100 "), "{line:?}");
+    reader.read_line(&mut line).unwrap();
+
+    signal(&agora.child, libc::SIGTERM);
+    // The listener closes when the drain begins: from then on the request is being drained.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&agora.addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agora kept accepting after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stream.write_all(b"hello").unwrap();
+    let mut response = String::new();
+    reader.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200 "),
+        "the in-flight request finished after SIGTERM: {response}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&http1_body(&response)).unwrap();
     assert_eq!(body["path"], "/echo");
+    assert_eq!(body["body_len"], 5);
+
+    let (exit, stderr) = agora.wait();
     assert_eq!(exit, Some(0));
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     // The request's span names the component, route, status and duration.

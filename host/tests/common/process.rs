@@ -138,8 +138,13 @@ impl Agora {
     }
 
     /// Sends `signal_number`, waits for the exit and returns its code and everything logged.
-    pub fn stop(mut self, signal_number: libc::c_int) -> (Option<i32>, String) {
+    pub fn stop(self, signal_number: libc::c_int) -> (Option<i32>, String) {
         signal(&self.child, signal_number);
+        self.wait()
+    }
+
+    /// Waits (20 s at most) for the exit and returns its code and everything logged.
+    pub fn wait(mut self) -> (Option<i32>, String) {
         let status = wait_with_limit(&mut self.child, Duration::from_secs(20));
         (status.code(), self.log.join().unwrap())
     }
