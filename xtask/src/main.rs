@@ -242,3 +242,50 @@ fn host_triple() -> anyhow::Result<String> {
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("`rustc -vV` named no host triple"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn forwarded(argv: &[&str]) -> Vec<String> {
+        match Cli::try_parse_from(argv).unwrap().command {
+            Task::Bench { args } | Task::Load { args } => args
+                .into_iter()
+                .map(|arg| arg.into_string().unwrap())
+                .collect(),
+            _ => panic!("{argv:?} is not bench or load"),
+        }
+    }
+
+    #[test]
+    fn bench_and_load_hand_every_argument_to_agora_bench() {
+        assert_eq!(
+            forwarded(&["xtask", "bench", "hello", "--seconds", "1"]),
+            ["hello", "--seconds", "1"]
+        );
+        assert_eq!(forwarded(&["xtask", "bench", "--help"]), ["--help"]);
+        assert_eq!(
+            forwarded(&["xtask", "load", "http://127.0.0.1:1/", "--connections", "2"]),
+            ["http://127.0.0.1:1/", "--connections", "2"]
+        );
+        assert!(forwarded(&["xtask", "bench"]).is_empty());
+    }
+
+    #[test]
+    fn dev_serves_the_dev_profile_host_unless_asked_for_release() {
+        let Task::Dev { listen, release } = Cli::try_parse_from(["xtask", "dev"]).unwrap().command
+        else {
+            panic!("not dev");
+        };
+        assert_eq!((listen.as_str(), release), ("127.0.0.1:8080", false));
+        let Task::Dev { release, .. } = Cli::try_parse_from(["xtask", "dev", "--release"])
+            .unwrap()
+            .command
+        else {
+            panic!("not dev");
+        };
+        assert!(release);
+    }
+}
