@@ -77,6 +77,12 @@ impl CompileCache {
         Ok((component, Origin::Compiled))
     }
 
+    /// Whether an entry for the component whose SHA-256 is `digest` is in place (a load will
+    /// then most likely not compile; an unreadable entry is still compiled again).
+    pub fn contains(&self, digest: &str) -> bool {
+        self.entry_path(digest).is_file()
+    }
+
     fn entry_path(&self, digest: &str) -> PathBuf {
         self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
     }

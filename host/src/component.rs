@@ -240,10 +240,24 @@ pub fn prepare(
     })
 }
 
+/// Where one load stands among the manifest's components (1-based), for the progress log.
+#[derive(Debug, Clone, Copy)]
+pub struct Position {
+    /// This component's place, from 1.
+    pub index: usize,
+    /// How many the manifest names.
+    pub total: usize,
+}
+
 /// Loads the component `spec` describes: compiles and links it, then opens its database
 /// namespace and applies its new migrations.
+///
+/// Logs its progress at `info`, counted by `position`: `compiling 3/8 catalog (425 KiB)…`
+/// before a compile (a cold compile cache takes seconds per component), then `compiled 3/8
+/// catalog in 9.1 s` or `loaded 4/8 order from the compile cache in 41 ms`.
 pub async fn load(
     spec: &ComponentSpec,
+    position: Position,
     engine: &Engine,
     linker: &Linker<InstanceState>,
     cache: &CompileCache,
@@ -256,7 +270,35 @@ pub async fn load(
     };
     let config = resolve_config(spec).map_err(fail)?;
     let bytes = std::fs::read(&spec.source).map_err(|err| fail(format!("cannot read: {err}")))?;
-    let code = prepare(spec, &bytes, sha256_hex(&bytes), engine, linker, cache).map_err(fail)?;
+    let digest = sha256_hex(&bytes);
+    let Position { index, total } = position;
+    let name = spec.name.as_str();
+    if !cache.contains(&digest) {
+        tracing::info!(
+            component = name,
+            digest = %&digest[..12],
+            "compiling {index}/{total} {name} ({} KiB)…",
+            bytes.len().div_ceil(1024)
+        );
+    }
+    let started = std::time::Instant::now();
+    let code = prepare(spec, &bytes, digest, engine, linker, cache).map_err(fail)?;
+    let load_ms = started.elapsed().as_millis() as u64;
+    match code.origin {
+        Origin::Compiled => tracing::info!(
+            component = name,
+            digest = %&code.digest[..12],
+            load_ms,
+            "compiled {index}/{total} {name} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+        Origin::Cache => tracing::info!(
+            component = name,
+            digest = %&code.digest[..12],
+            load_ms,
+            "loaded {index}/{total} {name} from the compile cache in {load_ms} ms"
+        ),
+    }
     let sql = if spec.grants.sql {
         Some(open_database(spec, capabilities).await.map_err(fail)?)
     } else {

@@ -915,6 +915,85 @@ fn age(at: &str, now: SystemTime) -> String {
     }
 }
 
+/// Where the live replicas stand on one deployed version, replica ids in report order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Replicas that run it.
+    pub running: Vec<String>,
+    /// Replicas that refused it (they keep their version), with the reason.
+    pub refused: Vec<(String, String)>,
+    /// Replicas that have not given a verdict yet.
+    pub pending: Vec<String>,
+}
+
+impl Verdicts {
+    /// Sorts every live replica that runs `component` by its verdict on `digest`; replicas
+    /// without the component are not asked to run it and are left out. A refusal counts only
+    /// when the report names `digest` as the version refused: one of an earlier version is
+    /// still pending.
+    pub fn of(replicas: &[ReplicaReport], component: &str, digest: &str) -> Verdicts {
+        let mut verdicts = Verdicts::default();
+        for replica in replicas {
+            let Some(report) = replica.components.iter().find(|c| c.name == component) else {
+                continue;
+            };
+            let id = replica.replica.clone();
+            if report.digest == digest {
+                verdicts.running.push(id);
+            } else if let (Some(seen), Some(error)) = (&report.desired, &report.error)
+                && seen == digest
+            {
+                verdicts.refused.push((id, one_line(error)));
+            } else {
+                verdicts.pending.push(id);
+            }
+        }
+        verdicts
+    }
+
+    /// Every replica asked has answered.
+    pub fn complete(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// One line naming each replica by verdict, e.g. `1 of 3 replica(s) refused it and keep
+    /// their version: r2 (no export); 2 run it: r1, r3`.
+    pub fn summary(&self) -> String {
+        let total = self.running.len() + self.refused.len() + self.pending.len();
+        let refused: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(id, reason)| format!("{id} ({reason})"))
+            .collect();
+        let parts = [
+            (
+                self.refused.len(),
+                format!("refused it and keep their version: {}", refused.join("; ")),
+            ),
+            (
+                self.pending.len(),
+                format!("did not answer: {}", self.pending.join(", ")),
+            ),
+            (
+                self.running.len(),
+                format!("run it: {}", self.running.join(", ")),
+            ),
+        ];
+        let mut line = String::new();
+        for (count, text) in parts.iter().filter(|(count, _)| *count > 0) {
+            if line.is_empty() {
+                let _ = write!(line, "{count} of {total} replica(s) {text}");
+            } else {
+                let _ = write!(line, "; {count} {text}");
+            }
+        }
+        if line.is_empty() {
+            line.push_str("no live replica runs the component");
+        }
+        line
+    }
+}
+
 /// How a replica's component compares with the fleet's desired version of it.
 fn verdict(component: &ComponentReport, desired: Option<&Desired>) -> String {
     let Some(desired) = desired else {
@@ -1161,6 +1240,45 @@ mod tests {
         assert!(
             text.contains("    api     aaaaaaaaaaaa  in sync\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn verdicts_name_each_replica_and_wait_for_all_of_them() {
+        let replicas = [
+            replica("r1", vec![running("api", B, Some(B), None)]),
+            replica("r2", vec![running("api", A, Some(B), Some("no\nexport"))]),
+            // Has not seen B yet: its refusal is of an earlier version.
+            replica("r3", vec![running("api", A, Some(A), Some("earlier"))]),
+            // Does not run the component: not asked.
+            replica("r4", vec![running("shop", A, None, None)]),
+        ];
+        let verdicts = Verdicts::of(&replicas, "api", B);
+        assert_eq!(verdicts.running, ["r1"]);
+        assert_eq!(
+            verdicts.refused,
+            [("r2".to_string(), "no export".to_string())]
+        );
+        assert_eq!(verdicts.pending, ["r3"]);
+        assert!(!verdicts.complete());
+        assert_eq!(
+            verdicts.summary(),
+            "1 of 3 replica(s) refused it and keep their version: r2 (no export); \
+             1 did not answer: r3; 1 run it: r1"
+        );
+
+        let all_refused = Verdicts::of(&replicas[1..2], "api", B);
+        assert!(all_refused.complete());
+        assert_eq!(
+            all_refused.summary(),
+            "1 of 1 replica(s) refused it and keep their version: r2 (no export)"
+        );
+        let none = Verdicts::of(&replicas[3..], "api", B);
+        assert!(none.complete());
+        assert_eq!(none.summary(), "no live replica runs the component");
+        assert_eq!(
+            Verdicts::of(&replicas[..1], "api", B).summary(),
+            "1 of 1 replica(s) run it: r1"
         );
     }
 

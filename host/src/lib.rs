@@ -311,19 +311,29 @@ impl Host {
             internal: internal.clone(),
         };
         let mut components = Vec::with_capacity(manifest.components.len());
-        let mut load_ms = Vec::with_capacity(manifest.components.len());
-        for spec in &manifest.components {
-            let started = std::time::Instant::now();
-            let loaded = component::load(spec, &engine.engine, &linker, &cache, &capabilities)
-                .await
-                .map_err(|error| HostError::Component {
-                    manifest: manifest.path.clone(),
-                    error,
-                })?;
-            load_ms.push(started.elapsed().as_millis() as u64);
+        let total = manifest.components.len();
+        for (index, spec) in manifest.components.iter().enumerate() {
+            // Each load logs its progress (`compiling 3/8 catalog…`, `loaded 4/8 order from the
+            // compile cache…`): a cold start compiles for seconds per component.
+            let position = component::Position {
+                index: index + 1,
+                total,
+            };
+            let loaded = component::load(
+                spec,
+                position,
+                &engine.engine,
+                &linker,
+                &cache,
+                &capabilities,
+            )
+            .await
+            .map_err(|error| HostError::Component {
+                manifest: manifest.path.clone(),
+                error,
+            })?;
             components.push(Arc::new(loaded));
         }
-        // Logged only once everything loaded: a failed load prints its one error line alone.
         tracing::info!(
             cache = capabilities.cache.kind(),
             sql = %capabilities.sql.dialect(),
@@ -332,15 +342,6 @@ impl Host {
             auth = authority.as_ref().map_or("none", |a| a.verifier().algorithm().name()),
             "backends"
         );
-        for (loaded, load_ms) in components.iter().zip(load_ms) {
-            tracing::info!(
-                component = %loaded.name,
-                digest = %&loaded.digest[..12],
-                origin = ?loaded.origin,
-                load_ms,
-                "component loaded"
-            );
-        }
         let slots: Vec<Arc<Slot>> = components
             .into_iter()
             .map(|loaded| Arc::new(Slot::new(loaded)))

@@ -5,7 +5,7 @@
 //! one-line message on stderr.
 
 use agora_host::admin::{ADMIN_TOKEN_VAR, AdminToken};
-use agora_host::fleet::Fleet;
+use agora_host::fleet::{Fleet, Verdicts};
 use agora_host::{Drained, Host, HostConfig};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -302,6 +302,9 @@ async fn deploy(args: DeployArgs) -> Result<(), (u8, String)> {
     if args.wait == 0 {
         return Ok(());
     }
+    // Returns only once every live replica has given its verdict on this version (runs it, or
+    // refused it and keeps its own), or the wait is over: a caller reading `agora status` next
+    // sees every replica's answer, not whichever came first.
     let deadline = std::time::Instant::now() + Duration::from_secs(args.wait);
     loop {
         let replicas = match fleet.replicas().await {
@@ -313,48 +316,21 @@ async fn deploy(args: DeployArgs) -> Result<(), (u8, String)> {
             }
             Err(err) => return Err((1, err.to_string())),
         };
-        let mut pending = Vec::new();
-        let mut refused = Vec::new();
-        for replica in &replicas {
-            match replica.components.iter().find(|c| c.name == args.name) {
-                // A replica without the component is not asked to run it.
-                None => {}
-                Some(c) if c.digest == desired.digest => {}
-                Some(c) if c.desired.as_deref() == Some(desired.digest.as_str()) => {
-                    match &c.error {
-                        Some(error) => refused.push(format!("{}: {error}", replica.replica)),
-                        None => pending.push(replica.replica.clone()),
-                    }
-                }
-                Some(_) => pending.push(replica.replica.clone()),
+        let verdicts = Verdicts::of(&replicas, &args.name, &desired.digest);
+        if verdicts.complete() {
+            if verdicts.refused.is_empty() {
+                println!("fleet `{}`: {}", fleet.name(), verdicts.summary());
+                return Ok(());
             }
-        }
-        if !refused.is_empty() {
-            return Err((
-                1,
-                format!(
-                    "{} replica(s) refused the new version and keep the old one: {}",
-                    refused.len(),
-                    refused.join("; ")
-                ),
-            ));
-        }
-        if pending.is_empty() {
-            println!(
-                "{} replica(s) of fleet `{}` run it",
-                replicas.len(),
-                fleet.name()
-            );
-            return Ok(());
+            return Err((1, verdicts.summary()));
         }
         if std::time::Instant::now() >= deadline {
             return Err((
                 1,
                 format!(
-                    "after {} s, {} replica(s) do not run it yet: {} (see `agora status`)",
+                    "after {} s: {} (see `agora status`)",
                     args.wait,
-                    pending.len(),
-                    pending.join(", ")
+                    verdicts.summary()
                 ),
             ));
         }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::process::{Agora, agora, signal, wait_with_limit};
+use common::process::{Agora, ChildGuard, agora, signal, wait_with_limit};
 use common::{component, component_table};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
@@ -24,25 +24,40 @@ fn read_stderr(child: &mut Child) -> String {
     stderr
 }
 
-/// Runs `agora serve` on `manifest` and expects a load failure: exit 2, one line on stderr.
+/// Whether `line` is the host's progress log of one component's load (`compiling 1/2 hello…`,
+/// `compiled 1/2 hello in …`, `loaded 1/2 hello from the compile cache in …`).
+fn is_progress(line: &str) -> bool {
+    line.contains(" INFO ")
+        && ["compiling ", "compiled ", "loaded "]
+            .iter()
+            .any(|verb| line.contains(verb))
+}
+
+/// Runs `agora serve` on `manifest` and expects a load failure: exit 2, one error line on
+/// stderr, preceded at most by the progress lines of the components loaded before.
 fn expect_load_error(dir: &Path, manifest: &str, expected: &[&str]) {
     let manifest_path = dir.join("agora.toml");
     std::fs::write(&manifest_path, manifest).unwrap();
-    let mut child = agora()
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest_path)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        agora()
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(&manifest_path)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let status = wait_with_limit(&mut child, Duration::from_secs(60));
     let stderr = read_stderr(&mut child);
     assert_eq!(status.code(), Some(2), "exit code for {manifest}: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line, got: {stderr}");
-    let line = lines[0];
+    let Some((line, before)) = lines.split_last() else {
+        panic!("nothing on stderr for {manifest}");
+    };
+    assert!(
+        before.iter().all(|earlier| is_progress(earlier)),
+        "only progress lines before the error, got: {stderr}"
+    );
     assert!(line.starts_with("error: "), "{line}");
     assert!(
         !line.contains("panicked") && !line.contains("backtrace"),
@@ -118,6 +133,50 @@ fn bad_manifests_and_components_exit_2_with_one_line() {
 }
 
 #[test]
+fn the_host_logs_each_component_as_it_compiles_or_loads_from_the_compile_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("agora.toml");
+    std::fs::write(
+        &manifest,
+        [
+            component_table("hello", "hello", &["/hello"], ""),
+            component_table("echo", "fixture-echo", &["/echo"], ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    // A data folder of its own: its compile cache starts empty.
+    let data = dir.path().join("data");
+    let find = |log: &str, needle: &str| -> String {
+        log.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` line in: {log}"))
+            .to_owned()
+    };
+
+    let (exit, cold) = Agora::start(&manifest, &data, &[], &[]).stop(libc::SIGTERM);
+    assert_eq!(exit, Some(0), "{cold}");
+    for needle in ["compiling 1/2 hello (", "compiling 2/2 echo ("] {
+        assert!(is_progress(&find(&cold, needle)), "{cold}");
+    }
+    for needle in ["compiled 1/2 hello in ", "compiled 2/2 echo in "] {
+        let line = find(&cold, needle);
+        assert!(line.contains("load_ms="), "{line}");
+    }
+    assert!(
+        cold.find("compiling 2/2").unwrap() > cold.find("compiled 1/2").unwrap(),
+        "one at a time: {cold}"
+    );
+    assert!(!cold.contains("from the compile cache"), "{cold}");
+
+    let (exit, warm) = Agora::start(&manifest, &data, &[], &[]).stop(libc::SIGTERM);
+    assert_eq!(exit, Some(0), "{warm}");
+    find(&warm, "loaded 1/2 hello from the compile cache in ");
+    find(&warm, "loaded 2/2 echo from the compile cache in ");
+    assert!(!warm.contains("compiling "), "{warm}");
+}
+
+#[test]
 fn a_missing_manifest_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nowhere.toml");
@@ -143,18 +202,18 @@ fn serve_expecting_exit_2(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> String {
-    let mut child = agora()
-        .env_remove("AGORA_ADMIN_TOKEN")
-        .envs(env.iter().copied())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(manifest)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        agora()
+            .env_remove("AGORA_ADMIN_TOKEN")
+            .envs(env.iter().copied())
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(manifest)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let status = wait_with_limit(&mut child, Duration::from_secs(30));
     let stderr = read_stderr(&mut child);
     assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
@@ -209,20 +268,80 @@ fn get_json(url: String) -> (u16, serde_json::Value) {
     })
 }
 
+/// The body of a raw HTTP/1.1 `response` (its `content-length` or chunked framing undone).
+fn http1_body(response: &str) -> String {
+    let (head, mut rest) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {response:?}"));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return rest.to_owned();
+    }
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .unwrap_or_else(|| panic!("bad chunk in {response:?}"));
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
+    use std::io::Write as _;
     let dir = tempfile::tempdir().unwrap();
     let agora = start_agora(
         dir.path(),
         &component_table("echo", "fixture-echo", &["/echo"], ""),
     );
-    let url = format!("http://{}/echo?sleep_ms=2500", agora.addr);
-    let slow = std::thread::spawn(move || get_json(url));
-    std::thread::sleep(Duration::from_millis(800));
-    let (exit, stderr) = agora.stop(libc::SIGTERM);
-    let (status, body) = slow.join().unwrap();
-    assert_eq!(status, 200, "the in-flight request finished after SIGTERM");
+    // A request the test holds in flight: with `expect: 100-continue` the host says `100
+    // Continue` only once the component reads the body — the request is then inside echo, not
+    // on its way — and echo answers only once the body is sent.
+    let mut stream = std::net::TcpStream::connect(&agora.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /echo?sleep_ms=300 HTTP/1.1\r\nhost: agora\r\ncontent-length: 5\r\n\
+              expect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100 "), "{line:?}");
+    reader.read_line(&mut line).unwrap();
+
+    signal(&agora.child, libc::SIGTERM);
+    // The listener closes when the drain begins: from then on the request is being drained.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&agora.addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agora kept accepting after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stream.write_all(b"hello").unwrap();
+    let mut response = String::new();
+    reader.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200 "),
+        "the in-flight request finished after SIGTERM: {response}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&http1_body(&response)).unwrap();
     assert_eq!(body["path"], "/echo");
+    assert_eq!(body["body_len"], 5);
+
+    let (exit, stderr) = agora.wait();
     assert_eq!(exit, Some(0));
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     // The request's span names the component, route, status and duration.
@@ -410,23 +529,23 @@ fn the_admin_api_listens_on_its_own_address_when_asked() {
     )
     .unwrap();
     let token = "a-long-enough-admin-token";
-    let mut child = agora()
-        .env("AGORA_ADMIN_TOKEN", token)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--manifest")
-        .arg(&manifest_path)
-        .arg("--data-dir")
-        .arg(common::shared_data_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        agora()
+            .env("AGORA_ADMIN_TOKEN", token)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--manifest")
+            .arg(&manifest_path)
+            .arg("--data-dir")
+            .arg(common::shared_data_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut lines = [String::new(), String::new()];
     for line in &mut lines {

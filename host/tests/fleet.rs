@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::process::{Agora, agora, wait_with_limit};
+use common::process::{Agora, ChildGuard, agora, wait_with_limit};
 use common::{component, nats_url_or_skip, unique_name};
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -43,15 +43,15 @@ fn replica(dir: &Path, manifest: &Path, nats: &str, fleet: &str, index: usize) -
 }
 
 fn fleet_command(args: &[&str], nats: &str, fleet: &str) -> Output {
-    let mut child = agora()
-        .args(args)
-        .args(["--nats-url", nats, "--fleet", fleet])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        agora()
+            .args(args)
+            .args(["--nats-url", nats, "--fleet", fleet])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     wait_with_limit(&mut child, Duration::from_secs(60));
-    child.wait_with_output().unwrap()
+    child.wait_with_output()
 }
 
 fn text(bytes: &[u8]) -> String {

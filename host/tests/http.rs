@@ -256,17 +256,15 @@ async fn the_concurrency_cap_answers_503_and_recovers() {
         let url = host.url("/echo?sleep_ms=1500");
         async move { http.get(url).send().await.unwrap().status() }
     });
-    // Wait until the slow request holds the only permit: the host then refuses the next one.
-    let mut refused = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let response = http.get(host.url("/echo")).send().await.unwrap();
-        if response.status() == 503 {
-            refused = Some(response);
-            break;
-        }
-    }
-    let refused = refused.expect("a second concurrent request is refused");
+    // Once the slow request holds the only permit, the host refuses the next one. (Probing
+    // before that could take the permit first and have the slow request refused instead.)
+    host.wait_until_in_flight("echo", 1).await;
+    let refused = http.get(host.url("/echo")).send().await.unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "a second concurrent request is refused"
+    );
     assert_eq!(
         refused
             .headers()
@@ -312,7 +310,7 @@ async fn shutdown_drains_in_flight_requests() {
         let url = host.url("/echo?sleep_ms=2000");
         async move { http.get(url).send().await.unwrap().status() }
     });
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    host.wait_until_in_flight("echo", 1).await;
     let drained = host.stop().await;
     assert_eq!(drained, agora_host::Drained::Clean);
     assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");

@@ -256,8 +256,8 @@ async fn in_flight_requests_finish_on_the_version_they_started_with() {
     let admin = Admin::of(&host);
     let client = reqwest::Client::new();
     let slow = tokio::spawn(client.get(host.url("/swap/slow?ms=2500")).send());
-    // Give the slow request a head start so it is running on v1 when the swap happens.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The slow request runs on v1 when the swap happens.
+    host.wait_until_in_flight("swap", 1).await;
     let (status, body) = admin.put("swap", wasm("fixture-swap-v2")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(version(&client, &host).await, "v2");

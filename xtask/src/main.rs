@@ -1,25 +1,18 @@
 //! `cargo xtask`: the project's own commands.
 //!
 //! - `build-components`: every component crate under components/ → target/components/NAME.wasm
-//! - `dev`: build components and host, serve agora.toml on embedded backends
-//! - `test`: build components, then format check, clippy and the whole test suite
-//! - `bench hello`: agora vs `wasmtime serve -Scli` vs native hyper, same load, same run
-//! - `bench capabilities`: per-call cost of each capability from a guest vs natively
-//! - `bench shop`: the shop on PostgreSQL, Redis and NATS: a cached product read, orders
-//! - `bench swap`: hot swap on the shop: upload → serving per component, latency under swaps
+//! - `dev`: build the components agora.toml serves and the host, serve agora.toml on embedded
+//!   backends
+//! - `test`: build every component, then format check, clippy and the whole test suite
+//! - `bench …` and `load …`: run by the `agora-bench` crate (bench/), built only when asked
+//!
+//! xtask itself has light dependencies only, so it builds in seconds on a fresh clone.
 
-mod bench;
-mod bench_capabilities;
-mod bench_fleet;
-mod bench_shop;
-mod bench_swap;
-mod components;
-mod loadgen;
-
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
 use std::process::Command;
+use xtask::{cargo, components, root, run, step, target_dir};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -32,111 +25,115 @@ struct Cli {
 enum Task {
     /// Build every component under components/ into target/components/NAME.wasm.
     BuildComponents,
-    /// Build components and host, then serve agora.toml (embedded backends).
+    /// Build the components agora.toml serves and the host, then serve agora.toml (embedded
+    /// backends).
     Dev {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Serve the release host instead of the dev-profile one `cargo xtask test` shares (its
+        /// dependencies are optimised either way; the release build compiles them once more).
+        #[arg(long)]
+        release: bool,
     },
-    /// Build components, check formatting and lints, run the whole test suite.
+    /// Build every component, check formatting and lints, run the whole test suite.
     Test,
-    /// Measure throughput and latency (see BENCHMARKS.md).
+    /// Measure throughput and latency (see BENCHMARKS.md): `cargo xtask bench --help`.
+    #[command(disable_help_flag = true)]
     Bench {
-        #[command(subcommand)]
-        which: bench_shop::Which,
+        /// hello | capabilities | shop | swap, and their options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
-    /// Run a load generator against a URL (used by `bench`; handy on its own).
-    Load(loadgen::LoadArgs),
+    /// Run a load generator against a URL (used by `bench`; handy on its own):
+    /// `cargo xtask load --help`.
+    #[command(disable_help_flag = true)]
+    Load {
+        /// The URL and options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::BuildComponents => components::build_all().map(drop),
-        Task::Dev { listen } => dev(&listen),
+        Task::Dev { listen, release } => dev(&listen, release),
         Task::Test => test(),
-        Task::Bench { which } => bench_shop::run_bench(which),
-        Task::Load(args) => loadgen::run_cli(args),
+        Task::Bench { args } => bench("bench", args),
+        Task::Load { args } => bench("load", args),
     }
 }
 
-/// The repository root (the folder holding xtask/).
-///
-/// Read from the environment `cargo run` sets, not from the path baked in at compile time:
-/// two clones sharing one CARGO_TARGET_DIR share the uplifted `xtask` binary, and a baked path
-/// would send one clone's commands to the other's tree.
-pub fn root() -> PathBuf {
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    manifest_dir
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// The cargo that runs this xtask.
-pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.current_dir(root());
-    command
-}
-
-/// Where cargo puts build output for the host workspace.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_absolute() {
-                dir
-            } else {
-                root().join(dir)
-            }
-        })
-        .unwrap_or_else(|| root().join("target"))
-}
-
-/// Runs `command`, failing with its description when it does not succeed.
-pub fn run(command: &mut Command) -> anyhow::Result<()> {
-    let description = format!("{command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {description}"))?;
-    if !status.success() {
-        bail!("{description} failed ({status})");
-    }
-    Ok(())
+/// Runs `agora-bench COMMAND ARGS…` (bench/): cargo builds it first, with its progress shown.
+fn bench(command: &str, args: Vec<OsString>) -> anyhow::Result<()> {
+    run(cargo()
+        .args(["run", "--package", "agora-bench", "--", command])
+        .args(args))
 }
 
 /// The admin account `cargo xtask dev` creates when the environment names none.
 const DEV_ADMIN_EMAIL: &str = "admin@shop.local";
 const DEV_ADMIN_PASSWORD: &str = "agora-dev-admin";
 
-fn dev(listen: &str) -> anyhow::Result<()> {
-    components::build_all()?;
+fn dev(listen: &str, release: bool) -> anyhow::Result<()> {
+    components::build_served(&root().join("agora.toml"))?;
+    let agora = if release {
+        step("building the host (release)", || {
+            run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "agora-host",
+                "--bin",
+                "agora",
+            ]))
+        })?;
+        target_dir().join("release/agora")
+    } else {
+        // Features as `cargo test --workspace` resolves them, so this is the very binary the
+        // suite builds, on the same compiled dependencies (wasmtime among them): every
+        // workspace member takes part in feature resolution, and `--examples` (there are none)
+        // makes cargo count the dev-dependencies' features too, as a test build does.
+        step(
+            "building the host (dev profile, dependencies optimised; `cargo xtask test` reuses it)",
+            || run(cargo().args(["build", "--workspace", "--bin", "agora", "--examples"])),
+        )?;
+        target_dir().join("debug/agora")
+    };
     let email = std::env::var("AGORA_ADMIN_EMAIL").unwrap_or_else(|_| DEV_ADMIN_EMAIL.into());
     let password =
         std::env::var("AGORA_ADMIN_PASSWORD").unwrap_or_else(|_| DEV_ADMIN_PASSWORD.into());
     eprintln!(
         "xtask: the shop's admin is {email} (password from AGORA_ADMIN_PASSWORD, default `{DEV_ADMIN_PASSWORD}`)"
     );
-    eprintln!("xtask: building and starting the host (release)");
-    run(cargo()
+    eprintln!(
+        "xtask: starting {} serve --manifest agora.toml --listen {listen} (the first start \
+         compiles each component; later ones load them from the compile cache)",
+        agora.display()
+    );
+    let mut serve = Command::new(&agora);
+    serve
+        .current_dir(root())
         .env("AGORA_ADMIN_EMAIL", &email)
         .env("AGORA_ADMIN_PASSWORD", &password)
-        .args([
-            "run",
-            "--release",
-            "--package",
-            "agora-host",
-            "--bin",
-            "agora",
-            "--",
-            "serve",
-            "--manifest",
-            "agora.toml",
-            "--listen",
-            listen,
-        ]))
+        .args(["serve", "--manifest", "agora.toml", "--listen", listen]);
+    exec(serve)
+}
+
+/// Replaces this process with `command` where the platform can (Ctrl-C and the exit status
+/// then belong to the host alone); elsewhere runs it and waits.
+fn exec(mut command: Command) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let error = command.exec();
+        Err(error).with_context(|| format!("cannot start {command:?}"))
+    }
+    #[cfg(not(unix))]
+    {
+        run(&mut command)
+    }
 }
 
 /// Guest crates whose unit tests also run on the native target.
@@ -151,46 +148,86 @@ const NATIVE_TESTED: &[&str] = &[
 
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    check_chromium()?;
     components::build_all()?;
-    eprintln!("xtask: cargo fmt --check");
-    run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo()
-        .args(["fmt", "--all", "--check", "--manifest-path"])
-        .arg(root().join("components/Cargo.toml")))?;
-    eprintln!("xtask: cargo clippy (host workspace and components)");
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(cargo()
-        .args(["clippy", "--workspace", "--release", "--manifest-path"])
-        .arg(root().join("components/Cargo.toml"))
-        .args(["--", "-D", "warnings"])
-        .env("CARGO_TARGET_DIR", components::target_dir()))?;
-    eprintln!("xtask: cargo test");
-    run(cargo().args(["test", "--workspace"]))?;
+    step("cargo fmt --check (host workspace and components)", || {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo()
+            .args(["fmt", "--all", "--check", "--manifest-path"])
+            .arg(root().join("components/Cargo.toml")))
+    })?;
+    step("cargo clippy (host workspace)", || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    step("cargo clippy (components)", || {
+        run(cargo()
+            .args(["clippy", "--workspace", "--release", "--manifest-path"])
+            .arg(root().join("components/Cargo.toml"))
+            .args(["--", "-D", "warnings"])
+            .env("CARGO_TARGET_DIR", components::target_dir()))
+    })?;
+    step("cargo test --workspace", || {
+        run(cargo().args(["test", "--workspace"]))
+    })?;
     // The pure logic of the guest SDK and of the shop's components (time encoding, row
     // decoding, validation) is tested natively: their calls into the host are only made from
     // inside a component.
-    eprintln!("xtask: cargo test of the guest SDK and the shop's components (native target)");
-    let mut native = cargo();
-    native.arg("test");
-    for package in NATIVE_TESTED {
-        native.args(["--package", package]);
-    }
-    run(native
-        .args(["--target", &host_triple()?])
-        .arg("--manifest-path")
-        .arg(root().join("components/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", components::target_dir()))?;
+    step(
+        "cargo test of the guest SDK and the shop's components (native target)",
+        || {
+            let mut native = cargo();
+            native.arg("test");
+            for package in NATIVE_TESTED {
+                native.args(["--package", package]);
+            }
+            run(native
+                .args(["--target", &host_triple()?])
+                .arg("--manifest-path")
+                .arg(root().join("components/Cargo.toml"))
+                .env("CARGO_TARGET_DIR", components::target_dir()))
+        },
+    )?;
     eprintln!(
-        "xtask: the whole suite passed in {:.0} s",
-        started.elapsed().as_secs_f64()
+        "xtask: the whole suite passed in {}",
+        xtask::duration(started.elapsed())
     );
+    Ok(())
+}
+
+/// The names host/tests/shop_gateway.rs looks for on PATH to run the GraphiQL page.
+const CHROMIUM: &[&str] = &[
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+];
+
+/// The GraphiQL test runs in headless Chromium; without one it is skipped, except under
+/// `CI=true`, where it fails. Say so before the long build rather than after it.
+fn check_chromium() -> anyhow::Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .any(|dir| CHROMIUM.iter().any(|name| dir.join(name).is_file()));
+    if found {
+        return Ok(());
+    }
+    let how = "install it (Debian/Ubuntu: `apt-get update && apt-get install -y chromium`, \
+               as .ci/run does), or run `.ci/run`, which installs it when it is missing";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        anyhow::bail!(
+            "CI=true and no Chromium on PATH (looked for {}): the gateway's GraphiQL test \
+             needs it under CI; {how}",
+            CHROMIUM.join(", ")
+        );
+    }
+    eprintln!("xtask: no Chromium on PATH: the gateway's GraphiQL test will say SKIPPED; {how}");
     Ok(())
 }
 
@@ -204,4 +241,51 @@ fn host_triple() -> anyhow::Result<String> {
         .find_map(|line| line.strip_prefix("host: "))
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("`rustc -vV` named no host triple"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn forwarded(argv: &[&str]) -> Vec<String> {
+        match Cli::try_parse_from(argv).unwrap().command {
+            Task::Bench { args } | Task::Load { args } => args
+                .into_iter()
+                .map(|arg| arg.into_string().unwrap())
+                .collect(),
+            _ => panic!("{argv:?} is not bench or load"),
+        }
+    }
+
+    #[test]
+    fn bench_and_load_hand_every_argument_to_agora_bench() {
+        assert_eq!(
+            forwarded(&["xtask", "bench", "hello", "--seconds", "1"]),
+            ["hello", "--seconds", "1"]
+        );
+        assert_eq!(forwarded(&["xtask", "bench", "--help"]), ["--help"]);
+        assert_eq!(
+            forwarded(&["xtask", "load", "http://127.0.0.1:1/", "--connections", "2"]),
+            ["http://127.0.0.1:1/", "--connections", "2"]
+        );
+        assert!(forwarded(&["xtask", "bench"]).is_empty());
+    }
+
+    #[test]
+    fn dev_serves_the_dev_profile_host_unless_asked_for_release() {
+        let Task::Dev { listen, release } = Cli::try_parse_from(["xtask", "dev"]).unwrap().command
+        else {
+            panic!("not dev");
+        };
+        assert_eq!((listen.as_str(), release), ("127.0.0.1:8080", false));
+        let Task::Dev { release, .. } = Cli::try_parse_from(["xtask", "dev", "--release"])
+            .unwrap()
+            .command
+        else {
+            panic!("not dev");
+        };
+        assert!(release);
+    }
 }

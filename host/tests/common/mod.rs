@@ -8,6 +8,7 @@ pub mod process;
 use agora_host::{Drained, Host, HostConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -46,6 +47,7 @@ pub struct TestHost {
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Drained, agora_host::HostError>>>,
+    registry: Arc<agora_host::swap::Components>,
 }
 
 impl TestHost {
@@ -84,6 +86,7 @@ impl TestHost {
             }
             None => host,
         };
+        let registry = host.registry().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -96,6 +99,32 @@ impl TestHost {
             dir,
             shutdown: Some(shutdown),
             task: Some(task),
+            registry,
+        }
+    }
+
+    /// Instances of `component` running right now (requests and events holding one of its
+    /// concurrency permits, whichever version they run).
+    pub fn in_flight(&self, component: &str) -> usize {
+        let slot = self
+            .registry
+            .get(component)
+            .unwrap_or_else(|| panic!("no component `{component}`"));
+        let current = slot.current();
+        current.limits.concurrency as usize - current.permits.available_permits()
+    }
+
+    /// Waits (30 s at most) until `n` instances of `component` run: requests sent before are
+    /// then inside the component, not still on their way. The condition a test waits for,
+    /// instead of a head start that a loaded machine may not honour.
+    pub async fn wait_until_in_flight(&self, component: &str, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.in_flight(component) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} instance(s) of `{component}` never ran at once"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 

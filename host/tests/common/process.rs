@@ -12,6 +12,63 @@ pub fn agora() -> Command {
     command
 }
 
+/// A child process that ends with its owner: dropping the guard kills the process if it still
+/// runs and reaps it, so a test that fails half-way (a panic unwinds through it) leaves nothing
+/// running. Derefs to the [`Child`].
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    /// Spawns `command` under a guard.
+    pub fn spawn(command: &mut Command) -> ChildGuard {
+        ChildGuard(
+            command
+                .spawn()
+                .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}")),
+        )
+    }
+
+    /// Waits for the exit and collects the rest of the piped output, as
+    /// [`Child::wait_with_output`] does.
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut out) = self.0.stdout.take() {
+            out.read_to_end(&mut stdout).unwrap();
+        }
+        if let Some(mut err) = self.0.stderr.take() {
+            err.read_to_end(&mut stderr).unwrap();
+        }
+        let status = self.0.wait().unwrap();
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for `child` to exit, killing it (and failing) after `limit`.
 pub fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
@@ -34,9 +91,10 @@ pub fn signal(child: &Child, signal: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
-/// A running `agora serve` child, its address and (once it exits) its stderr.
+/// A running `agora serve` child, its address and (once it exits) its stderr. Dropped without
+/// [`Agora::stop`] (a failed test), the process is killed.
 pub struct Agora {
-    pub child: Child,
+    pub child: ChildGuard,
     pub addr: String,
     pub log: std::thread::JoinHandle<String>,
 }
@@ -45,18 +103,18 @@ impl Agora {
     /// Starts `agora serve --manifest MANIFEST --data-dir DATA ARGS…` on an ephemeral port and
     /// reads its address from the listening line.
     pub fn start(manifest: &Path, data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Agora {
-        let mut child = agora()
-            .envs(env.iter().copied())
-            .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "10"])
-            .arg("--manifest")
-            .arg(manifest)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = ChildGuard::spawn(
+            agora()
+                .envs(env.iter().copied())
+                .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "10"])
+                .arg("--manifest")
+                .arg(manifest)
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         // Drain stderr continuously: a full pipe would block the server's logging.
         let mut stderr = child.stderr.take().unwrap();
         let log = std::thread::spawn(move || {
@@ -80,8 +138,13 @@ impl Agora {
     }
 
     /// Sends `signal_number`, waits for the exit and returns its code and everything logged.
-    pub fn stop(mut self, signal_number: libc::c_int) -> (Option<i32>, String) {
+    pub fn stop(self, signal_number: libc::c_int) -> (Option<i32>, String) {
         signal(&self.child, signal_number);
+        self.wait()
+    }
+
+    /// Waits (20 s at most) for the exit and returns its code and everything logged.
+    pub fn wait(mut self) -> (Option<i32>, String) {
         let status = wait_with_limit(&mut self.child, Duration::from_secs(20));
         (status.code(), self.log.join().unwrap())
     }

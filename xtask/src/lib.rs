@@ -1,0 +1,100 @@
+//! The helpers `cargo xtask` and the benchmarks (bench/, `agora-bench`) share: where the
+//! repository and its build output are, how to run cargo, and the component builder.
+
+pub mod components;
+
+use anyhow::{Context as _, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The repository root (the folder holding xtask/ and bench/).
+///
+/// Read from the environment `cargo run` sets (the running package's folder, one level below
+/// the root for both xtask and agora-bench), not from the path baked in at compile time: two
+/// clones sharing one CARGO_TARGET_DIR share the uplifted binaries, and a baked path would send
+/// one clone's commands to the other's tree.
+pub fn root() -> PathBuf {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo that runs this process, in the repository root.
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// Where cargo puts build output for the host workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root().join(dir)
+            }
+        })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Runs `command`, failing with its description when it does not succeed.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let description = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {description}"))?;
+    if !status.success() {
+        bail!("{description} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs one long step of a command: says what it starts (`xtask: building the host…`), then
+/// how long it took (`xtask: building the host… done in 312 s`) or that it failed.
+pub fn step<T>(what: &str, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    eprintln!("xtask: {what}…");
+    let started = Instant::now();
+    let outcome = work();
+    match &outcome {
+        Ok(_) => eprintln!("xtask: {what}… done in {}", duration(started.elapsed())),
+        Err(_) => eprintln!(
+            "xtask: {what}… failed after {}",
+            duration(started.elapsed())
+        ),
+    }
+    outcome
+}
+
+/// `0.4 s`, `12 s`, `312 s (5.2 min)`.
+pub fn duration(elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64();
+    if seconds < 10.0 {
+        format!("{seconds:.1} s")
+    } else if seconds < 120.0 {
+        format!("{seconds:.0} s")
+    } else {
+        format!("{seconds:.0} s ({:.1} min)", seconds / 60.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn durations_read_well_at_every_scale() {
+        assert_eq!(duration(Duration::from_millis(400)), "0.4 s");
+        assert_eq!(duration(Duration::from_millis(12_300)), "12 s");
+        assert_eq!(duration(Duration::from_secs(312)), "312 s (5.2 min)");
+    }
+}
