@@ -57,6 +57,7 @@
 //! deadline_ms = 5000
 //! body_kib = 512
 //! concurrency = 32
+//! sql_result_kib = 65536         # rows one sql query reads into the host; default: memory_mib
 //! ```
 
 use crate::policy::{Access, PathPattern, Policy, RateLimits};
@@ -239,6 +240,9 @@ pub struct Limits {
     pub body_bytes: u64,
     /// Instances allowed to run at once; further requests get 503.
     pub concurrency: u32,
+    /// Cap on the rows one sql query reads into host memory, in bytes (default: the memory
+    /// limit); past it the query fails with a `too_large` error.
+    pub sql_result_bytes: u64,
 }
 
 impl Default for Limits {
@@ -248,6 +252,7 @@ impl Default for Limits {
             deadline_ms: DEFAULT_DEADLINE_MS,
             body_bytes: DEFAULT_BODY_KIB << 10,
             concurrency: DEFAULT_CONCURRENCY,
+            sql_result_bytes: DEFAULT_MEMORY_MIB << 20,
         }
     }
 }
@@ -390,6 +395,7 @@ struct RawLimits {
     deadline_ms: Option<u64>,
     body_kib: Option<u64>,
     concurrency: Option<u32>,
+    sql_result_kib: Option<u64>,
 }
 
 impl Manifest {
@@ -583,11 +589,13 @@ impl RawLimits {
             self.concurrency.map(u64::from),
             u64::from(defaults.concurrency),
         )?;
+        let sql_result_kib = positive("sql_result_kib", self.sql_result_kib, memory_mib << 10)?;
         Ok(Limits {
             memory_bytes: memory_mib << 20,
             deadline_ms,
             body_bytes: body_kib.saturating_mul(1024),
             concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
+            sql_result_bytes: sql_result_kib.saturating_mul(1024),
         })
     }
 }
@@ -869,6 +877,22 @@ mod tests {
         assert!(message.contains("/shop/agora.toml:4:"), "{message}");
         assert!(message.contains("unknown field `route`"), "{message}");
         assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn the_sql_result_cap_defaults_to_the_memory_limit() {
+        let limits = |extra: &str| {
+            parse(&format!(
+                "[[component]]\nname = \"a\"\nsource = \"a.wasm\"\n[component.limits]\n{extra}\n"
+            ))
+            .map(|manifest| manifest.components[0].limits)
+        };
+        let memory = limits("memory_mib = 16").expect("valid");
+        assert_eq!(memory.sql_result_bytes, 16 << 20);
+        let capped = limits("sql_result_kib = 512").expect("valid");
+        assert_eq!(capped.sql_result_bytes, 512 << 10);
+        let err = limits("sql_result_kib = 0").expect_err("zero");
+        assert!(err.to_string().contains("sql_result_kib"), "{err}");
     }
 
     #[test]
