@@ -48,16 +48,16 @@ use crate::value::{
     from_pg_timestamp, pg_date_text, pg_numeric, pg_numeric_text, pg_time_text, pg_timestamp,
 };
 use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
+use futures::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{
     PgArgumentBuffer, PgArguments, PgColumn, PgConnectOptions, PgConnection, PgPool, PgPoolOptions,
     PgRow, PgTypeInfo, PgValueFormat, PgValueRef,
 };
-use futures::TryStreamExt as _;
-use sqlx::pool::PoolConnection;
 use sqlx::{
     Arguments as _, AssertSqlSafe, Column as _, Connection as _, Encode, Executor as _, Postgres,
     Row as _, SqlSafeStr as _, Statement as _, Type, TypeInfo as _, ValueRef as _,
@@ -921,9 +921,7 @@ impl Namespace for PgNamespace {
             self,
             bounds,
         );
-        let result = bounds
-            .run(query(conn.busy()?, sql, params, *bounds))
-            .await;
+        let result = bounds.run(query(conn.busy()?, sql, params, *bounds)).await;
         conn.settle(&result);
         result
     }

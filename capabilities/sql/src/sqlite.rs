@@ -18,11 +18,11 @@ use crate::backend::{Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, 
 use crate::migrate::{failed, pending};
 use crate::value::{check_decimal, rfc3339};
 use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
+use futures::TryStreamExt as _;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use futures::TryStreamExt as _;
 use sqlx::{
     Arguments as _, AssertSqlSafe, Column as _, Decode, Executor as _, Row as _, SqlSafeStr as _,
     Sqlite, Statement as _, TypeInfo as _, ValueRef as _,
@@ -213,7 +213,10 @@ async fn acquire(
     bounds: &Bounds,
 ) -> Result<sqlx::pool::PoolConnection<Sqlite>, SqlError> {
     let mut conn = bounds.acquire(MAX_CONNECTIONS, pool.acquire()).await?;
-    arm(&mut conn, bounds).await?;
+    // A pooled connection is armed for the default bounds already (see `after_release`).
+    if *bounds != Bounds::default() {
+        arm(&mut conn, bounds).await?;
+    }
     Ok(conn)
 }
 
@@ -456,7 +459,9 @@ impl Namespace for SqliteNamespace {
 
     async fn begin_within(&self, bounds: &Bounds) -> Result<Box<dyn Tx>, SqlError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        arm(&mut tx, bounds).await?;
+        if *bounds != Bounds::default() {
+            arm(&mut tx, bounds).await?;
+        }
         Ok(Box::new(SqliteTx {
             tx,
             bounds: *bounds,

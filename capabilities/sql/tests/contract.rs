@@ -1301,7 +1301,10 @@ async fn results_are_capped(setup: Setup) {
     for statement in big {
         let mut guest = Guest::bounded(namespace.clone(), bounds(deadline, cap));
         let answer = answers_within(deadline, guest.query(&statement, vec![])).await;
-        assert!(is_code(&answer, "54000: too_large"), "{statement}: {answer:?}");
+        assert!(
+            is_code(&answer, "54000: too_large"),
+            "{statement}: {answer:?}"
+        );
         assert!(
             matches!(&answer, Err(Error::Query(m)) if m.contains("1024 KiB") && m.contains("sql_result_kib")),
             "{answer:?}"
@@ -1344,7 +1347,10 @@ async fn transactions_end_at_the_deadline(setup: Setup) {
         let later = guest.tx_query(tx, "select 1", vec![]).await;
         assert!(is_code(&later, "25P02: "), "{later:?}");
         assert!(guest.commit(tx).await.is_err());
-        assert_eq!(guest.rows("select count(*) from kept", vec![]).await, [[int(0)]]);
+        assert_eq!(
+            guest.rows("select count(*) from kept", vec![]).await,
+            [[int(0)]]
+        );
     } else {
         guest.rollback(tx).await.unwrap();
     }
