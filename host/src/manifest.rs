@@ -57,6 +57,7 @@
 //! deadline_ms = 5000
 //! body_kib = 512
 //! concurrency = 32
+//! sql_result_kib = 65536         # rows one sql query reads into the host; default: memory_mib
 //! ```
 
 use crate::policy::{Access, PathPattern, Policy, RateLimits};
@@ -243,6 +244,9 @@ pub struct Limits {
     pub cache_keys: u64,
     /// Largest value the component may store in the cache, in bytes.
     pub cache_value_bytes: u64,
+    /// Cap on the rows one sql query reads into host memory, in bytes (default: the memory
+    /// limit); past it the query fails with a `too_large` error.
+    pub sql_result_bytes: u64,
 }
 
 impl Default for Limits {
@@ -254,6 +258,7 @@ impl Default for Limits {
             concurrency: DEFAULT_CONCURRENCY,
             cache_keys: agora_cache::MAX_KEYS,
             cache_value_bytes: agora_cache::MAX_VALUE_BYTES as u64,
+            sql_result_bytes: DEFAULT_MEMORY_MIB << 20,
         }
     }
 }
@@ -398,6 +403,7 @@ struct RawLimits {
     concurrency: Option<u32>,
     cache_keys: Option<u64>,
     cache_value_kib: Option<u64>,
+    sql_result_kib: Option<u64>,
 }
 
 impl Manifest {
@@ -602,6 +608,7 @@ impl RawLimits {
                 "limits.cache_value_kib is {cache_value_kib}, above the 65536 KiB (64 MiB) a cache value may hold"
             ));
         }
+        let sql_result_kib = positive("sql_result_kib", self.sql_result_kib, memory_mib << 10)?;
         Ok(Limits {
             memory_bytes: memory_mib << 20,
             deadline_ms,
@@ -609,6 +616,7 @@ impl RawLimits {
             concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
             cache_keys,
             cache_value_bytes: cache_value_kib << 10,
+            sql_result_bytes: sql_result_kib.saturating_mul(1024),
         })
     }
 }
@@ -890,6 +898,22 @@ mod tests {
         assert!(message.contains("/shop/agora.toml:4:"), "{message}");
         assert!(message.contains("unknown field `route`"), "{message}");
         assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn the_sql_result_cap_defaults_to_the_memory_limit() {
+        let limits = |extra: &str| {
+            parse(&format!(
+                "[[component]]\nname = \"a\"\nsource = \"a.wasm\"\n[component.limits]\n{extra}\n"
+            ))
+            .map(|manifest| manifest.components[0].limits)
+        };
+        let memory = limits("memory_mib = 16").expect("valid");
+        assert_eq!(memory.sql_result_bytes, 16 << 20);
+        let capped = limits("sql_result_kib = 512").expect("valid");
+        assert_eq!(capped.sql_result_bytes, 512 << 10);
+        let err = limits("sql_result_kib = 0").expect_err("zero");
+        assert!(err.to_string().contains("sql_result_kib"), "{err}");
     }
 
     #[test]

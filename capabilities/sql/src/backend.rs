@@ -5,6 +5,144 @@ use crate::{Migration, Rows, SqlError, Value};
 use futures::future::BoxFuture;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
+
+/// Result cap when none is given: the default memory limit of a component (128 MiB).
+pub const DEFAULT_RESULT_BYTES: usize = 128 << 20;
+
+/// What one store's calls may cost the host: until when they may run, and how much of a
+/// result they may read into host memory.
+///
+/// The host gives every store the deadline of its request or event and the component's
+/// `limits.sql_result_kib`; [`Bounds::default`] (no deadline, [`DEFAULT_RESULT_BYTES`]) is what
+/// the host's own calls and the bound-less trait methods use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// When the request or event that makes the call ends: a statement still running then is
+    /// cancelled and its call answers a `57014` query error; waiting for a free connection
+    /// past it answers `unavailable`.
+    pub deadline: Option<Instant>,
+    /// Most bytes of rows one `query` reads into host memory (each value counts its payload
+    /// plus its in-memory size); past it the call answers a `54000` query error naming the cap.
+    /// On SQLite it also caps every single text or blob a statement makes.
+    pub max_result_bytes: usize,
+    /// The longest any call of this component may run: its whole deadline
+    /// (`limits.deadline_ms`). A PostgreSQL session of the component's role still running a
+    /// statement older than that after the host gave up on one of its calls is ended by the
+    /// host (a guest can switch off the server's own checks for its session).
+    pub max_statement: Option<std::time::Duration>,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            deadline: None,
+            max_result_bytes: DEFAULT_RESULT_BYTES,
+            max_statement: None,
+        }
+    }
+}
+
+impl Bounds {
+    /// The time left before the deadline, or the [`SqlError::Timeout`] of a passed one.
+    /// `None`: no deadline.
+    pub(crate) fn remaining(&self) -> Result<Option<std::time::Duration>, SqlError> {
+        match self.deadline {
+            None => Ok(None),
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Ok(Some(left)),
+                _ => Err(SqlError::timeout()),
+            },
+        }
+    }
+
+    /// Runs `work` until the deadline: past it, `work` is dropped and the answer is
+    /// [`SqlError::Timeout`].
+    pub(crate) async fn run<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, SqlError>>,
+    ) -> Result<T, SqlError> {
+        self.remaining()?;
+        match self.deadline {
+            None => work.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), work)
+                .await
+                .unwrap_or_else(|_| Err(SqlError::timeout())),
+        }
+    }
+
+    /// Waits for `acquire` (a free connection) until the deadline: past it, `unavailable`.
+    pub(crate) async fn acquire<T>(
+        &self,
+        pool_size: u32,
+        acquire: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, SqlError> {
+        let exhausted = || {
+            SqlError::Unavailable(format!(
+                "no database connection became free before the deadline (this component's \
+                 pool holds at most {pool_size})"
+            ))
+        };
+        if self.remaining().is_err() {
+            return Err(exhausted());
+        }
+        let acquired = match self.deadline {
+            None => acquire.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), acquire)
+                .await
+                .map_err(|_| exhausted())?,
+        };
+        acquired.map_err(|err| match err {
+            sqlx::Error::PoolTimedOut => SqlError::Unavailable(format!(
+                "no database connection became free in time (this component's pool holds at \
+                 most {pool_size}, or the database is unreachable)"
+            )),
+            other => other.into(),
+        })
+    }
+
+    /// The error of a result over the cap.
+    pub(crate) fn too_large(&self) -> SqlError {
+        SqlError::TooLarge(format!(
+            "the result is over this component's cap of {} KiB of rows read into the host \
+             (limits.sql_result_kib); select fewer rows or smaller values",
+            self.max_result_bytes >> 10
+        ))
+    }
+}
+
+/// Counts the bytes of a result as its rows arrive.
+pub(crate) struct ResultBudget {
+    used: usize,
+    cap: usize,
+}
+
+impl ResultBudget {
+    pub(crate) fn new(bounds: &Bounds) -> ResultBudget {
+        ResultBudget {
+            used: 0,
+            cap: bounds.max_result_bytes,
+        }
+    }
+
+    /// Adds one row; `false` once the total is over the cap.
+    pub(crate) fn add(&mut self, row: &[Value]) -> bool {
+        let size = std::mem::size_of::<Vec<Value>>()
+            + row
+                .iter()
+                .map(|value| {
+                    std::mem::size_of::<Value>()
+                        + match value {
+                            Value::Text(text) | Value::Decimal(text) => text.len(),
+                            Value::Bytes(bytes) => bytes.len(),
+                            _ => 0,
+                        }
+                })
+                .sum::<usize>();
+        self.used = self.used.saturating_add(size);
+        self.used <= self.cap
+    }
+}
 
 /// Which database a backend speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,15 +207,44 @@ pub trait SqlBackend: Send + Sync + 'static {
 /// schema (PostgreSQL) or file (SQLite).
 #[async_trait::async_trait]
 pub trait Namespace: Send + Sync {
-    /// Runs a statement that returns rows; parameters are `$1`, `$2`, ….
-    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError>;
+    /// Runs a statement that returns rows; parameters are `$1`, `$2`, …. Default [`Bounds`].
+    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+        self.query_within(sql, params, &Bounds::default()).await
+    }
 
-    /// Runs a statement and returns how many rows it changed.
-    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError>;
+    /// Runs a statement and returns how many rows it changed. Default [`Bounds`].
+    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        self.execute_within(sql, params, &Bounds::default()).await
+    }
+
+    /// Starts a transaction with default [`Bounds`].
+    async fn begin(&self) -> Result<Box<dyn Tx>, SqlError> {
+        self.begin_within(&Bounds::default()).await
+    }
+
+    /// As [`Namespace::query`], within `bounds`: a statement still running at the deadline is
+    /// cancelled (the connection it ran on is closed, not returned to the pool), and reading
+    /// stops at the result cap.
+    async fn query_within(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        bounds: &Bounds,
+    ) -> Result<Rows, SqlError>;
+
+    /// As [`Namespace::execute`], within `bounds`' deadline.
+    async fn execute_within(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        bounds: &Bounds,
+    ) -> Result<u64, SqlError>;
 
     /// Starts a transaction (on SQLite with `BEGIN IMMEDIATE`, so concurrent writers queue on
-    /// the busy timeout instead of failing when a reader upgrades to a writer).
-    async fn begin(&self) -> Result<Box<dyn Tx>, SqlError>;
+    /// the busy timeout instead of failing when a reader upgrades to a writer). Every statement
+    /// of it runs within `bounds`; a transaction dropped without `commit` or `rollback` is
+    /// rolled back (on PostgreSQL by closing its connection).
+    async fn begin_within(&self, bounds: &Bounds) -> Result<Box<dyn Tx>, SqlError>;
 
     /// Applies the migrations not yet applied, in order, each in its own transaction, and
     /// returns the versions it applied. A migration that was applied with a different text

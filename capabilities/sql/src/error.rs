@@ -17,6 +17,14 @@ pub enum SqlError {
     /// The database could not be reached, a connection was lost or none was free in time.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A result went over the component's cap (`limits.sql_result_kib`); the message names
+    /// it. The guest sees a `query` error with SQLSTATE 54000 (program limit exceeded).
+    #[error("result too large: {0}")]
+    TooLarge(String),
+    /// The statement was still running at the deadline of the request or event that issued
+    /// it, and was cancelled. The guest sees a `query` error with SQLSTATE 57014.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// The transaction was already committed or rolled back.
     #[error("the transaction is already committed or rolled back")]
     Closed,
@@ -38,6 +46,14 @@ pub enum SqlError {
 }
 
 impl SqlError {
+    /// The error of a statement cut at its deadline.
+    pub(crate) fn timeout() -> SqlError {
+        SqlError::Timeout(
+            "the statement was cancelled at the deadline of the request or event that issued it"
+                .into(),
+        )
+    }
+
     /// The message without the prefix naming the kind of error, to embed in another one.
     pub(crate) fn detail(&self) -> String {
         match self {
@@ -45,13 +61,17 @@ impl SqlError {
             | SqlError::UniqueViolation(message)
             | SqlError::Unsupported(message)
             | SqlError::Unavailable(message)
+            | SqlError::TooLarge(message)
+            | SqlError::Timeout(message)
             | SqlError::Config(message) => message.clone(),
             other => other.to_string(),
         }
     }
 
-    /// The WIT error a guest gets for this error. `Config` becomes `unavailable` and
-    /// `Migration` becomes `query`: neither reaches a guest in normal operation.
+    /// The WIT error a guest gets for this error. `TooLarge` and `Timeout` become `query`
+    /// errors prefixed with SQLSTATE `54000` and `57014` (the WIT has no case of their own);
+    /// `Config` becomes `unavailable` and `Migration` becomes `query`: neither reaches a guest
+    /// in normal operation.
     pub fn to_guest(&self) -> crate::bindings::agora::platform::sql::Error {
         use crate::bindings::agora::platform::sql::Error;
         match self {
@@ -61,6 +81,8 @@ impl SqlError {
             SqlError::Unavailable(message) | SqlError::Config(message) => {
                 Error::Unavailable(message.clone())
             }
+            SqlError::TooLarge(message) => Error::Query(format!("54000: too_large: {message}")),
+            SqlError::Timeout(message) => Error::Query(format!("57014: timeout: {message}")),
             SqlError::Closed => Error::Closed,
             SqlError::Denied => Error::Denied,
             SqlError::Migration { .. } => Error::Query(self.to_string()),

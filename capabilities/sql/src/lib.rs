@@ -19,6 +19,12 @@
 //! - Parameters on SQLite are bound by value and never checked against the statement: a
 //!   missing `$n` reads as NULL where PostgreSQL reports an error.
 //!
+//! Every call of a store runs within the store's [`Bounds`] ([`SqlCtx::bounded`]): the
+//! deadline of its request or event (a statement still running then is cancelled, on the
+//! server too, and answers a `57014` query error; waiting for a connection past it answers
+//! `unavailable`) and the component's result cap (a `54000` `too_large` query error naming
+//! it). The backends' module docs say how each enforces them.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use agora_sql::{SqlCtx, SqlView};
@@ -43,7 +49,9 @@ mod postgres;
 mod sqlite;
 mod value;
 
-pub use backend::{Dialect, Namespace, OutboxMessage, PublishFn, SqlBackend, Tx};
+pub use backend::{
+    Bounds, DEFAULT_RESULT_BYTES, Dialect, Namespace, OutboxMessage, PublishFn, SqlBackend, Tx,
+};
 pub use bindings::agora::platform::sql::{Rows, Value};
 pub use error::SqlError;
 pub use migrate::Migration;
@@ -135,6 +143,7 @@ pub(crate) fn check_component(component: &str) -> Result<(), SqlError> {
 #[derive(Clone)]
 pub struct SqlCtx {
     grant: Option<Grant>,
+    bounds: Bounds,
 }
 
 #[derive(Clone)]
@@ -155,12 +164,28 @@ impl SqlCtx {
                 namespace,
                 may_publish,
             }),
+            bounds: Bounds::default(),
         }
+    }
+
+    /// The same context, its calls bounded by `bounds`: the host gives each store the deadline
+    /// of its request or event and the component's result cap.
+    pub fn bounded(mut self, bounds: Bounds) -> SqlCtx {
+        self.bounds = bounds;
+        self
+    }
+
+    /// The bounds of its calls.
+    pub fn bounds(&self) -> &Bounds {
+        &self.bounds
     }
 
     /// A component without an sql grant: every call answers `denied`.
     pub fn denied() -> SqlCtx {
-        SqlCtx { grant: None }
+        SqlCtx {
+            grant: None,
+            bounds: Bounds::default(),
+        }
     }
 
     /// The namespace, when granted.
@@ -257,7 +282,7 @@ impl Host for SqlView<'_> {
         };
         Ok(grant
             .namespace
-            .query(&statement, params)
+            .query_within(&statement, params, &self.ctx.bounds)
             .await
             .map_err(to_guest))
     }
@@ -272,7 +297,7 @@ impl Host for SqlView<'_> {
         };
         Ok(grant
             .namespace
-            .execute(&statement, params)
+            .execute_within(&statement, params, &self.ctx.bounds)
             .await
             .map_err(to_guest))
     }
@@ -281,7 +306,7 @@ impl Host for SqlView<'_> {
         let Some(grant) = &self.ctx.grant else {
             return Ok(Err(Error::Denied));
         };
-        let tx = match grant.namespace.begin().await {
+        let tx = match grant.namespace.begin_within(&self.ctx.bounds).await {
             Ok(tx) => tx,
             Err(err) => return Ok(Err(to_guest(err))),
         };

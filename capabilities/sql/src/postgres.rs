@@ -10,17 +10,49 @@
 //! in as itself there is no `RESET ROLE` back to the administrator.
 //!
 //! The role's password is derived from the database URL and the role name, so every replica
-//! of the host derives the same one without storing it.
+//! of the host derives the same one without storing it. So are the keys of the host's advisory
+//! locks (namespace set-up, migrations): a guest, which does not know the URL, cannot predict
+//! them, so it cannot take them to block the host; and the host waits for them at most
+//! [`PostgresBackend::with_lock_wait`] (an error naming the lock after that).
+//!
+//! Bounds of a guest's calls ([`Bounds`]):
+//! - a call waits for a free connection of its component's pool (at most
+//!   [`PostgresBackend::with_pool_size`] connections) until its deadline, then answers
+//!   `unavailable`: one component cannot take more than its pool of the server's
+//!   `max_connections`;
+//! - a statement still running at the deadline is cancelled by closing its connection (sqlx
+//!   has no cancel request; a connection returned to the pool mid-statement would wait for the
+//!   statement to finish before it served anyone). Component connections run with
+//!   `client_connection_check_interval` = 1 s (PostgreSQL 14 and later), so the server
+//!   notices the closed client and ends the statement within a second, sleeping or streaming;
+//! - inside a transaction, `BEGIN` also sets `statement_timeout`, `lock_timeout` and
+//!   `idle_in_transaction_session_timeout` to the time left (`SET LOCAL`, in the same round
+//!   trip), so the server itself ends the transaction's statements by the deadline. A
+//!   statement outside a transaction gets no server-side timeout of its own: a `SET` before
+//!   each would double the round trips of every call (measured 0.108 → 0.216 ms per trivial
+//!   statement with pgbench), and the closed connection already ends it;
+//! - rows are read one at a time and counted against the result cap; past it the rest is not
+//!   read and the connection is closed. A single row is read whole before it is counted:
+//!   PostgreSQL caps it at 1 GB, which this backend cannot lower;
+//! - a guest can switch those server settings off for its own session
+//!   (`set_config('client_connection_check_interval', '0', false)` in the statement itself),
+//!   so after closing a connection cut short the host also reaps: once no request of the
+//!   component can still be running the statement (its whole deadline, plus a second, later),
+//!   the administrative connection ends the sessions of the component's role whose current
+//!   statement is older than that deadline — except the host's own (`application_name`
+//!   `agora-host`: migrations, set-up, the outbox relay).
 
-use crate::backend::{Namespace, OutboxMessage, PublishFn, SqlBackend, Tx};
+use crate::backend::{Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx};
 use crate::migrate::{failed, pending};
 use crate::value::{
     from_pg_timestamp, pg_date_text, pg_numeric, pg_numeric_text, pg_time_text, pg_timestamp,
 };
 use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
+use futures::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{
     PgArgumentBuffer, PgArguments, PgColumn, PgConnectOptions, PgConnection, PgPool, PgPoolOptions,
@@ -44,6 +76,15 @@ const ADMIN_CONNECTIONS: u32 = 2;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle component connection is closed after this long, so quiet components hold none.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the host waits for one of its advisory locks, unless
+/// [`PostgresBackend::with_lock_wait`] says otherwise.
+const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(120);
+/// How often the server checks that the client of a running statement is still there
+/// (`client_connection_check_interval`), in milliseconds.
+const CLIENT_CHECK_MS: u32 = 1000;
+/// The `application_name` of the host's own sessions and transactions on a component's role
+/// (migrations, set-up, the outbox relay), which may outlast a request: the reaper spares them.
+const HOST_APPLICATION: &str = "agora-host";
 
 /// The PostgreSQL backend.
 pub struct PostgresBackend {
@@ -52,6 +93,9 @@ pub struct PostgresBackend {
     /// The URL as given: the secret the role passwords are derived from. Never logged.
     url: String,
     pool_size: u32,
+    lock_wait: Duration,
+    /// Whether the server knows `client_connection_check_interval` (PostgreSQL 14 and later).
+    client_check: bool,
     namespaces: Mutex<HashMap<String, Arc<PgNamespace>>>,
 }
 
@@ -75,6 +119,8 @@ impl PostgresBackend {
                 .await
                 .map_err(|_| unreachable(format!("no answer within {ACQUIRE_TIMEOUT:?}")))?
                 .map_err(|err| unreachable(SqlError::from(err).detail()))?;
+        // `client_connection_check_interval` exists from PostgreSQL 14 on.
+        let client_check = probe.server_version_num().is_none_or(|v| v >= 140_000);
         probe.close().await.ok();
         let admin = PgPoolOptions::new()
             .max_connections(ADMIN_CONNECTIONS)
@@ -85,6 +131,8 @@ impl PostgresBackend {
             base,
             url: url.to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
+            lock_wait: DEFAULT_LOCK_WAIT,
+            client_check,
             namespaces: Mutex::new(HashMap::new()),
         })
     }
@@ -97,6 +145,30 @@ impl PostgresBackend {
         self
     }
 
+    /// Waits at most `wait` (default 120 s) for one of the host's advisory locks (a namespace
+    /// being set up, or migrated, by another host), then fails with an error naming the lock.
+    pub fn with_lock_wait(mut self, wait: Duration) -> PostgresBackend {
+        self.lock_wait = wait.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The key of the advisory lock a migration of `component` holds. For tests.
+    #[doc(hidden)]
+    pub fn migration_lock_key(&self, component: &str) -> i64 {
+        lock_key(&self.url, "migrate", &names(component).0)
+    }
+
+    /// A transaction on the administrative pool whose lock waits end after `lock_wait`.
+    async fn admin_begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, SqlError> {
+        Ok(self
+            .admin
+            .begin_with(AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL lock_timeout = {}",
+                millis(self.lock_wait)
+            )))
+            .await?)
+    }
+
     /// Drops the schema and the role of `component`, with all its data. For tests.
     #[doc(hidden)]
     pub async fn drop_namespace(&self, component: &str) -> Result<(), SqlError> {
@@ -105,11 +177,12 @@ impl PostgresBackend {
             namespace.pool.close().await;
         }
         let (schema, role) = names(component);
-        let mut tx = self.admin.begin().await?;
+        let mut tx = self.admin_begin().await?;
         sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind(lock_key("namespace", &schema))
+            .bind(lock_key(&self.url, "namespace", &schema))
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|err| lock_error(err, "namespace set-up", &schema, self.lock_wait))?;
         sqlx::raw_sql(AssertSqlSafe(format!(
             r#"DROP SCHEMA IF EXISTS "{schema}" CASCADE;
             DO $agora$ BEGIN
@@ -127,11 +200,12 @@ impl PostgresBackend {
 
     /// Creates the role and the schema of a component, or brings them up to date.
     async fn create(&self, schema: &str, role: &str, password: &str) -> Result<(), SqlError> {
-        let mut tx = self.admin.begin().await?;
+        let mut tx = self.admin_begin().await?;
         sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind(lock_key("namespace", schema))
+            .bind(lock_key(&self.url, "namespace", schema))
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|err| lock_error(err, "namespace set-up", schema, self.lock_wait))?;
         // The name is checked (a-z, 0-9, _) and the password is hex: both are safe to splice.
         // CREATE ROLE is cluster-wide while the lock is per database: a concurrent creation
         // from another database is caught as duplicate_object or unique_violation.
@@ -201,12 +275,40 @@ fn role_password(url: &str, role: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// An advisory lock key for `purpose` on `schema`.
-fn lock_key(purpose: &str, schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("agora-sql-{purpose}\0{schema}").as_bytes());
+/// The advisory lock key for `purpose` on `schema`: derived from the database URL (the
+/// secret the role passwords come from), so every replica agrees on it and no guest can
+/// predict it.
+fn lock_key(url: &str, purpose: &str, schema: &str) -> i64 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"agora-sql-lock\0");
+    hasher.update(url.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(purpose.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(schema.as_bytes());
+    let digest = hasher.finalize();
     let mut key = [0u8; 8];
     key.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(key)
+}
+
+/// `duration` in whole milliseconds, at least 1 (0 would mean "no timeout" to PostgreSQL).
+fn millis(duration: Duration) -> u128 {
+    duration.as_millis().max(1)
+}
+
+/// The error of waiting for the host's advisory lock `what` on `schema`: a lock timeout
+/// (SQLSTATE 55P03) names the lock; anything else is the database's error.
+fn lock_error(err: sqlx::Error, what: &str, schema: &str, wait: Duration) -> SqlError {
+    if let sqlx::Error::Database(db) = &err
+        && db.code().as_deref() == Some("55P03")
+    {
+        return SqlError::Unavailable(format!(
+            "the {what} lock of schema {schema} (a PostgreSQL advisory lock) was not free \
+             within {wait:?}: another host holds it while it sets up or migrates the schema"
+        ));
+    }
+    err.into()
 }
 
 #[async_trait::async_trait]
@@ -225,18 +327,27 @@ impl SqlBackend for PostgresBackend {
         let password = role_password(&self.url, &role);
         self.create(&schema, &role, &password).await?;
 
+        // UTC, so a `timestamp` value written to a column without time zone keeps its instant
+        // whatever the server's default zone is.
+        let mut settings = vec![
+            ("search_path", format!("\"{schema}\"")),
+            ("TimeZone", "UTC".to_owned()),
+        ];
+        if self.client_check {
+            // The server ends a statement whose client went away (a call cut at its deadline
+            // closes its connection) within this interval.
+            settings.push((
+                "client_connection_check_interval",
+                CLIENT_CHECK_MS.to_string(),
+            ));
+        }
         let options = self
             .base
             .clone()
             .username(&role)
             .password(&password)
             .application_name(&format!("agora:{component}"))
-            // UTC, so a `timestamp` value written to a column without time zone keeps its
-            // instant whatever the server's default zone is.
-            .options([
-                ("search_path", format!("\"{schema}\"")),
-                ("TimeZone", "UTC".to_owned()),
-            ]);
+            .options(settings);
         let pool = PgPoolOptions::new()
             .max_connections(self.pool_size)
             .min_connections(0)
@@ -253,11 +364,18 @@ impl SqlBackend for PostgresBackend {
             })?;
 
         // The host's own tables, owned by the component's role like the rest of its schema.
-        let mut tx = pool.begin().await?;
-        sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind(lock_key("setup", &schema))
-            .execute(&mut *tx)
+        let mut tx = pool
+            .begin_with(AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL lock_timeout = {}; \
+                 SET LOCAL application_name = '{HOST_APPLICATION}'",
+                millis(self.lock_wait)
+            )))
             .await?;
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(lock_key(&self.url, "setup", &schema))
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| lock_error(err, "table set-up", &schema, self.lock_wait))?;
         sqlx::raw_sql(AssertSqlSafe(format!(
             r#"create table if not exists "{schema}"._agora_outbox (
                 seq bigint generated always as identity primary key,
@@ -279,8 +397,15 @@ impl SqlBackend for PostgresBackend {
 
         let namespace = Arc::new(PgNamespace {
             sql: HostSql::new(&schema),
+            migrate_key: lock_key(&self.url, "migrate", &schema),
+            reaper: Arc::new(Reaper {
+                admin: self.admin.clone(),
+                role: role.clone(),
+            }),
             schema,
             pool,
+            pool_size: self.pool_size,
+            lock_wait: self.lock_wait,
             signal: Arc::new(Notify::new()),
         });
         namespaces.insert(component.to_owned(), namespace.clone());
@@ -322,25 +447,175 @@ impl HostSql {
 struct PgNamespace {
     schema: String,
     pool: PgPool,
+    pool_size: u32,
+    lock_wait: Duration,
+    migrate_key: i64,
+    reaper: Arc<Reaper>,
     sql: HostSql,
     signal: Arc<Notify>,
 }
 
+/// Ends the sessions of a component's role still running a statement the host gave up on.
+struct Reaper {
+    admin: PgPool,
+    role: String,
+}
+
+impl Reaper {
+    /// Called when a connection of a call cut short is closed: once `max_statement` (plus the
+    /// server's client check) has passed, no request of the component can still be running
+    /// the statement it ran; if the server still is (the guest switched its checks off),
+    /// that session is ended, with any other of the role in the same state.
+    fn schedule(self: &Arc<Reaper>, max_statement: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let reaper = self.clone();
+        runtime.spawn(async move {
+            let check = Duration::from_millis(u64::from(CLIENT_CHECK_MS));
+            tokio::time::sleep(max_statement + check).await;
+            let ended = sqlx::query_scalar::<_, i64>(
+                "select count(*) from (\
+                     select pg_terminate_backend(pid) from pg_stat_activity \
+                     where usename = $1 and state <> 'idle' and application_name <> $2 \
+                     and query_start < now() - make_interval(secs => $3)\
+                 ) ended",
+            )
+            .bind(&reaper.role)
+            .bind(HOST_APPLICATION)
+            .bind(max_statement.as_secs_f64())
+            .fetch_one(&reaper.admin)
+            .await;
+            match ended {
+                Ok(0) => {}
+                Ok(ended) => tracing::warn!(role = %reaper.role, ended,
+                    "ended PostgreSQL sessions still running a statement past the component's \
+                     deadline (the guest had switched the server's own checks off)"),
+                Err(err) => tracing::warn!(role = %reaper.role, error = %err,
+                    "could not look for PostgreSQL sessions running past the deadline"),
+            }
+        });
+    }
+}
+
+/// A pooled connection lent to a guest's call or transaction. While it is busy (a statement
+/// in flight, a transaction open) dropping it closes it instead of returning it to the pool:
+/// sqlx would otherwise hand it back and wait, in the pool, for the statement to end — an
+/// hour for `pg_sleep(3600)`, holding one of the component's connections all along.
+struct Lent {
+    conn: Option<PoolConnection<Postgres>>,
+    busy: bool,
+    /// Who ends the statement on the server if the guest kept it from ending with the
+    /// connection, and the longest a statement of the component may run.
+    reaper: Option<(Arc<Reaper>, Duration)>,
+}
+
+impl Lent {
+    fn new(conn: PoolConnection<Postgres>, namespace: &PgNamespace, bounds: &Bounds) -> Lent {
+        Lent {
+            conn: Some(conn),
+            busy: false,
+            reaper: bounds
+                .max_statement
+                .map(|max| (namespace.reaper.clone(), max)),
+        }
+    }
+
+    /// The connection, marked busy until [`Lent::settle`] says otherwise.
+    fn busy(&mut self) -> Result<&mut PgConnection, SqlError> {
+        self.busy = true;
+        self.conn
+            .as_deref_mut()
+            .ok_or_else(|| SqlError::Unavailable("the connection was closed".into()))
+    }
+
+    /// Marks the connection idle again when `result` left it in a known state (done, or
+    /// failed in the database); a call cut short (deadline, result cap, lost connection)
+    /// leaves it busy, so it is closed.
+    fn settle<T>(&mut self, result: &Result<T, SqlError>) {
+        self.busy = !matches!(
+            result,
+            Ok(_)
+                | Err(SqlError::Query(_) | SqlError::UniqueViolation(_) | SqlError::Unsupported(_))
+        );
+    }
+
+    /// Closes the connection now (a call or transaction cut short).
+    fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+            if let Some((reaper, max_statement)) = &self.reaper {
+                reaper.schedule(*max_statement);
+            }
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if self.busy {
+            self.close();
+        }
+    }
+}
+
 struct PgTx {
-    tx: sqlx::Transaction<'static, Postgres>,
+    conn: Lent,
+    bounds: Bounds,
     outbox_insert: String,
     /// A statement failed in the database: PostgreSQL then refuses every statement until a
     /// `ROLLBACK [TO SAVEPOINT]`, and answers COMMIT by rolling back without an error.
     failed: bool,
+    /// Why the connection was closed mid-transaction (which rolled it back), if it was.
+    aborted: Option<String>,
 }
 
 impl PgTx {
-    fn note<T>(&mut self, result: Result<T, SqlError>) -> Result<T, SqlError> {
-        if let Err(SqlError::Query(_) | SqlError::UniqueViolation(_)) = &result {
-            self.failed = true;
+    /// The connection, for one statement of the transaction.
+    fn conn(&mut self) -> Result<&mut PgConnection, SqlError> {
+        if let Some(reason) = &self.aborted {
+            return Err(aborted(reason));
         }
+        self.conn.busy()
+    }
+
+    /// Notes the outcome of a statement: a database error fails the transaction; a statement
+    /// cut short (deadline, result cap) closes the connection, which rolls it back.
+    fn note<T>(&mut self, result: Result<T, SqlError>) -> Result<T, SqlError> {
+        self.conn.settle(&result);
+        match &result {
+            Err(SqlError::Query(_) | SqlError::UniqueViolation(_)) => self.failed = true,
+            Err(err) if self.conn.busy && self.aborted.is_none() => {
+                self.aborted = Some(err.detail());
+                self.conn.close();
+            }
+            _ => {}
+        }
+        // Open until commit or rollback: dropped before, the connection is closed.
+        self.conn.busy = true;
         result
     }
+
+    /// Ends the transaction with `end` (COMMIT or ROLLBACK).
+    async fn end(&mut self, end: &'static str) -> Result<(), SqlError> {
+        let bounds = self.bounds;
+        let conn = self.conn.busy()?;
+        let result = bounds
+            .run(async move {
+                sqlx::raw_sql(end).execute(conn).await?;
+                Ok(())
+            })
+            .await;
+        self.conn.settle(&result);
+        result
+    }
+}
+
+/// The error of a call on a transaction whose connection was closed.
+fn aborted(reason: &str) -> SqlError {
+    SqlError::Query(format!(
+        "25P02: the transaction was rolled back (its connection was closed after: {reason})"
+    ))
 }
 
 /// NULL typed `unknown`, so the server infers its type from where it is used.
@@ -523,13 +798,45 @@ fn value(raw: PgValueRef<'_>, column: &PgColumn) -> Result<Value, SqlError> {
     })
 }
 
-async fn query(conn: &mut PgConnection, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+/// Runs a query, reading its rows one at a time until `bounds`' result cap. Past the cap
+/// the rest is left unread ([`SqlError::TooLarge`]: the caller closes the connection); a row
+/// that cannot be converted is an error once the rest has been read and discarded.
+async fn query(
+    conn: &mut PgConnection,
+    sql: &str,
+    params: Vec<Value>,
+    bounds: Bounds,
+) -> Result<Rows, SqlError> {
     let (sql, args) = prepare(sql, params)?;
-    let rows = sqlx::query_with(AssertSqlSafe(sql.as_str()), args)
-        .fetch_all(&mut *conn)
-        .await?;
-    let columns = match rows.first() {
-        Some(row) => column_names(row.columns()),
+    let mut budget = ResultBudget::new(&bounds);
+    let mut rows = Vec::new();
+    let mut columns = None;
+    let mut unsupported = None;
+    {
+        let mut stream = sqlx::query_with(AssertSqlSafe(sql.as_str()), args).fetch(&mut *conn);
+        while let Some(row) = stream.try_next().await? {
+            if unsupported.is_some() {
+                continue;
+            }
+            if columns.is_none() {
+                columns = Some(column_names(row.columns()));
+            }
+            match row_values(&row) {
+                Ok(values) => {
+                    if !budget.add(&values) {
+                        return Err(bounds.too_large());
+                    }
+                    rows.push(values);
+                }
+                Err(err) => unsupported = Some(err),
+            }
+        }
+    }
+    if let Some(err) = unsupported {
+        return Err(err);
+    }
+    let columns = match columns {
+        Some(columns) => columns,
         // No row to take the names from: the prepared statement, cached by now, has them.
         None => column_names(
             conn.prepare(AssertSqlSafe(sql.as_str()).into_sql_str())
@@ -537,7 +844,6 @@ async fn query(conn: &mut PgConnection, sql: &str, params: Vec<Value>) -> Result
                 .columns(),
         ),
     };
-    let rows = rows.iter().map(row_values).collect::<Result<_, _>>()?;
     Ok(Rows { columns, rows })
 }
 
@@ -604,22 +910,73 @@ impl PgNamespace {
 
 #[async_trait::async_trait]
 impl Namespace for PgNamespace {
-    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
-        let mut conn = self.pool.acquire().await?;
-        query(&mut conn, sql, params).await
+    async fn query_within(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        bounds: &Bounds,
+    ) -> Result<Rows, SqlError> {
+        let mut conn = Lent::new(
+            bounds.acquire(self.pool_size, self.pool.acquire()).await?,
+            self,
+            bounds,
+        );
+        let result = bounds.run(query(conn.busy()?, sql, params, *bounds)).await;
+        conn.settle(&result);
+        result
     }
 
-    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        let mut conn = self.pool.acquire().await?;
-        execute(&mut conn, sql, params).await
+    async fn execute_within(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        bounds: &Bounds,
+    ) -> Result<u64, SqlError> {
+        let mut conn = Lent::new(
+            bounds.acquire(self.pool_size, self.pool.acquire()).await?,
+            self,
+            bounds,
+        );
+        let result = bounds.run(execute(conn.busy()?, sql, params)).await;
+        conn.settle(&result);
+        result
     }
 
-    async fn begin(&self) -> Result<Box<dyn Tx>, SqlError> {
-        let tx = self.pool.begin().await?;
+    async fn begin_within(&self, bounds: &Bounds) -> Result<Box<dyn Tx>, SqlError> {
+        let mut conn = Lent::new(
+            bounds.acquire(self.pool_size, self.pool.acquire()).await?,
+            self,
+            bounds,
+        );
+        // With a deadline the server ends the transaction's statements, lock waits and idle
+        // gaps by it too, set in the same round trip as BEGIN.
+        let begin = match bounds.remaining()? {
+            None => "BEGIN".to_owned(),
+            Some(left) => {
+                let ms = millis(left);
+                format!(
+                    "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
+                     SET LOCAL idle_in_transaction_session_timeout = {ms}"
+                )
+            }
+        };
+        let started = conn.busy()?;
+        let result = bounds
+            .run(async move {
+                sqlx::raw_sql(AssertSqlSafe(begin)).execute(started).await?;
+                Ok(())
+            })
+            .await;
+        conn.settle(&result);
+        result?;
+        // Open until commit or rollback: dropped before, the connection is closed.
+        conn.busy = true;
         Ok(Box::new(PgTx {
-            tx,
+            conn,
+            bounds: *bounds,
             outbox_insert: self.sql.outbox_insert.clone(),
             failed: false,
+            aborted: None,
         }))
     }
 
@@ -638,9 +995,19 @@ impl Namespace for PgNamespace {
         // The session-level lock is released with the session: closing this connection after
         // the run (whatever happens, even if this future is dropped) never leaves it held.
         conn.close_on_drop();
-        let key = lock_key("migrate", &self.schema);
+        let key = self.migrate_key;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET lock_timeout = {}; SET application_name = '{HOST_APPLICATION}'",
+            millis(self.lock_wait)
+        )))
+        .execute(&mut *conn)
+        .await?;
         sqlx::query("select pg_advisory_lock($1)")
             .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| lock_error(err, "migration", &self.schema, self.lock_wait))?;
+        sqlx::raw_sql("SET lock_timeout = 0")
             .execute(&mut *conn)
             .await?;
         let result = self.migrate_locked(&mut conn, migrations).await;
@@ -653,7 +1020,12 @@ impl Namespace for PgNamespace {
     }
 
     async fn relay_outbox(&self, limit: usize, publish: &PublishFn) -> Result<usize, SqlError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self
+            .pool
+            .begin_with(AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL application_name = '{HOST_APPLICATION}'"
+            )))
+            .await?;
         let rows = sqlx::query(AssertSqlSafe(self.sql.outbox_claim.as_str()))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
@@ -697,49 +1069,73 @@ impl Namespace for PgNamespace {
 #[async_trait::async_trait]
 impl Tx for PgTx {
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
-        let result = query(&mut self.tx, sql, params).await;
+        let bounds = self.bounds;
+        let conn = self.conn()?;
+        let result = bounds.run(query(conn, sql, params, bounds)).await;
         self.note(result)
     }
 
     async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        let result = execute(&mut self.tx, sql, params).await;
+        let bounds = self.bounds;
+        let conn = self.conn()?;
+        let result = bounds.run(execute(conn, sql, params)).await;
         self.note(result)
     }
 
     async fn outbox_insert(&mut self, msg: &OutboxMessage) -> Result<(), SqlError> {
         let headers = serde_json::to_string(&msg.headers)
             .map_err(|err| SqlError::Unsupported(format!("headers: {err}")))?;
-        let result = sqlx::query(AssertSqlSafe(self.outbox_insert.as_str()))
-            .bind(&msg.id)
-            .bind(&msg.subject)
-            .bind(&msg.payload)
-            .bind(headers)
-            .execute(&mut *self.tx)
+        let bounds = self.bounds;
+        let insert = self.outbox_insert.clone();
+        let conn = self.conn()?;
+        let result = bounds
+            .run(async move {
+                sqlx::query(AssertSqlSafe(insert.as_str()))
+                    .bind(&msg.id)
+                    .bind(&msg.subject)
+                    .bind(&msg.payload)
+                    .bind(headers)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
             .await;
-        self.note(result.map(|_| ()).map_err(SqlError::from))
+        self.note(result)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
+        if let Some(reason) = &self.aborted {
+            return Err(aborted(reason));
+        }
         // After a failed statement, commit only if the guest recovered (with a savepoint):
         // otherwise PostgreSQL would roll back and call it a commit.
-        if self.failed
-            && sqlx::raw_sql("select 1")
-                .execute(&mut *self.tx)
-                .await
-                .is_err()
-        {
-            self.tx.rollback().await?;
-            return Err(SqlError::Query(
-                "25P02: the transaction was rolled back, not committed: a statement in it \
-                 failed (recover from an expected error with a savepoint)"
-                    .into(),
-            ));
+        let recovered = !self.failed || {
+            let bounds = self.bounds;
+            let conn = self.conn()?;
+            let probe = bounds
+                .run(async move { Ok(sqlx::raw_sql("select 1").execute(conn).await?) })
+                .await;
+            self.note(probe).is_ok()
+        };
+        if let Some(reason) = &self.aborted {
+            return Err(aborted(reason));
         }
-        Ok(self.tx.commit().await?)
+        if recovered {
+            return self.end("COMMIT").await;
+        }
+        self.end("ROLLBACK").await?;
+        Err(SqlError::Query(
+            "25P02: the transaction was rolled back, not committed: a statement in it failed \
+             (recover from an expected error with a savepoint)"
+                .into(),
+        ))
     }
 
-    async fn rollback(self: Box<Self>) -> Result<(), SqlError> {
-        Ok(self.tx.rollback().await?)
+    async fn rollback(mut self: Box<Self>) -> Result<(), SqlError> {
+        if self.aborted.is_some() {
+            return Ok(());
+        }
+        self.end("ROLLBACK").await
     }
 }
 
@@ -756,7 +1152,13 @@ mod tests {
         assert_ne!(a, role_password("postgres://x@h/db", "agora_b"));
         assert_ne!(a, role_password("postgres://y@h/db", "agora_a"));
         assert_eq!(a.len(), 64);
-        assert_ne!(lock_key("migrate", "a"), lock_key("setup", "a"));
+        let url = "postgres://x@h/db";
+        assert_ne!(lock_key(url, "migrate", "a"), lock_key(url, "setup", "a"));
+        assert_ne!(lock_key(url, "migrate", "a"), lock_key(url, "migrate", "b"));
+        assert_ne!(
+            lock_key(url, "migrate", "a"),
+            lock_key("postgres://y@h/db", "migrate", "a")
+        );
         assert_eq!(names("my-shop"), ("my_shop".into(), "agora_my_shop".into()));
     }
 

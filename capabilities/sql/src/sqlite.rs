@@ -6,11 +6,19 @@
 //! SQLite's defensive mode (no `writable_schema`, no writes to shadow tables), with WAL, foreign
 //! keys on and a 5 s busy timeout. Transactions start with `BEGIN IMMEDIATE`, so two writers
 //! queue on the busy timeout instead of one failing with `SQLITE_BUSY` when it upgrades.
+//!
+//! Bounds of a guest's calls ([`Bounds`]): before each call (and once for a transaction) the
+//! connection gets a progress handler that interrupts SQLite's virtual machine at the deadline
+//! (a statement still running then, or left running by a call whose future was dropped, stops
+//! within a few thousand instructions), and `SQLITE_LIMIT_LENGTH` lowered to the result cap,
+//! so no single text or blob (`zeroblob(900000000)`) can outgrow it. Rows are read a few at a
+//! time and counted against the cap. A connection returned to the pool gets both reset.
 
-use crate::backend::{Namespace, OutboxMessage, PublishFn, SqlBackend, Tx};
+use crate::backend::{Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx};
 use crate::migrate::{failed, pending};
 use crate::value::{check_decimal, rfc3339};
 use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
+use futures::TryStreamExt as _;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -22,7 +30,7 @@ use sqlx::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify};
 
 /// Connections per component file.
@@ -31,6 +39,14 @@ const MAX_CONNECTIONS: u32 = 8;
 const WAIT: Duration = Duration::from_secs(5);
 /// Opens of a file another process is switching to WAL at the same moment.
 const OPEN_ATTEMPTS: u64 = 10;
+/// Rows the connection's worker thread reads ahead of the caller (sqlx's default is 50): the
+/// rows in flight beyond the result cap.
+const ROW_BUFFER: usize = 2;
+/// Virtual machine instructions between two looks at the deadline.
+const PROGRESS_OPS: i32 = 1000;
+/// SQLite's own `SQLITE_LIMIT_LENGTH` (the compile-time `SQLITE_MAX_LENGTH`), restored on
+/// connections returned to the pool.
+const MAX_LENGTH: usize = 1_000_000_000;
 
 const SETUP: &str = "
 create table if not exists _agora_outbox (
@@ -94,7 +110,8 @@ impl SqlBackend for SqliteBackend {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(WAIT);
+            .busy_timeout(WAIT)
+            .row_buffer_size(ROW_BUFFER);
         // Switching a new file to WAL needs a moment of exclusive access, and SQLite answers
         // "database is locked" at once (without its busy handler) when another process opens
         // the same file at that moment — two hosts on one data dir. Such an open is retried.
@@ -104,6 +121,12 @@ impl SqlBackend for SqliteBackend {
                 .max_connections(MAX_CONNECTIONS)
                 .acquire_timeout(WAIT)
                 .after_connect(|conn, _| Box::pin(confine(conn)))
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        arm(conn, &Bounds::default()).await?;
+                        Ok(true)
+                    })
+                })
                 .connect_with(options.clone())
                 .await;
             match opened {
@@ -162,6 +185,57 @@ async fn confine(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Sets the connection's progress handler and length limit for calls within `bounds`:
+/// interrupted at the deadline (none without one), no text or blob over the result cap.
+async fn arm(conn: &mut SqliteConnection, bounds: &Bounds) -> Result<(), sqlx::Error> {
+    use libsqlite3_sys::{SQLITE_LIMIT_LENGTH, sqlite3_limit};
+    let mut handle = conn.lock_handle().await?;
+    match bounds.deadline {
+        Some(deadline) => {
+            handle.set_progress_handler(PROGRESS_OPS, move || Instant::now() < deadline);
+        }
+        None => handle.remove_progress_handler(),
+    }
+    let length = std::ffi::c_int::try_from(bounds.max_result_bytes.clamp(1, MAX_LENGTH))
+        .unwrap_or(std::ffi::c_int::MAX);
+    let raw = handle.as_raw_handle().as_ptr();
+    // SAFETY: `raw` is the handle of this open connection, and the lock we hold keeps the
+    // connection's worker thread off it meanwhile; sqlite3_limit only changes a setting.
+    unsafe {
+        sqlite3_limit(raw, SQLITE_LIMIT_LENGTH, length);
+    }
+    Ok(())
+}
+
+/// A pooled connection armed for calls within `bounds`.
+async fn acquire(
+    pool: &SqlitePool,
+    bounds: &Bounds,
+) -> Result<sqlx::pool::PoolConnection<Sqlite>, SqlError> {
+    let mut conn = bounds.acquire(MAX_CONNECTIONS, pool.acquire()).await?;
+    // A pooled connection is armed for the default bounds already (see `after_release`).
+    if *bounds != Bounds::default() {
+        arm(&mut conn, bounds).await?;
+    }
+    Ok(conn)
+}
+
+/// The error of a call within `bounds`: an interrupt at the deadline is a timeout, a text or
+/// blob over the length limit a result over the cap.
+fn bounded<T>(result: Result<T, SqlError>, bounds: &Bounds) -> Result<T, SqlError> {
+    match result {
+        Err(SqlError::Query(message))
+            if message.contains("interrupted") && bounds.remaining().is_err() =>
+        {
+            Err(SqlError::timeout())
+        }
+        Err(SqlError::Query(message)) if message.contains("string or blob too big") => {
+            Err(bounds.too_large())
+        }
+        other => other,
+    }
+}
+
 struct SqliteNamespace {
     pool: SqlitePool,
     signal: Arc<Notify>,
@@ -169,6 +243,7 @@ struct SqliteNamespace {
 
 struct SqliteTx {
     tx: sqlx::Transaction<'static, Sqlite>,
+    bounds: Bounds,
 }
 
 /// Refuses `$0` (or `$00`, `$0x`…) outside literals, identifiers and comments: SQLite takes
@@ -270,18 +345,49 @@ fn row_values(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
     Ok(values)
 }
 
+/// Runs a query, reading its rows until `bounds`' result cap (the statement is stopped
+/// there) and its deadline.
 async fn query(
     conn: &mut SqliteConnection,
     sql: &str,
     params: Vec<Value>,
+    bounds: &Bounds,
+) -> Result<Rows, SqlError> {
+    let result = bounds.run(query_unbounded(conn, sql, params, bounds)).await;
+    bounded(result, bounds)
+}
+
+async fn query_unbounded(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    params: Vec<Value>,
+    bounds: &Bounds,
 ) -> Result<Rows, SqlError> {
     check_parameters(sql)?;
     let args = arguments(params)?;
-    let rows = sqlx::query_with(AssertSqlSafe(sql), args)
-        .fetch_all(&mut *conn)
-        .await?;
-    let columns = match rows.first() {
-        Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
+    let mut budget = ResultBudget::new(bounds);
+    let mut rows = Vec::new();
+    let mut columns = None;
+    {
+        let mut stream = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&mut *conn);
+        while let Some(row) = stream.try_next().await? {
+            if columns.is_none() {
+                columns = Some(
+                    row.columns()
+                        .iter()
+                        .map(|c| c.name().to_owned())
+                        .collect::<Vec<_>>(),
+                );
+            }
+            let values = row_values(&row)?;
+            if !budget.add(&values) {
+                return Err(bounds.too_large());
+            }
+            rows.push(values);
+        }
+    }
+    let columns = match columns {
+        Some(columns) => columns,
         // No row to take the names from: the (cached) prepared statement has them.
         None => conn
             .prepare(AssertSqlSafe(sql).into_sql_str())
@@ -291,11 +397,20 @@ async fn query(
             .map(|c| c.name().to_owned())
             .collect(),
     };
-    let rows = rows.iter().map(row_values).collect::<Result<_, _>>()?;
     Ok(Rows { columns, rows })
 }
 
 async fn execute(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    params: Vec<Value>,
+    bounds: &Bounds,
+) -> Result<u64, SqlError> {
+    let result = bounds.run(execute_unbounded(conn, sql, params)).await;
+    bounded(result, bounds)
+}
+
+async fn execute_unbounded(
     conn: &mut SqliteConnection,
     sql: &str,
     params: Vec<Value>,
@@ -322,19 +437,35 @@ fn outbox_message(row: &SqliteRow) -> Result<OutboxMessage, String> {
 
 #[async_trait::async_trait]
 impl Namespace for SqliteNamespace {
-    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
-        let mut conn = self.pool.acquire().await?;
-        query(&mut conn, sql, params).await
+    async fn query_within(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        bounds: &Bounds,
+    ) -> Result<Rows, SqlError> {
+        let mut conn = acquire(&self.pool, bounds).await?;
+        query(&mut conn, sql, params, bounds).await
     }
 
-    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        let mut conn = self.pool.acquire().await?;
-        execute(&mut conn, sql, params).await
+    async fn execute_within(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        bounds: &Bounds,
+    ) -> Result<u64, SqlError> {
+        let mut conn = acquire(&self.pool, bounds).await?;
+        execute(&mut conn, sql, params, bounds).await
     }
 
-    async fn begin(&self) -> Result<Box<dyn Tx>, SqlError> {
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Box::new(SqliteTx { tx }))
+    async fn begin_within(&self, bounds: &Bounds) -> Result<Box<dyn Tx>, SqlError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if *bounds != Bounds::default() {
+            arm(&mut tx, bounds).await?;
+        }
+        Ok(Box::new(SqliteTx {
+            tx,
+            bounds: *bounds,
+        }))
     }
 
     async fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
@@ -418,11 +549,11 @@ impl Namespace for SqliteNamespace {
 #[async_trait::async_trait]
 impl Tx for SqliteTx {
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
-        query(&mut self.tx, sql, params).await
+        query(&mut self.tx, sql, params, &self.bounds).await
     }
 
     async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        execute(&mut self.tx, sql, params).await
+        execute(&mut self.tx, sql, params, &self.bounds).await
     }
 
     async fn outbox_insert(&mut self, msg: &OutboxMessage) -> Result<(), SqlError> {

@@ -10,8 +10,8 @@
 
 use agora_sql::bindings::agora::platform::sql::{Error, Host, HostTransaction};
 use agora_sql::{
-    Dialect, Migration, Namespace, OutboxMessage, PostgresBackend, Rows, SqlBackend, SqlCtx,
-    SqlError, SqlView, SqliteBackend, Transaction, Value,
+    Bounds, Dialect, Migration, Namespace, OutboxMessage, PostgresBackend, Rows, SqlBackend,
+    SqlCtx, SqlError, SqlView, SqliteBackend, Transaction, Value,
 };
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 
 fn database_url() -> String {
@@ -147,6 +147,9 @@ contract!(
     outbox_relays_committed_messages_in_order,
     concurrent_relays_never_share_a_row,
     namespaces_are_reused,
+    statements_end_at_the_deadline,
+    results_are_capped,
+    transactions_end_at_the_deadline,
 );
 
 /// A guest's view of the host functions: a store's ctx and resource table.
@@ -159,6 +162,11 @@ impl Guest {
     fn new(namespace: Arc<dyn Namespace>) -> Guest {
         let may_publish = Arc::new(|subject: &str| subject.starts_with("order."));
         Guest::with(SqlCtx::granted(namespace, may_publish))
+    }
+    /// A guest whose calls are bounded as a store's are.
+    fn bounded(namespace: Arc<dyn Namespace>, bounds: Bounds) -> Guest {
+        let may_publish = Arc::new(|_: &str| false);
+        Guest::with(SqlCtx::granted(namespace, may_publish).bounded(bounds))
     }
     fn with(ctx: SqlCtx) -> Guest {
         Guest {
@@ -1187,4 +1195,356 @@ async fn an_unreachable_postgres_is_an_error_value_not_a_hang() {
         matches!(&err, Some(SqlError::Unavailable(m)) if m.contains("127.0.0.1:1/test")),
         "{err:?}"
     );
+}
+
+// Bounds: deadlines, result caps, advisory locks and pools.
+
+/// Bounds with a deadline `after` from now and a result cap of `cap` bytes.
+fn bounds(after: Duration, cap: usize) -> Bounds {
+    Bounds {
+        deadline: Some(Instant::now() + after),
+        max_result_bytes: cap,
+        max_statement: Some(after),
+    }
+}
+
+/// How long a call may take past its deadline before a test calls it a hang.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `call`, failing the test if it has not answered within `limit`.
+async fn answers_within<T>(limit: Duration, call: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => answer,
+        Err(_) => panic!("no answer within {limit:?}"),
+    }
+}
+
+const ENDLESS: &str = "with recursive r(n) as (select 1 union all select n + 1 from r)";
+
+fn is_code(answer: &Result<Rows, Error>, code: &str) -> bool {
+    matches!(answer, Err(Error::Query(m)) if m.starts_with(code))
+}
+
+/// Connections in a component's pool, on both backends (unless configured otherwise).
+const POOL: usize = 8;
+
+async fn statements_end_at_the_deadline(setup: Setup) {
+    let namespace = setup.namespace(&setup.a).await;
+    let deadline = Duration::from_millis(800);
+    let mut statements = vec![format!("{ENDLESS} select count(*) from r")];
+    if setup.dialect() == Dialect::Postgres {
+        statements.push("select pg_sleep(3600)".into());
+    }
+    for statement in statements {
+        // As many at once as the pool has connections: each must come back (or be replaced).
+        let mut guests: Vec<Guest> = (0..POOL)
+            .map(|_| Guest::bounded(namespace.clone(), bounds(deadline, 1 << 20)))
+            .collect();
+        let calls = guests
+            .iter_mut()
+            .map(|guest| guest.query(&statement, vec![]));
+        let answers = answers_within(deadline + GRACE, futures::future::join_all(calls)).await;
+        for answer in answers {
+            assert!(is_code(&answer, "57014: "), "{statement}: {answer:?}");
+            assert!(
+                matches!(&answer, Err(Error::Query(m)) if m.contains("deadline")),
+                "{answer:?}"
+            );
+        }
+        // The namespace serves the next request: no connection is held by a statement that
+        // runs on.
+        let mut next = Guest::bounded(namespace.clone(), bounds(Duration::from_secs(3), 1 << 20));
+        assert_eq!(next.rows("select 1", vec![]).await, [[int(1)]]);
+    }
+    if setup.dialect() == Dialect::Postgres {
+        // The server has ended the cancelled statements, not just the host its wait.
+        until_no_statement_runs(&setup.a, "pg_sleep(3600)").await;
+        until_no_statement_runs(&setup.a, "count(*) from r").await;
+    }
+}
+
+/// Waits (up to 10 s) until no session of `component`'s role runs a statement containing
+/// `text`; fails the test otherwise.
+async fn until_no_statement_runs(component: &str, text: &str) {
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let role = format!("agora_{}", component.replace('-', "_"));
+    let mut running = 0;
+    for _ in 0..100 {
+        running = sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity where usename = $1 and state = 'active' \
+             and strpos(query, $2) > 0",
+        )
+        .bind(&role)
+        .bind(text)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if running == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{running} statement(s) with {text:?} still run on the server as {role}");
+}
+
+async fn results_are_capped(setup: Setup) {
+    let namespace = setup.namespace(&setup.a).await;
+    let cap = 1 << 20;
+    let deadline = Duration::from_secs(10);
+    let mut guest = Guest::bounded(namespace.clone(), bounds(deadline, cap));
+    let small = guest
+        .query(&format!("{ENDLESS} select n from r limit 1000"), vec![])
+        .await
+        .unwrap();
+    assert_eq!(small.rows.len(), 1000);
+
+    let mut big = vec![
+        format!("{ENDLESS} select n from r"),
+        format!("{ENDLESS} select n, 'padding padding padding' from r limit 200000"),
+    ];
+    big.push(match setup.dialect() {
+        Dialect::Sqlite => "select zeroblob(900000000)".into(),
+        Dialect::Postgres => "select repeat('x', 2000000)".into(),
+    });
+    for statement in big {
+        let mut guest = Guest::bounded(namespace.clone(), bounds(deadline, cap));
+        let answer = answers_within(deadline, guest.query(&statement, vec![])).await;
+        assert!(
+            is_code(&answer, "54000: too_large"),
+            "{statement}: {answer:?}"
+        );
+        assert!(
+            matches!(&answer, Err(Error::Query(m)) if m.contains("1024 KiB") && m.contains("sql_result_kib")),
+            "{answer:?}"
+        );
+    }
+    // The namespace serves the next request.
+    assert_eq!(guest.rows("select 1", vec![]).await, [[int(1)]]);
+}
+
+async fn transactions_end_at_the_deadline(setup: Setup) {
+    let namespace = setup.namespace(&setup.a).await;
+    let deadline = Duration::from_millis(800);
+    let mut guest = Guest::bounded(namespace.clone(), bounds(deadline, 1 << 20));
+    let tx = guest.begin().await;
+    let endless = format!("{ENDLESS} select count(*) from r");
+    let answer = answers_within(deadline + GRACE, guest.tx_query(tx, &endless, vec![])).await;
+    assert!(is_code(&answer, "57014: "), "{answer:?}");
+    let commit = guest.commit(tx).await;
+    if setup.dialect() == Dialect::Postgres {
+        assert!(matches!(&commit, Err(Error::Query(_))), "{commit:?}");
+    }
+
+    // Past the cap inside a transaction: an error, and the transaction cannot commit. (In
+    // another component: every call of one component has the same deadline, which the host
+    // relies on to find sessions left running.)
+    let other = setup.namespace(&setup.b).await;
+    let mut guest = Guest::bounded(other, bounds(Duration::from_secs(10), 1 << 20));
+    guest.ok("create table kept (n int)").await;
+    let tx = guest.begin().await;
+    guest
+        .tx_execute(tx, "insert into kept (n) values (1)", vec![])
+        .await
+        .unwrap();
+    let answer = guest
+        .tx_query(tx, &format!("{ENDLESS} select n from r"), vec![])
+        .await;
+    assert!(is_code(&answer, "54000: "), "{answer:?}");
+    if setup.dialect() == Dialect::Postgres {
+        // Its connection was closed mid-result: the transaction is gone.
+        let later = guest.tx_query(tx, "select 1", vec![]).await;
+        assert!(is_code(&later, "25P02: "), "{later:?}");
+        assert!(guest.commit(tx).await.is_err());
+        assert_eq!(
+            guest.rows("select count(*) from kept", vec![]).await,
+            [[int(0)]]
+        );
+    } else {
+        guest.rollback(tx).await.unwrap();
+    }
+
+    if setup.dialect() == Dialect::Postgres {
+        let mut guest = Guest::bounded(namespace.clone(), bounds(deadline, 1 << 20));
+        let tx = guest.begin().await;
+        let answer = answers_within(
+            deadline + GRACE,
+            guest.tx_query(tx, "select pg_sleep(3600)", vec![]),
+        )
+        .await;
+        assert!(is_code(&answer, "57014: "), "{answer:?}");
+        guest.drop_tx(tx).await;
+        until_no_statement_runs(&setup.a, "pg_sleep(3600)").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_dropped_call_gives_its_connection_back() {
+    on_postgres(|setup: Setup| async move {
+        // One connection: the dropped call's, if it were held, would be the only one.
+        let backend = PostgresBackend::connect(&database_url())
+            .await
+            .unwrap()
+            .with_pool_size(1);
+        let namespace = backend.namespace(&setup.a).await.unwrap();
+        // The host drops a guest's future at its deadline; this drops it mid-statement.
+        let mut guest = Guest::new(namespace.clone());
+        let cut = tokio::time::timeout(
+            Duration::from_millis(500),
+            guest.query("select pg_sleep(3600)", vec![]),
+        )
+        .await;
+        assert!(cut.is_err(), "pg_sleep(3600) answered: {cut:?}");
+        drop(guest);
+        let mut next = Guest::bounded(namespace.clone(), bounds(Duration::from_secs(5), 1 << 20));
+        let answer = answers_within(Duration::from_secs(6), next.query("select 1", vec![])).await;
+        assert_eq!(answer.map(|rows| rows.rows), Ok(vec![vec![int(1)]]));
+        until_no_statement_runs(&setup.a, "pg_sleep(3600)").await;
+
+        // Likewise a transaction dropped mid-statement.
+        let mut guest = Guest::new(namespace.clone());
+        let tx = guest.begin().await;
+        let cut = tokio::time::timeout(
+            Duration::from_millis(500),
+            guest.tx_query(tx, "select pg_sleep(3600)", vec![]),
+        )
+        .await;
+        assert!(cut.is_err(), "pg_sleep(3600) answered: {cut:?}");
+        drop(guest);
+        let mut next = Guest::bounded(namespace.clone(), bounds(Duration::from_secs(5), 1 << 20));
+        let answer = answers_within(Duration::from_secs(6), next.query("select 2", vec![])).await;
+        assert_eq!(answer.map(|rows| rows.rows), Ok(vec![vec![int(2)]]));
+        until_no_statement_runs(&setup.a, "pg_sleep(3600)").await;
+    })
+    .await;
+}
+
+/// The advisory lock key the host used for `purpose` on `schema` before its keys were
+/// derived from the database URL: anyone could compute it.
+fn predictable_lock_key(purpose: &str, schema: &str) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("agora-sql-{purpose}\0{schema}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_guest_cannot_block_the_hosts_locks() {
+    on_postgres(|setup: Setup| async move {
+        let namespace = setup.namespace(&setup.a).await;
+        let schema = setup.a.replace('-', "_");
+        // A guest takes every lock it can name, on sessions that go back to its pool.
+        let mut guest = Guest::new(namespace.clone());
+        for purpose in ["migrate", "setup", "namespace"] {
+            let key = predictable_lock_key(purpose, &schema);
+            guest
+                .rows("select pg_advisory_lock($1)", vec![int(key)])
+                .await;
+        }
+        let migrations = vec![Migration::new("0001_init", "create table t (id int);")];
+        let applied = answers_within(Duration::from_secs(10), namespace.migrate(&migrations)).await;
+        assert_eq!(applied.unwrap(), ["0001_init"]);
+        // A second host sets the namespace up again (the set-up locks) just as well.
+        let replica = setup.replica().await;
+        answers_within(Duration::from_secs(10), replica.namespace(&setup.a))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_host_waits_for_its_locks_with_a_limit() {
+    on_postgres(|setup: Setup| async move {
+        let backend = PostgresBackend::connect(&database_url())
+            .await
+            .unwrap()
+            .with_lock_wait(Duration::from_millis(500));
+        let namespace = backend.namespace(&setup.a).await.unwrap();
+        // Another session holds the migration lock (as another host migrating would).
+        let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url())
+            .await
+            .unwrap();
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(backend.migration_lock_key(&setup.a))
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let migrations = vec![Migration::new("0001_init", "create table t (id int);")];
+        let err = answers_within(Duration::from_secs(10), namespace.migrate(&migrations))
+            .await
+            .unwrap_err();
+        let schema = setup.a.replace('-', "_");
+        assert!(
+            matches!(&err, SqlError::Unavailable(m)
+                if m.contains("migration lock") && m.contains(&schema)),
+            "{err}"
+        );
+        sqlx::Connection::close(holder).await.unwrap();
+        assert_eq!(namespace.migrate(&migrations).await.unwrap(), ["0001_init"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_component_cannot_take_every_connection() {
+    on_postgres(|setup: Setup| async move {
+        let backend = PostgresBackend::connect(&database_url())
+            .await
+            .unwrap()
+            .with_pool_size(2);
+        let a = backend.namespace(&setup.a).await.unwrap();
+        let b = backend.namespace(&setup.b).await.unwrap();
+        // Component a holds both of its connections in open transactions.
+        let mut holder = Guest::new(a.clone());
+        let first = holder.begin().await;
+        let second = holder.begin().await;
+        let deadline = Duration::from_millis(800);
+        let mut more = Guest::bounded(a.clone(), bounds(deadline, 1 << 20));
+        let answer = answers_within(deadline + GRACE, more.query("select 1", vec![])).await;
+        assert!(
+            matches!(&answer, Err(Error::Unavailable(m)) if m.contains("at most 2")),
+            "{answer:?}"
+        );
+        // Component b is served meanwhile.
+        let mut other = Guest::bounded(b, bounds(Duration::from_secs(5), 1 << 20));
+        assert_eq!(other.rows("select 1", vec![]).await, [[int(1)]]);
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_url())
+            .await
+            .unwrap();
+        let sessions: i64 =
+            sqlx::query_scalar("select count(*) from pg_stat_activity where usename = $1")
+                .bind(format!("agora_{}", setup.a.replace('-', "_")))
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        assert!(sessions <= 2, "{sessions} sessions");
+        holder.rollback(first).await.unwrap();
+        holder.rollback(second).await.unwrap();
+        let mut later = Guest::bounded(a, bounds(Duration::from_secs(5), 1 << 20));
+        assert_eq!(later.rows("select 1", vec![]).await, [[int(1)]]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_guest_cannot_switch_the_servers_checks_off() {
+    on_postgres(|setup: Setup| async move {
+        let namespace = setup.namespace(&setup.a).await;
+        let deadline = Duration::from_millis(800);
+        let mut guest = Guest::bounded(namespace, bounds(deadline, 1 << 20));
+        // The statement turns off, for its own session, what would end it once the host
+        // closed its connection.
+        let statement = "select set_config('client_connection_check_interval', '0', false), \
+                         set_config('statement_timeout', '0', false), pg_sleep(3600)";
+        let answer = answers_within(deadline + GRACE, guest.query(statement, vec![])).await;
+        assert!(is_code(&answer, "57014: "), "{answer:?}");
+        // The host ends that session once no request can still be waiting for it.
+        until_no_statement_runs(&setup.a, "pg_sleep(3600)").await;
+    })
+    .await;
 }

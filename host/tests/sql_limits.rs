@@ -1,0 +1,171 @@
+//! Database work bounded by the component's limits, over real HTTP: a component running
+//! runaway SQL (`components/example`, `POST /NAME/sql`) gets an error within its deadline
+//! plus a second, the host's memory grows by no more than the component's result cap, and
+//! another component is answered meanwhile. On SQLite and, when reachable, PostgreSQL.
+//!
+//! One test in its own binary: it reads the process's peak memory (VmHWM), which a test
+//! running beside it would disturb.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestHost, component, component_table, database_url_or_skip, unique_name};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// The example component's deadline in this test.
+const DEADLINE: Duration = Duration::from_secs(3);
+/// Its result cap, KiB.
+const CAP_KIB: u64 = 8 * 1024;
+/// Memory the host may take beyond the cap while it serves the runaway statements and the
+/// requests beside them (instances, buffers, allocator slack).
+const SLACK: u64 = 64 << 20;
+
+fn manifest(name: &str) -> String {
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../components/example/migrations")
+        .display()
+        .to_string();
+    format!(
+        r#"[[component]]
+name = "{name}"
+source = {source:?}
+routes = ["/{name}/..."]
+migrations = {migrations:?}
+grants = {{ sql = true, cache = true, publish = ["example.*"] }}
+[component.limits]
+deadline_ms = {deadline}
+sql_result_kib = {CAP_KIB}
+
+{hello}"#,
+        source = component("example").display().to_string(),
+        deadline = DEADLINE.as_millis(),
+        hello = component_table("hello", "hello", &["/hello"], ""),
+    )
+}
+
+/// The process's peak resident memory so far, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib << 10
+}
+
+/// What a runaway statement must end with: a 400 naming the SQLSTATE `code`, or (for a
+/// deadline, which the host may hit first) a 504.
+fn ended_as(status: u16, body: &Value, code: &str) -> bool {
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    (status == 400 && message.contains(code)) || (code == "57014" && status == 504)
+}
+
+async fn scenario(database_url: Option<String>, dialect: &str) {
+    let name = unique_name("runaway");
+    let data = tempfile::tempdir().unwrap();
+    let url = database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data.path().join("sql").display()));
+    let host = TestHost::start_with(&manifest(&name), |config| {
+        config.database_url = Some(url.clone());
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let sql = |statement: String| {
+        let request = http
+            .post(host.url(&format!("/{name}/sql")))
+            .json(&json!({ "statement": statement }));
+        async move {
+            let started = Instant::now();
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body, started.elapsed())
+        }
+    };
+    // Warm up both components (compiled code, pools) before measuring.
+    let (status, body, _) = sql("select 1 as n".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let hello = http.get(host.url("/hello")).send().await.unwrap();
+    assert_eq!(hello.status().as_u16(), 200);
+
+    let endless = "with recursive r(n) as (select 1 union all select n + 1 from r)";
+    let mut runaway = vec![
+        (format!("{endless} select n from r"), "54000"),
+        (format!("{endless} select count(*) from r"), "57014"),
+    ];
+    match dialect {
+        "sqlite" => runaway.push(("select zeroblob(900000000)".into(), "54000")),
+        _ => runaway.push(("select pg_sleep(3600)".into(), "57014")),
+    }
+    let before = peak_rss();
+    let tasks: Vec<_> = runaway
+        .iter()
+        .map(|(statement, code)| {
+            let call = sql(statement.clone());
+            let code = *code;
+            let statement = statement.clone();
+            tokio::spawn(async move { (statement, code, call.await) })
+        })
+        .collect();
+    // The other component is answered while the runaway statements run.
+    let mut answered_meanwhile = 0;
+    while tasks.iter().any(|task| !task.is_finished()) {
+        let response = http.get(host.url("/hello")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        answered_meanwhile += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered_meanwhile > 0);
+    for task in tasks {
+        let (statement, code, (status, body, took)) = task.await.unwrap();
+        assert!(
+            ended_as(status, &body, code),
+            "{dialect}: {statement}: {status} {body}"
+        );
+        assert!(
+            took < DEADLINE + Duration::from_secs(1),
+            "{dialect}: {statement} took {took:?}"
+        );
+        if code == "54000" {
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("{CAP_KIB} KiB")),
+                "{dialect}: {message}"
+            );
+        }
+    }
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown <= (CAP_KIB << 10) + SLACK,
+        "{dialect}: the host's peak memory grew by {} MiB (cap {} MiB)",
+        grown >> 20,
+        CAP_KIB >> 10
+    );
+    // The component serves its next request.
+    let (status, body, _) = sql("select 2 as n".into()).await;
+    assert_eq!((status, &body["rows"][0]["n"]), (200, &json!(2)), "{body}");
+
+    drop(host);
+    if let Some(url) = database_url {
+        let postgres = agora_sql::PostgresBackend::connect(&url).await.unwrap();
+        postgres.drop_namespace(&name).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runaway_sql_ends_in_time_within_the_cap_beside_other_components() {
+    scenario(None, "sqlite").await;
+    if let Some(url) = database_url_or_skip() {
+        scenario(Some(url), "postgres").await;
+    }
+}
