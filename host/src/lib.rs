@@ -470,6 +470,22 @@ impl Host {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        // The in-process bus keeps nothing across a restart: let the events it holds (and
+        // those their handlers publish) be handled before the subscriptions stop.
+        let messaging = &self.capabilities.messaging;
+        let components: Vec<_> = self
+            .components
+            .slots()
+            .iter()
+            .map(|slot| slot.current())
+            .collect();
+        let settle_deadline = std::time::Instant::now() + self.drain_timeout;
+        if !outbox::settle(&components, messaging, settle_deadline).await {
+            tracing::warn!(
+                unhandled = messaging.unhandled(),
+                "events still unhandled at the drain timeout; they go back to their outboxes"
+            );
+        }
         for subscription in subscriptions {
             subscription.stop().await;
         }
@@ -483,6 +499,9 @@ impl Host {
         for relay in relays {
             let _ = relay.await;
         }
+        // What is still unhandled (a relay's last pass, a message waiting out its backoff)
+        // goes back to an outbox, relayed on the next start.
+        outbox::keep_unhandled(&components, messaging).await;
         Ok(drained)
     }
 }

@@ -7,7 +7,7 @@
 //! keys on and a 5 s busy timeout. Transactions start with `BEGIN IMMEDIATE`, so two writers
 //! queue on the busy timeout instead of one failing with `SQLITE_BUSY` when it upgrades.
 
-use crate::backend::{Namespace, OutboxMessage, PublishFn, SqlBackend, Tx};
+use crate::backend::{Namespace, OutboxMessage, PublishFn, RelayError, SqlBackend, Tx};
 use crate::migrate::{failed, pending};
 use crate::value::{check_decimal, rfc3339};
 use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
@@ -40,6 +40,16 @@ create table if not exists _agora_outbox (
     payload blob not null,
     headers text not null,
     created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+create table if not exists _agora_outbox_dead (
+    seq integer primary key autoincrement,
+    id text not null,
+    subject text not null,
+    payload blob not null,
+    headers text not null,
+    created_at text not null,
+    dead_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    reason text not null
 );
 create table if not exists _agora_migrations (
     version text primary key,
@@ -388,23 +398,40 @@ impl Namespace for SqliteNamespace {
         let mut relayed = 0;
         for row in &rows {
             let seq: i64 = row.try_get(0)?;
-            match outbox_message(row) {
-                Ok(message) => {
-                    if let Err(err) = publish(&message).await {
+            let rejected = match outbox_message(row) {
+                Ok(message) => match publish(&message).await {
+                    Ok(()) => None,
+                    Err(RelayError::Retry(err)) => {
                         tracing::warn!(id = %message.id, subject = %message.subject, error = %err,
                             "outbox relay stopped: publish failed, the message stays");
                         break;
                     }
-                    relayed += 1;
-                }
-                Err(err) => {
-                    tracing::warn!(seq, error = %err, "dropping an outbox row that cannot be read");
-                }
+                    Err(RelayError::Reject(reason)) => Some(format!(
+                        "message {} to {}: {reason}",
+                        message.id, message.subject
+                    )),
+                },
+                Err(err) => Some(format!("the row cannot be read as a message: {err}")),
+            };
+            if let Some(reason) = rejected {
+                tracing::error!(seq, %reason,
+                    "outbox row moved to _agora_outbox_dead: it can never be published");
+                sqlx::query(
+                    "insert into _agora_outbox_dead \
+                     (id, subject, payload, headers, created_at, reason) \
+                     select id, subject, payload, headers, created_at, $2 from _agora_outbox \
+                     where seq = $1",
+                )
+                .bind(seq)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
             }
             sqlx::query("delete from _agora_outbox where seq = $1")
                 .bind(seq)
                 .execute(&mut *tx)
                 .await?;
+            relayed += 1;
         }
         tx.commit().await?;
         Ok(relayed)
