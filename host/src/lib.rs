@@ -60,7 +60,8 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     /// Allocate instances on demand even where the pooling allocator would work.
     pub force_on_demand: bool,
-    /// Time in-flight requests get to finish after shutdown is requested.
+    /// Time in-flight requests get to finish after shutdown is requested, and then again the
+    /// time the in-process bus gets to handle the events it holds.
     pub drain_timeout: Duration,
     /// Redis for the cache capability; `None` = the in-memory cache.
     pub redis_url: Option<String>,
