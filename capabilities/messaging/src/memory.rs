@@ -386,6 +386,63 @@ impl MessagingBackend for MemoryBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Backoff, Delivery};
+
+    /// Fails every delivery, telling the test each time.
+    struct Failing(Arc<Notify>);
+
+    #[async_trait::async_trait]
+    impl MessageHandler for Failing {
+        async fn handle(&self, _delivery: Delivery) -> Result<(), String> {
+            self.0.notify_one();
+            Err("not now".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_unhandled_is_counted_and_can_be_taken_once() {
+        let bus = MemoryBus::new();
+        let seen = Arc::new(Notify::new());
+        let mut spec = SubscriptionSpec::new("billing", "order.*");
+        spec.backoff = Backoff {
+            initial: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        };
+        let subscription = bus
+            .subscribe(spec, Arc::new(Failing(seen.clone())))
+            .await
+            .unwrap();
+        let other = bus
+            .subscribe(
+                SubscriptionSpec::new("audit", "order.created"),
+                Arc::new(Failing(Arc::new(Notify::new()))),
+            )
+            .await
+            .unwrap();
+        other.stop().await;
+        assert_eq!(bus.unhandled(), 0);
+
+        // One message for two groups: one waits out a backoff, the other in a queue.
+        let message = Message::new("order.created", b"{}".to_vec(), vec![]);
+        bus.publish(&message).await.unwrap();
+        seen.notified().await;
+        subscription.stop().await;
+        assert_eq!(bus.unhandled(), 2);
+        let taken = bus.take_unhandled();
+        assert_eq!(taken, vec![message], "once, however many groups held it");
+        assert_eq!(bus.unhandled(), 0);
+        assert!(bus.take_unhandled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_invalid() {
+        let bus = MemoryBus::new();
+        let fits = Message::new("a.b", vec![0; MAX_MESSAGE_BYTES - 6], vec![("k".into(), "v".into())]);
+        assert_eq!(bus.check(&fits), Ok(()));
+        let over = Message::new("a.b", vec![0; MAX_MESSAGE_BYTES - 5], vec![("k".into(), "v".into())]);
+        assert!(matches!(bus.check(&over), Err(MessagingError::Invalid(_))));
+        assert!(matches!(bus.publish(&over).await, Err(MessagingError::Invalid(_))));
+    }
 
     #[test]
     fn dedup_forgets_after_the_window() {
