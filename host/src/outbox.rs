@@ -84,7 +84,7 @@ pub async fn relay_all(
         Box::pin(async move {
             let granted = &component.capabilities;
             // The grant was checked when the row was written; a row the component inserted
-            // into the table by hand is checked here, and dropped if it is not allowed.
+            // into the table by hand is checked here, and set aside if it is not allowed.
             let refusal = if !granted.may_publish(&message.subject) {
                 format!(
                     "component `{}` may not publish to `{}`",
