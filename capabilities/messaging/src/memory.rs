@@ -385,6 +385,7 @@ impl MessagingBackend for MemoryBus {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::backend::{Backoff, Delivery};
 
