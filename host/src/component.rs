@@ -93,7 +93,23 @@ impl Granted {
     /// The sql context of one store.
     pub fn sql_ctx(&self) -> SqlCtx {
         match &self.sql {
-            Some(namespace) => SqlCtx::granted(namespace.clone(), self.may_publish.clone()),
+            Some(namespace) => {
+                let messaging = self.messaging.clone();
+                SqlCtx::granted(namespace.clone(), self.may_publish.clone()).with_publish_check(
+                    Arc::new(move |row: &agora_sql::OutboxMessage| {
+                        let message = agora_messaging::Message {
+                            id: row.id.clone(),
+                            subject: row.subject.clone(),
+                            payload: row.payload.clone(),
+                            headers: row.headers.clone(),
+                        };
+                        messaging.check(&message).map_err(|err| match err {
+                            agora_messaging::MessagingError::Invalid(reason)
+                            | agora_messaging::MessagingError::Unavailable(reason) => reason,
+                        })
+                    }),
+                )
+            }
             None => SqlCtx::denied(),
         }
     }

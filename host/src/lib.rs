@@ -60,7 +60,8 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     /// Allocate instances on demand even where the pooling allocator would work.
     pub force_on_demand: bool,
-    /// Time in-flight requests get to finish after shutdown is requested.
+    /// Time in-flight requests get to finish after shutdown is requested, and then again the
+    /// time the in-process bus gets to handle the events it holds.
     pub drain_timeout: Duration,
     /// Redis for the cache capability; `None` = the in-memory cache.
     pub redis_url: Option<String>,
@@ -518,6 +519,22 @@ impl Host {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        // The in-process bus keeps nothing across a restart: let the events it holds (and
+        // those their handlers publish) be handled before the subscriptions stop.
+        let messaging = &self.capabilities.messaging;
+        let components: Vec<_> = self
+            .components
+            .slots()
+            .iter()
+            .map(|slot| slot.current())
+            .collect();
+        let settle_deadline = std::time::Instant::now() + self.drain_timeout;
+        if !outbox::settle(&components, messaging, settle_deadline).await {
+            tracing::warn!(
+                unhandled = messaging.unhandled(),
+                "events still unhandled at the drain timeout; they go back to their outboxes"
+            );
+        }
         for subscription in subscriptions {
             subscription.stop().await;
         }
@@ -531,6 +548,9 @@ impl Host {
         for relay in relays {
             let _ = relay.await;
         }
+        // What is still unhandled (a relay's last pass, a message waiting out its backoff)
+        // goes back to an outbox, relayed on the next start.
+        outbox::keep_unhandled(&components, messaging).await;
         Ok(drained)
     }
 }

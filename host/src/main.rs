@@ -68,7 +68,8 @@ struct ServeArgs {
     /// Folder for the host's state: compiled components, embedded databases.
     #[arg(long, env = "AGORA_DATA_DIR", default_value = ".agora")]
     data_dir: PathBuf,
-    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM (and then, again, the
+    /// events the in-process bus holds).
     #[arg(long, env = "AGORA_DRAIN_TIMEOUT", default_value_t = 30)]
     drain_timeout: u64,
     /// Redis for the cache capability (`redis://host:port/db`); default: in-memory cache.

@@ -8,18 +8,28 @@
 //! [`SWEEP_INTERVAL`] anyway — which is what relays the rows a crashed host left behind when it
 //! (or another replica) starts again. A relay repeated after a crash between publish and delete
 //! publishes the same message id again, which JetStream deduplicates.
+//!
+//! A row the broker refuses for good (its subject, headers or size break the broker's rules —
+//! `transaction.publish` already refuses such a message, so only a row written with plain SQL
+//! or a broker reconfigured since can be one) or for a subject the component may not publish
+//! to is moved to the component's `_agora_outbox_dead` table, logged and counted, and the
+//! relay goes on with the next rows. A broker that is unreachable stops the pass, keeping that
+//! row and the ones after it for the next.
 
 use crate::component::LoadedComponent;
-use agora_messaging::Message;
-use agora_sql::OutboxMessage;
+use agora_messaging::{Message, MessagingBackend, MessagingError};
+use agora_sql::{OutboxMessage, RelayError};
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often the outbox is swept when no commit signals it.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// How often [`settle`] looks again while messages are still being handled.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// Rows relayed per transaction.
 const BATCH: usize = 100;
 
@@ -32,8 +42,9 @@ pub fn spawn(
     let namespace = component.capabilities.sql.clone()?;
     Some(tokio::spawn(async move {
         let signal = namespace.outbox_signal();
+        let dead = Arc::new(AtomicU64::new(0));
         loop {
-            relay_all(&component, namespace.as_ref()).await;
+            relay_all(&component, namespace.as_ref(), &dead).await;
             if *stop.borrow() {
                 break;
             }
@@ -51,11 +62,19 @@ pub fn spawn(
     }))
 }
 
-/// Relays until the outbox is empty or the broker or database fails (the next pass retries).
-async fn relay_all(component: &Arc<LoadedComponent>, namespace: &dyn agora_sql::Namespace) {
+/// Relays until the outbox is empty or the broker or database fails (the next pass retries);
+/// `dead` counts the rows this relay moved to the dead-letter table. Returns how many rows
+/// left the outbox.
+pub async fn relay_all(
+    component: &Arc<LoadedComponent>,
+    namespace: &dyn agora_sql::Namespace,
+    dead: &Arc<AtomicU64>,
+) -> usize {
     let owner = component.clone();
+    let counter = dead.clone();
     let publish = publisher(move |row| {
         let component = owner.clone();
+        let dead = counter.clone();
         let message = Message {
             id: row.id.clone(),
             subject: row.subject.clone(),
@@ -65,34 +84,46 @@ async fn relay_all(component: &Arc<LoadedComponent>, namespace: &dyn agora_sql::
         Box::pin(async move {
             let granted = &component.capabilities;
             // The grant was checked when the row was written; a row the component inserted
-            // into the table by hand is checked here, and dropped if it is not allowed.
-            if !granted.may_publish(&message.subject) {
-                tracing::error!(
-                    component = %component.name,
-                    subject = %message.subject,
-                    message_id = %message.id,
-                    "outbox row for a subject the component may not publish to; dropped"
-                );
-                return Ok(());
-            }
-            granted
-                .messaging
-                .publish(&message)
-                .await
-                .map_err(|err| err.to_string())
+            // into the table by hand is checked here, and set aside if it is not allowed.
+            let refusal = if !granted.may_publish(&message.subject) {
+                format!(
+                    "component `{}` may not publish to `{}`",
+                    component.name, message.subject
+                )
+            } else {
+                match granted.messaging.publish(&message).await {
+                    Ok(()) => return Ok(()),
+                    Err(MessagingError::Unavailable(reason)) => {
+                        return Err(RelayError::Retry(reason));
+                    }
+                    Err(MessagingError::Invalid(reason)) => reason,
+                }
+            };
+            let total = dead.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(
+                component = %component.name,
+                subject = %message.subject,
+                message_id = %message.id,
+                reason = %refusal,
+                dead_letters = total,
+                "outbox row can never be published; moved to _agora_outbox_dead"
+            );
+            Err(RelayError::Reject(refusal))
         })
     });
+    let mut total = 0;
     loop {
         match namespace.relay_outbox(BATCH, &publish).await {
-            Ok(relayed) if relayed == BATCH => continue,
-            Ok(0) => return,
+            Ok(relayed) if relayed == BATCH => total += relayed,
             Ok(relayed) => {
-                tracing::debug!(component = %component.name, relayed, "outbox relayed");
-                return;
+                if relayed > 0 {
+                    tracing::debug!(component = %component.name, relayed, "outbox relayed");
+                }
+                return total + relayed;
             }
             Err(err) => {
                 tracing::warn!(component = %component.name, error = %err, "outbox relay failed; retrying later");
-                return;
+                return total;
             }
         }
     }
@@ -101,7 +132,96 @@ async fn relay_all(component: &Arc<LoadedComponent>, namespace: &dyn agora_sql::
 /// Gives a closure the higher-ranked signature `relay_outbox` expects.
 fn publisher<F>(f: F) -> F
 where
-    F: for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), String>> + Send + Sync,
+    F: for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), RelayError>> + Send + Sync,
 {
     f
+}
+
+/// Before a shutdown: relays every outbox and waits until the broker holds nothing this
+/// process has not finished handling ([`MessagingBackend::unhandled`]: only the in-process bus
+/// holds any), or until `deadline`. Returns whether everything settled. The subscriptions and
+/// relays keep running meanwhile.
+pub async fn settle(
+    components: &[Arc<LoadedComponent>],
+    messaging: &Arc<dyn MessagingBackend>,
+    deadline: Instant,
+) -> bool {
+    let dead = Arc::new(AtomicU64::new(0));
+    loop {
+        let mut relayed = 0;
+        for component in components {
+            if let Some(namespace) = &component.capabilities.sql {
+                relayed += relay_all(component, namespace.as_ref(), &dead).await;
+            }
+        }
+        if relayed == 0 && messaging.unhandled() == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+}
+
+/// After every subscription and relay stopped: takes what the broker still holds unhandled
+/// (the in-process bus: messages queued or waiting out a backoff) and writes each back to the
+/// outbox of the first component with an sql grant that may publish its subject, to be
+/// relayed on the next start. Returns how many were kept; a message no component could
+/// have published (a dead letter) is logged as lost.
+pub async fn keep_unhandled(
+    components: &[Arc<LoadedComponent>],
+    messaging: &Arc<dyn MessagingBackend>,
+) -> usize {
+    let unhandled = messaging.take_unhandled();
+    if unhandled.is_empty() {
+        return 0;
+    }
+    let mut kept = 0;
+    for message in unhandled {
+        let home = components.iter().find_map(|component| {
+            let namespace = component.capabilities.sql.as_ref()?;
+            component
+                .capabilities
+                .may_publish(&message.subject)
+                .then_some((component, namespace))
+        });
+        let Some((component, namespace)) = home else {
+            tracing::error!(
+                subject = %message.subject,
+                message_id = %message.id,
+                "an unhandled message of the in-process bus has no outbox to go back to; lost"
+            );
+            continue;
+        };
+        let row = OutboxMessage {
+            id: message.id.clone(),
+            subject: message.subject.clone(),
+            payload: message.payload,
+            headers: message.headers,
+        };
+        let written = async {
+            let mut tx = namespace.begin().await?;
+            tx.outbox_insert(&row).await?;
+            tx.commit().await
+        }
+        .await;
+        match written {
+            Ok(()) => kept += 1,
+            // Still in the outbox: it was never taken off.
+            Err(agora_sql::SqlError::UniqueViolation(_)) => kept += 1,
+            Err(err) => tracing::error!(
+                component = %component.name,
+                subject = %row.subject,
+                message_id = %row.id,
+                error = %err,
+                "cannot write an unhandled message back to the outbox; lost"
+            ),
+        }
+    }
+    tracing::info!(
+        kept,
+        "unhandled messages of the in-process bus written back to their outboxes, for the next start"
+    );
+    kept
 }

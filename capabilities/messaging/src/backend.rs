@@ -14,6 +14,13 @@ pub const DEAD_LETTER_DELIVERIES: &str = "agora-dead-letter-deliveries";
 pub const ORIGINAL_SUBJECT: &str = "agora-original-subject";
 /// Header added to a dead-lettered message: its id when it was published.
 pub const ORIGINAL_ID: &str = "agora-original-id";
+/// Header added to a dead letter whose payload the broker would not take back with the
+/// dead-letter headers added: the payload's size in bytes. The dead letter then carries no
+/// payload; on NATS the original stays in the stream (see [`ORIGINAL_SEQUENCE`]).
+pub const DEAD_LETTER_PAYLOAD_DROPPED: &str = "agora-dead-letter-payload-dropped";
+/// Header added to a dead letter on NATS: the stream sequence of the original message, which
+/// the stream keeps for its maximum age.
+pub const ORIGINAL_SEQUENCE: &str = "agora-original-sequence";
 
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,6 +183,13 @@ pub trait MessagingBackend: Send + Sync + 'static {
     /// answer is [`MessagingError::Unavailable`] (the message may or may not be stored).
     async fn publish(&self, message: &Message) -> Result<(), MessagingError>;
 
+    /// Whether the broker would ever store `message`, by its own rules (subject, headers, and
+    /// size against its largest message): [`MessagingError::Invalid`] when it never will, so a
+    /// message can be refused when it is written to an outbox rather than when it is relayed.
+    /// It does not contact the broker, and it is what [`MessagingBackend::publish`] checks
+    /// first.
+    fn check(&self, message: &Message) -> Result<(), MessagingError>;
+
     /// Starts delivering the messages on `spec.subject` to `handler` until the returned
     /// [`Subscription`] is stopped or dropped. Subscriptions with the same component and
     /// subject share one durable consumer: each message goes to one of them.
@@ -188,6 +202,21 @@ pub trait MessagingBackend: Send + Sync + 'static {
     /// Deletes the durable consumer of (component, subject) with whatever it still holds, for
     /// a subscription removed for good. Deleting one that does not exist is not an error.
     async fn remove_consumer(&self, component: &str, subject: &str) -> Result<(), MessagingError>;
+
+    /// How many messages this process holds that a consumer has not finished with (queued,
+    /// being handled, or waiting out a backoff). Always 0 for a broker that stores them
+    /// itself (NATS); the in-process bus counts what a shutdown would lose.
+    fn unhandled(&self) -> usize {
+        0
+    }
+
+    /// Takes every message this process holds that no consumer has started handling (queued,
+    /// or waiting out a backoff), each once however many consumers still wanted it, so the
+    /// caller can keep them (the host writes them back to an outbox at shutdown). Call it
+    /// after every subscription stopped. Empty for a broker that stores them itself (NATS).
+    fn take_unhandled(&self) -> Vec<Message> {
+        Vec::new()
+    }
 }
 
 /// A running subscription. [`Subscription::stop`] stops fetching and waits for the handlers
@@ -281,6 +310,27 @@ pub(crate) fn dead_letter(
         payload: message.payload.clone(),
         headers,
     }
+}
+
+/// The dead letter to publish when the broker refused `dead` (a dead letter made by
+/// [`dead_letter`]) as invalid: the same without its payload (its size in
+/// [`DEAD_LETTER_PAYLOAD_DROPPED`]) and with a reason cut short, so that only the headers must
+/// fit. `sequence` is where the original stays in the stream, when the broker keeps one.
+pub(crate) fn slim_dead_letter(dead: &Message, sequence: Option<u64>) -> Message {
+    let mut slim = dead.clone();
+    slim.payload = Vec::new();
+    for (name, value) in &mut slim.headers {
+        if name == DEAD_LETTER_REASON {
+            *value = value.chars().take(200).collect();
+        }
+    }
+    slim.headers
+        .push((DEAD_LETTER_PAYLOAD_DROPPED.into(), dead.payload.len().to_string()));
+    if let Some(sequence) = sequence {
+        slim.headers
+            .push((ORIGINAL_SEQUENCE.into(), sequence.to_string()));
+    }
+    slim
 }
 
 /// Headers in delivery order: sorted by name, values of one name in publish order.

@@ -48,12 +48,12 @@ mod nats;
 mod subject;
 
 pub use backend::{
-    Backoff, DEAD_LETTER_DELIVERIES, DEAD_LETTER_REASON, Delivery, Message, MessageHandler,
-    MessagingBackend, MessagingError, ORIGINAL_ID, ORIGINAL_SUBJECT, Subscription,
-    SubscriptionSpec,
+    Backoff, DEAD_LETTER_DELIVERIES, DEAD_LETTER_PAYLOAD_DROPPED, DEAD_LETTER_REASON, Delivery,
+    Message, MessageHandler, MessagingBackend, MessagingError, ORIGINAL_ID, ORIGINAL_SEQUENCE,
+    ORIGINAL_SUBJECT, Subscription, SubscriptionSpec,
 };
 pub use credentials::{CREDS_VAR, connect_options, connect_options_with};
-pub use memory::{DEDUP_WINDOW, MAX_QUEUED, MemoryBus};
+pub use memory::{DEDUP_WINDOW, MAX_MESSAGE_BYTES, MAX_QUEUED, MemoryBus};
 pub use nats::{NatsBackend, STREAM, WIRE_PREFIX, redact};
 pub use subject::{
     MAX_HEADER_BYTES, MAX_SUBJECT_BYTES, consumer_name, dead_letter_subject, subject_matches,

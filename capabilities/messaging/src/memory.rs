@@ -11,14 +11,17 @@
 //! published to a subject no subscription has ever matched is dropped. A group, once created,
 //! keeps queueing while it has no running subscription (between a stop and the next subscribe,
 //! as during a hot swap), up to [`MAX_QUEUED`] messages. Nothing survives a restart of the
-//! process.
+//! process by itself: the host drains the bus before it exits and hands what is still
+//! unhandled back to an outbox ([`MessagingBackend::unhandled`],
+//! [`MessagingBackend::take_unhandled`]).
 
 use crate::backend::{
     Delivery, Message, MessageHandler, MessagingBackend, MessagingError, Subscription,
-    SubscriptionSpec, dead_letter, run_handler, sort_headers, stopped,
+    SubscriptionSpec, dead_letter, run_handler, slim_dead_letter, sort_headers, stopped,
 };
 use crate::subject::{subject_matches, validate_headers, validate_subject};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -26,6 +29,11 @@ use tokio::task::JoinSet;
 
 /// How long a message id is remembered to drop repeats.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// The largest message the bus takes: its payload plus, for each header, its name, its value
+/// and 4 bytes (`": "` and the line end) — the size NATS counts against a server's default
+/// `max_payload` of 1 MiB, so that what the embedded bus takes NATS takes too, by default.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Most messages one consumer group holds waiting; a publish that would go beyond it is
 /// refused as `Unavailable` (an outbox keeps the message and retries) — nothing accepted is
@@ -48,12 +56,51 @@ struct Group {
     name: String,
     queue: Mutex<VecDeque<Pending>>,
     ready: Notify,
+    /// Taken from the queue, its delivery not finished (handled, dead-lettered or scheduled
+    /// for redelivery).
+    in_flight: AtomicUsize,
+    /// Failed messages waiting out their backoff, by a token their timer holds. Lock order:
+    /// `delayed`, then `queue`.
+    delayed: Mutex<HashMap<u64, Pending>>,
+    next_token: AtomicU64,
 }
 
 impl Group {
+    fn new(name: String) -> Group {
+        Group {
+            name,
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            delayed: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(0),
+        }
+    }
+
     fn push(&self, pending: Pending) {
         lock(&self.queue).push_back(pending);
         self.ready.notify_one();
+    }
+
+    /// Messages of this group not yet finished with: queued, being handled or waiting out a
+    /// backoff (one moving between those may be counted twice, never missed).
+    fn unhandled(&self) -> usize {
+        let delayed = lock(&self.delayed);
+        let queue = lock(&self.queue);
+        delayed.len() + queue.len() + self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Puts `pending` back into the queue after `delay`, unless taken meanwhile.
+    fn redeliver_after(self: Arc<Self>, delay: Duration, pending: Pending) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        lock(&self.delayed).insert(token, pending);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut delayed = lock(&self.delayed);
+            if let Some(pending) = delayed.remove(&token) {
+                self.push(pending);
+            }
+        });
     }
 
     fn is_full(&self) -> bool {
@@ -66,8 +113,12 @@ impl Group {
             let notified = self.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(pending) = lock(&self.queue).pop_front() {
-                return pending;
+            {
+                let mut queue = lock(&self.queue);
+                if let Some(pending) = queue.pop_front() {
+                    self.in_flight.fetch_add(1, Ordering::SeqCst);
+                    return pending;
+                }
             }
             notified.await;
         }
@@ -156,7 +207,8 @@ impl MemoryBus {
                 let (bus, group, spec, handler) =
                     (bus.clone(), group.clone(), spec.clone(), handler.clone());
                 tasks.spawn(async move {
-                    bus.deliver(group, &spec, handler, pending).await;
+                    bus.deliver(group.clone(), &spec, handler, pending).await;
+                    group.in_flight.fetch_sub(1, Ordering::SeqCst);
                     drop(permit);
                 });
                 while tasks.try_join_next().is_some() {}
@@ -197,7 +249,14 @@ impl MemoryBus {
                 delivery,
                 "message failed its last delivery; dead-lettered"
             );
-            if let Err(err) = self.publish(&dead).await {
+            let published = match self.publish(&dead).await {
+                // Too large with the dead-letter headers: the headers alone, then.
+                Err(MessagingError::Invalid(_)) => {
+                    self.publish(&slim_dead_letter(&dead, None)).await
+                }
+                other => other,
+            };
+            if let Err(err) = published {
                 tracing::error!(
                     component = %spec.component,
                     message_id = %message.id,
@@ -216,13 +275,13 @@ impl MemoryBus {
             delay_ms = delay.as_millis(),
             "message handler failed; redelivering after the backoff"
         );
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            group.push(Pending {
+        group.redeliver_after(
+            delay,
+            Pending {
                 message,
                 delivery: delivery.saturating_add(1),
-            });
-        });
+            },
+        );
     }
 }
 
@@ -232,9 +291,26 @@ impl MessagingBackend for MemoryBus {
         "memory"
     }
 
-    async fn publish(&self, message: &Message) -> Result<(), MessagingError> {
+    fn check(&self, message: &Message) -> Result<(), MessagingError> {
         validate_subject(&message.subject).map_err(MessagingError::Invalid)?;
         validate_headers(&message.headers).map_err(MessagingError::Invalid)?;
+        let size = message.payload.len()
+            + message
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 4)
+                .sum::<usize>();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(MessagingError::Invalid(format!(
+                "in-process bus: the message is {size} bytes with its headers, over the \
+                 {MAX_MESSAGE_BYTES}-byte limit"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, message: &Message) -> Result<(), MessagingError> {
+        self.check(message)?;
         let targets: Vec<Arc<Group>> = lock(&self.inner.groups)
             .iter()
             .filter(|((_, pattern), _)| subject_matches(pattern, &message.subject))
@@ -269,13 +345,7 @@ impl MessagingBackend for MemoryBus {
         spec.validate()?;
         let group = lock(&self.inner.groups)
             .entry((spec.component.clone(), spec.subject.clone()))
-            .or_insert_with(|| {
-                Arc::new(Group {
-                    name: format!("{}/{}", spec.component, spec.subject),
-                    queue: Mutex::new(VecDeque::new()),
-                    ready: Notify::new(),
-                })
-            })
+            .or_insert_with(|| Arc::new(Group::new(format!("{}/{}", spec.component, spec.subject))))
             .clone();
         let (stop, stop_rx) = watch::channel(());
         let task = tokio::spawn(self.deliver_loop(group, spec, handler, stop_rx));
@@ -286,11 +356,94 @@ impl MessagingBackend for MemoryBus {
         lock(&self.inner.groups).remove(&(component.to_string(), subject.to_string()));
         Ok(())
     }
+
+    fn unhandled(&self) -> usize {
+        let groups: Vec<Arc<Group>> = lock(&self.inner.groups).values().cloned().collect();
+        groups.iter().map(|group| group.unhandled()).sum()
+    }
+
+    fn take_unhandled(&self) -> Vec<Message> {
+        let groups: Vec<Arc<Group>> = lock(&self.inner.groups).values().cloned().collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut taken = Vec::new();
+        for group in groups {
+            let mut delayed = lock(&group.delayed);
+            let mut queue = lock(&group.queue);
+            let pending = delayed
+                .drain()
+                .map(|(_, pending)| pending)
+                .chain(queue.drain(..));
+            for Pending { message, .. } in pending {
+                if seen.insert(message.id.clone()) {
+                    taken.push(message);
+                }
+            }
+        }
+        taken
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::backend::{Backoff, Delivery};
+
+    /// Fails every delivery, telling the test each time.
+    struct Failing(Arc<Notify>);
+
+    #[async_trait::async_trait]
+    impl MessageHandler for Failing {
+        async fn handle(&self, _delivery: Delivery) -> Result<(), String> {
+            self.0.notify_one();
+            Err("not now".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_unhandled_is_counted_and_can_be_taken_once() {
+        let bus = MemoryBus::new();
+        let seen = Arc::new(Notify::new());
+        let mut spec = SubscriptionSpec::new("billing", "order.*");
+        spec.backoff = Backoff {
+            initial: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        };
+        let subscription = bus
+            .subscribe(spec, Arc::new(Failing(seen.clone())))
+            .await
+            .unwrap();
+        let other = bus
+            .subscribe(
+                SubscriptionSpec::new("audit", "order.created"),
+                Arc::new(Failing(Arc::new(Notify::new()))),
+            )
+            .await
+            .unwrap();
+        other.stop().await;
+        assert_eq!(bus.unhandled(), 0);
+
+        // One message for two groups: one waits out a backoff, the other in a queue.
+        let message = Message::new("order.created", b"{}".to_vec(), vec![]);
+        bus.publish(&message).await.unwrap();
+        seen.notified().await;
+        subscription.stop().await;
+        assert_eq!(bus.unhandled(), 2);
+        let taken = bus.take_unhandled();
+        assert_eq!(taken, vec![message], "once, however many groups held it");
+        assert_eq!(bus.unhandled(), 0);
+        assert!(bus.take_unhandled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_invalid() {
+        let bus = MemoryBus::new();
+        let fits = Message::new("a.b", vec![0; MAX_MESSAGE_BYTES - 6], vec![("k".into(), "v".into())]);
+        assert_eq!(bus.check(&fits), Ok(()));
+        let over = Message::new("a.b", vec![0; MAX_MESSAGE_BYTES - 5], vec![("k".into(), "v".into())]);
+        assert!(matches!(bus.check(&over), Err(MessagingError::Invalid(_))));
+        assert!(matches!(bus.publish(&over).await, Err(MessagingError::Invalid(_))));
+    }
 
     #[test]
     fn dedup_forgets_after_the_window() {

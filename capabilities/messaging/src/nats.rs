@@ -10,6 +10,14 @@
 //! JetStream hands each message to one of them. Redelivery is a NAK with the backoff delay;
 //! dead-lettering is done here from the delivery count JetStream reports (the consumer has no
 //! `max_deliver` of its own), followed by a TERM so the message is never delivered again.
+//! A dead letter NATS refuses as too large (the dead-letter headers took the message over the
+//! server's `max_payload`) is published without its payload, naming the original's stream
+//! sequence ([`crate::ORIGINAL_SEQUENCE`]); one NATS refuses for good, or cannot take in
+//! [`DEAD_LETTER_ATTEMPTS`] deliveries, ends with a TERM and an error log naming that
+//! sequence — the stream keeps the message, and no ack slot stays taken by it.
+//!
+//! A message is refused at publish ([`MessagingBackend::check`]) when its header block and
+//! payload together exceed the `max_payload` the server announced to this connection.
 //!
 //! `max_ack_pending` bounds the consumer as a whole: JetStream counts unacknowledged messages
 //! per consumer, across every replica pulling from it, and a message waiting out its backoff
@@ -22,7 +30,7 @@
 
 use crate::backend::{
     Delivery, Message, MessageHandler, MessagingBackend, MessagingError, Subscription,
-    SubscriptionSpec, dead_letter, run_handler, sort_headers, stopped,
+    SubscriptionSpec, dead_letter, run_handler, slim_dead_letter, sort_headers, stopped,
 };
 use crate::subject::{consumer_name, validate_headers, validate_subject};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -46,6 +54,11 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// The window in which a repeated message id is dropped.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Deliveries, from the last one `max_deliver` allows, on which publishing its dead letter is
+/// tried: when NATS is unavailable each time, the message is terminated after the last (it
+/// stays in the stream, its sequence logged) instead of being redelivered for ever while it
+/// holds one of the consumer's `max_ack_pending` slots.
+pub const DEAD_LETTER_ATTEMPTS: u32 = 5;
 /// Pause before a delivery loop recreates its consumer after an error.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long one pull request waits for messages, and the idle heartbeat that detects a dead
@@ -329,6 +342,24 @@ impl NatsBackend {
         }
     }
 
+    /// Publishes a dead letter; when NATS refuses it as invalid (the dead-letter headers took a
+    /// message that fitted over `max_payload`), publishes it without its payload, pointing at
+    /// the original's stream `sequence` instead.
+    async fn publish_dead_letter(&self, dead: &Message, sequence: u64) -> Result<(), MessagingError> {
+        match self.publish(dead).await {
+            Err(MessagingError::Invalid(reason)) => {
+                tracing::warn!(
+                    message_id = %dead.id,
+                    stream_sequence = sequence,
+                    %reason,
+                    "the dead letter is too large for NATS; publishing it without its payload"
+                );
+                self.publish(&slim_dead_letter(dead, Some(sequence))).await
+            }
+            other => other,
+        }
+    }
+
     /// Hands one JetStream message to the handler and acknowledges, redelivers or dead-letters
     /// it by the outcome.
     async fn deliver(
@@ -386,8 +417,35 @@ impl NatsBackend {
                     delivery,
                     "message failed its last delivery; dead-lettering"
                 );
-                match self.publish(&dead).await {
+                match self.publish_dead_letter(&dead, sequence).await {
                     Ok(()) => (AckKind::Term, "terminate"),
+                    Err(err @ MessagingError::Invalid(_)) => {
+                        // Never publishable: redelivering it would only hold an ack slot.
+                        tracing::error!(
+                            component = %spec.component,
+                            message_id = %message.id,
+                            stream_sequence = sequence,
+                            error = %err,
+                            "NATS refuses the dead letter; the message stays in stream {STREAM} \
+                             at its sequence and is not delivered again"
+                        );
+                        (AckKind::Term, "terminate")
+                    }
+                    Err(err)
+                        if delivery
+                            >= spec.max_deliver.saturating_add(DEAD_LETTER_ATTEMPTS - 1) =>
+                    {
+                        tracing::error!(
+                            component = %spec.component,
+                            message_id = %message.id,
+                            stream_sequence = sequence,
+                            error = %err,
+                            "cannot publish a dead letter after {DEAD_LETTER_ATTEMPTS} attempts; \
+                             the message stays in stream {STREAM} at its sequence and is not \
+                             delivered again"
+                        );
+                        (AckKind::Term, "terminate")
+                    }
                     Err(err) => {
                         // Not lost: it comes back after the backoff and is dead-lettered then.
                         tracing::error!(
@@ -421,6 +479,44 @@ impl NatsBackend {
             tracing::warn!(message_id = %message.id, error = %err, "cannot {outcome} a message");
         }
     }
+}
+
+/// The wire subject and headers of `message` (its id as `Nats-Msg-Id`), or why NATS would
+/// never take them.
+fn wire(message: &Message) -> Result<(String, HeaderMap), MessagingError> {
+    validate_subject(&message.subject).map_err(MessagingError::Invalid)?;
+    validate_headers(&message.headers).map_err(MessagingError::Invalid)?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &message.headers {
+        let name: HeaderName = name
+            .parse()
+            .map_err(|_| MessagingError::Invalid(format!("bad header name `{name}`")))?;
+        let value: HeaderValue = value
+            .parse()
+            .map_err(|_| MessagingError::Invalid(format!("bad header value for `{name}`")))?;
+        headers.append(name, value);
+    }
+    let id: HeaderValue = message
+        .id
+        .parse()
+        .map_err(|_| MessagingError::Invalid("the message id has a line break".into()))?;
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    Ok((format!("{WIRE_PREFIX}{}", message.subject), headers))
+}
+
+/// The size of `headers` as sent (`NATS/1.0` line, `name: value` lines, blank line).
+fn header_block_len(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|value| name.len() + 2 + value.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
 }
 
 /// `url` without the credentials of its user-info part (`nats://user:secret@host` →
@@ -479,25 +575,25 @@ impl MessagingBackend for NatsBackend {
         "nats"
     }
 
-    async fn publish(&self, message: &Message) -> Result<(), MessagingError> {
-        validate_subject(&message.subject).map_err(MessagingError::Invalid)?;
-        validate_headers(&message.headers).map_err(MessagingError::Invalid)?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &message.headers {
-            let name: HeaderName = name
-                .parse()
-                .map_err(|_| MessagingError::Invalid(format!("bad header name `{name}`")))?;
-            let value: HeaderValue = value
-                .parse()
-                .map_err(|_| MessagingError::Invalid(format!("bad header value for `{name}`")))?;
-            headers.append(name, value);
+    fn check(&self, message: &Message) -> Result<(), MessagingError> {
+        let (subject, headers) = wire(message)?;
+        // What the server counts against its `max_payload` (from the INFO it sent this
+        // connection): the header block as sent, plus the payload.
+        let size = header_block_len(&headers) + message.payload.len();
+        let max_payload = self.inner.jetstream.client().max_payload();
+        if size > max_payload {
+            return Err(MessagingError::Invalid(format!(
+                "NATS at {}: the message to {subject} is {size} bytes with its headers, over \
+                 the server's max_payload of {max_payload} bytes",
+                self.inner.url
+            )));
         }
-        let id: HeaderValue = message
-            .id
-            .parse()
-            .map_err(|_| MessagingError::Invalid("the message id has a line break".into()))?;
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-        let subject = format!("{WIRE_PREFIX}{}", message.subject);
+        Ok(())
+    }
+
+    async fn publish(&self, message: &Message) -> Result<(), MessagingError> {
+        self.check(message)?;
+        let (subject, headers) = wire(message)?;
         let payload = bytes::Bytes::from(message.payload.clone());
         let what = format!("NATS at {}: publish to {subject}", self.inner.url);
         let attempt = || async {

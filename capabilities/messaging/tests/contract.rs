@@ -11,9 +11,10 @@
 
 use agora_messaging::bindings::publisher::agora::platform::messaging::{Error, Host};
 use agora_messaging::{
-    Backoff, DEAD_LETTER_DELIVERIES, DEAD_LETTER_REASON, Delivery, MemoryBus, Message,
-    MessageHandler, MessagingBackend, MessagingCtx, MessagingError, NatsBackend, ORIGINAL_ID,
-    ORIGINAL_SUBJECT, SubscriptionSpec, dead_letter_subject,
+    Backoff, DEAD_LETTER_DELIVERIES, DEAD_LETTER_PAYLOAD_DROPPED, DEAD_LETTER_REASON, Delivery,
+    MemoryBus, Message, MessageHandler, MessagingBackend, MessagingCtx, MessagingError,
+    NatsBackend, ORIGINAL_ID, ORIGINAL_SEQUENCE, ORIGINAL_SUBJECT, SubscriptionSpec,
+    dead_letter_subject,
 };
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -664,6 +665,88 @@ async fn bad_subscriptions_and_publishes_are_refused(backend: Arc<dyn MessagingB
     }
 }
 
+/// The largest message both backends take by default: the in-process bus's documented limit,
+/// and the default `max_payload` of a NATS server (which the machine's server keeps).
+const DEFAULT_LIMIT: usize = agora_messaging::MAX_MESSAGE_BYTES;
+
+async fn messages_the_broker_never_takes_are_refused_before_publish(
+    backend: Arc<dyn MessagingBackend>,
+) {
+    let subject = format!("{}.created", unique("order"));
+    let small = Message::new(subject.clone(), vec![7; 1000], vec![]);
+    assert_eq!(backend.check(&small), Ok(()));
+    // The payload alone fits; with a header it does not: headers count, as on the wire.
+    let whole = Message::new(
+        subject.clone(),
+        vec![7; DEFAULT_LIMIT],
+        vec![("k".into(), "v".into())],
+    );
+    for message in [&whole] {
+        assert!(
+            matches!(backend.check(message), Err(MessagingError::Invalid(ref m)) if m.contains("bytes")),
+            "{:?}",
+            backend.check(message)
+        );
+        assert!(matches!(
+            backend.publish(message).await,
+            Err(MessagingError::Invalid(_))
+        ));
+    }
+    for bad in [
+        Message::new("a b", vec![], vec![]),
+        Message::new(subject.clone(), vec![], vec![("Nats-Expected-Stream".into(), "x".into())]),
+        Message::new(subject.clone(), vec![], vec![("k".into(), "line\nbreak".into())]),
+    ] {
+        assert!(
+            matches!(backend.check(&bad), Err(MessagingError::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+async fn a_dead_letter_too_large_for_the_broker_goes_without_its_payload(
+    backend: Arc<dyn MessagingBackend>,
+) {
+    let component = unique("c");
+    let subject = format!("{}.refunded", unique("order"));
+    let dlq = dead_letter_subject(&component, &subject);
+    let watcher_name = unique("w");
+    let watcher = Recorder::ok();
+    let watching = backend
+        .subscribe(spec(&watcher_name, &dlq), watcher.clone())
+        .await
+        .unwrap();
+    // A long reason: the dead-letter headers take the message over the broker's limit.
+    let failing = Recorder::new(|_| Err("x".repeat(900)));
+    let mut spec = spec(&component, &subject);
+    spec.max_deliver = 1;
+    let subscription = backend.subscribe(spec, failing.clone()).await.unwrap();
+    let message = Message::new(subject.clone(), vec![7; DEFAULT_LIMIT - 200], vec![]);
+    backend.publish(&message).await.unwrap();
+
+    let dead = watcher.wait_for(1, "the dead letter").await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(failing.count(), 1, "not redelivered once dead-lettered");
+    assert_eq!(watcher.count(), 1, "dead-lettered once");
+    let dead = &dead[0].message;
+    assert!(dead.payload.is_empty());
+    let size = message.payload.len().to_string();
+    assert_eq!(
+        dead.header(DEAD_LETTER_PAYLOAD_DROPPED),
+        Some(size.as_str())
+    );
+    assert_eq!(dead.header(ORIGINAL_ID), Some(message.id.as_str()));
+    assert!(dead.header(DEAD_LETTER_REASON).is_some());
+    if backend.kind() == "nats" {
+        let sequence = dead.header(ORIGINAL_SEQUENCE).unwrap_or_default();
+        assert!(sequence.parse::<u64>().is_ok(), "{sequence:?}");
+    }
+
+    subscription.stop().await;
+    watching.stop().await;
+    cleanup(&backend, &[(&component, &subject), (&watcher_name, &dlq)]).await;
+}
+
 /// Runs each contract function on the in-process bus and on NATS.
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
@@ -701,6 +784,8 @@ contract!(
     a_stopped_subscription_receives_nothing_and_its_consumer_keeps_messages,
     concurrency_is_bounded,
     bad_subscriptions_and_publishes_are_refused,
+    messages_the_broker_never_takes_are_refused_before_publish,
+    a_dead_letter_too_large_for_the_broker_goes_without_its_payload,
 );
 
 #[tokio::test]

@@ -183,9 +183,28 @@ pub struct OutboxMessage {
     pub headers: Vec<(String, String)>,
 }
 
+/// Why the publish callback of [`Namespace::relay_outbox`] did not publish a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayError {
+    /// Not now (the broker is unreachable, say): the row stays, and so do the rows after it,
+    /// for the next relay — order is kept.
+    Retry(String),
+    /// Never (the broker refuses the message by its rules, or the component may not publish
+    /// to its subject): the row moves to the dead-letter table `_agora_outbox_dead` with this
+    /// reason, and the relay goes on with the next rows.
+    Reject(String),
+}
+
+impl From<String> for RelayError {
+    /// A plain error text is a [`RelayError::Retry`].
+    fn from(reason: String) -> RelayError {
+        RelayError::Retry(reason)
+    }
+}
+
 /// The publish callback of [`Namespace::relay_outbox`]: publishes one message, or says why not.
 pub type PublishFn =
-    dyn for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), String>> + Send + Sync;
+    dyn for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), RelayError>> + Send + Sync;
 
 /// A database backend shared by every component of a host.
 #[async_trait::async_trait]
@@ -254,13 +273,17 @@ pub trait Namespace: Send + Sync {
     /// Relays the outbox: in one transaction claims up to `limit` rows in insertion order
     /// (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so replicas never relay the same row
     /// concurrently), calls `publish` for each in order, deletes those published, commits.
-    /// Stops at the first publish error, keeping that row and the ones after it. Returns how
-    /// many were relayed.
+    /// Stops at the first [`RelayError::Retry`], keeping that row and the ones after it. A row
+    /// answered [`RelayError::Reject`], or one that cannot be read as a message, moves to the
+    /// table `_agora_outbox_dead` (its columns, `dead_at` and `reason`) in the same
+    /// transaction, with an error log, and the relay goes on: one bad row never stops the
+    /// component's other events. Returns how many rows left the outbox (published or
+    /// dead-lettered).
     ///
     /// The outbox table lives in the component's own namespace, so a guest can also insert
     /// into it with plain SQL, bypassing the publish grant that `transaction.publish` checks:
-    /// `publish` must check the component's grant for the subject again (and answer `Ok` for
-    /// a message it refuses and drops, or the row would block the outbox).
+    /// `publish` must check the component's grant for the subject again (and reject a message
+    /// it refuses).
     async fn relay_outbox(&self, limit: usize, publish: &PublishFn) -> Result<usize, SqlError>;
 
     /// Signalled (`notify_one`) after every commit that wrote outbox rows.

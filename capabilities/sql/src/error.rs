@@ -90,6 +90,14 @@ impl SqlError {
     }
 }
 
+/// Whether a PostgreSQL SQLSTATE says the server, not the statement, failed: a connection
+/// exception (class 08), or the server shutting down, restarting or not yet accepting
+/// connections (57P01 `admin_shutdown`, 57P02 `crash_shutdown`, 57P03 `cannot_connect_now`).
+/// A retry may succeed once the server is back.
+fn server_unavailable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
 impl From<sqlx::Error> for SqlError {
     fn from(err: sqlx::Error) -> SqlError {
         match err {
@@ -106,8 +114,13 @@ impl From<sqlx::Error> for SqlError {
                     }
                     _ => db.message().to_owned(),
                 };
+                let postgres = db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some();
                 if db.is_unique_violation() {
                     SqlError::UniqueViolation(message)
+                } else if postgres && db.code().as_deref().is_some_and(server_unavailable) {
+                    SqlError::Unavailable(message)
                 } else {
                     SqlError::Query(message)
                 }

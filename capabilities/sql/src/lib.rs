@@ -50,7 +50,8 @@ mod sqlite;
 mod value;
 
 pub use backend::{
-    Bounds, DEFAULT_RESULT_BYTES, Dialect, Namespace, OutboxMessage, PublishFn, SqlBackend, Tx,
+    Bounds, DEFAULT_RESULT_BYTES, Dialect, Namespace, OutboxMessage, PublishFn, RelayError,
+    SqlBackend, Tx,
 };
 pub use bindings::agora::platform::sql::{Rows, Value};
 pub use error::SqlError;
@@ -150,7 +151,12 @@ pub struct SqlCtx {
 struct Grant {
     namespace: Arc<dyn Namespace>,
     may_publish: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    check: Option<PublishCheck>,
 }
+
+/// The broker's own rules for a message, checked by `transaction.publish` before the message
+/// is written to the outbox: `Err` (with the reason) when the broker would never take it.
+pub type PublishCheck = Arc<dyn Fn(&OutboxMessage) -> Result<(), String> + Send + Sync>;
 
 impl SqlCtx {
     /// A component with an sql grant: its `namespace`, and `may_publish` telling whether it
@@ -163,6 +169,7 @@ impl SqlCtx {
             grant: Some(Grant {
                 namespace,
                 may_publish,
+                check: None,
             }),
             bounds: Bounds::default(),
         }
@@ -178,6 +185,16 @@ impl SqlCtx {
     /// The bounds of its calls.
     pub fn bounds(&self) -> &Bounds {
         &self.bounds
+    }
+
+    /// The same context, with `transaction.publish` also refusing (`unsupported`) a message
+    /// `check` says the broker would never take — so it is refused to the guest at once
+    /// rather than dead-lettered by the relay.
+    pub fn with_publish_check(mut self, check: PublishCheck) -> SqlCtx {
+        if let Some(grant) = &mut self.grant {
+            grant.check = Some(check);
+        }
+        self
     }
 
     /// A component without an sql grant: every call answers `denied`.
@@ -370,6 +387,9 @@ impl HostTransaction for SqlView<'_> {
             payload,
             headers,
         };
+        if let Some(Err(reason)) = grant.check.as_ref().map(|check| check(&message)) {
+            return Ok(Err(Error::Unsupported(reason)));
+        }
         if let Err(err) = tx.outbox_insert(&message).await {
             return Ok(Err(to_guest(err)));
         }

@@ -42,7 +42,9 @@
 //!   statement is older than that deadline — except the host's own (`application_name`
 //!   `agora-host`: migrations, set-up, the outbox relay).
 
-use crate::backend::{Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx};
+use crate::backend::{
+    Bounds, Namespace, OutboxMessage, PublishFn, RelayError, ResultBudget, SqlBackend, Tx,
+};
 use crate::migrate::{failed, pending};
 use crate::value::{
     from_pg_timestamp, pg_date_text, pg_numeric, pg_numeric_text, pg_time_text, pg_timestamp,
@@ -385,6 +387,16 @@ impl SqlBackend for PostgresBackend {
                 headers text not null,
                 created_at timestamptz not null default now()
             );
+            create table if not exists "{schema}"._agora_outbox_dead (
+                seq bigint generated always as identity primary key,
+                id text not null,
+                subject text not null,
+                payload bytea not null,
+                headers text not null,
+                created_at timestamptz not null,
+                dead_at timestamptz not null default now(),
+                reason text not null
+            );
             create table if not exists "{schema}"._agora_migrations (
                 version text primary key,
                 checksum text not null,
@@ -418,6 +430,7 @@ impl SqlBackend for PostgresBackend {
 struct HostSql {
     outbox_claim: String,
     outbox_delete: String,
+    outbox_dead: String,
     outbox_insert: String,
     migrations_applied: String,
     migrations_record: String,
@@ -433,6 +446,12 @@ impl HostSql {
                  order by seq limit $1 for update skip locked"
             ),
             outbox_delete: format!("delete from {outbox} where seq = any($1)"),
+            outbox_dead: format!(
+                r#"insert into "{schema}"._agora_outbox_dead
+                   (id, subject, payload, headers, created_at, reason)
+                   select id, subject, payload, headers, created_at, $2 from {outbox}
+                   where seq = $1"#
+            ),
             outbox_insert: format!(
                 "insert into {outbox} (id, subject, payload, headers) values ($1, $2, $3, $4)"
             ),
@@ -1031,26 +1050,36 @@ impl Namespace for PgNamespace {
             .fetch_all(&mut *tx)
             .await?;
         let mut done: Vec<i64> = Vec::with_capacity(rows.len());
-        let mut relayed = 0;
         for row in &rows {
             let seq: i64 = row.try_get(0)?;
-            match outbox_message(row) {
-                Ok(message) => {
-                    if let Err(err) = publish(&message).await {
+            let rejected = match outbox_message(row) {
+                Ok(message) => match publish(&message).await {
+                    Ok(()) => None,
+                    Err(RelayError::Retry(err)) => {
                         tracing::warn!(schema = %self.schema, id = %message.id,
                             subject = %message.subject, error = %err,
                             "outbox relay stopped: publish failed, the message stays");
                         break;
                     }
-                    relayed += 1;
-                }
-                Err(err) => {
-                    tracing::warn!(schema = %self.schema, seq, error = %err,
-                        "dropping an outbox row that cannot be read");
-                }
+                    Err(RelayError::Reject(reason)) => Some(format!(
+                        "message {} to {}: {reason}",
+                        message.id, message.subject
+                    )),
+                },
+                Err(err) => Some(format!("the row cannot be read as a message: {err}")),
+            };
+            if let Some(reason) = rejected {
+                tracing::error!(schema = %self.schema, seq, %reason,
+                    "outbox row moved to _agora_outbox_dead: it can never be published");
+                sqlx::query(AssertSqlSafe(self.sql.outbox_dead.as_str()))
+                    .bind(seq)
+                    .bind(&reason)
+                    .execute(&mut *tx)
+                    .await?;
             }
             done.push(seq);
         }
+        let relayed = done.len();
         if !done.is_empty() {
             sqlx::query(AssertSqlSafe(self.sql.outbox_delete.as_str()))
                 .bind(&done)

@@ -14,7 +14,9 @@
 //! so no single text or blob (`zeroblob(900000000)`) can outgrow it. Rows are read a few at a
 //! time and counted against the cap. A connection returned to the pool gets both reset.
 
-use crate::backend::{Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx};
+use crate::backend::{
+    Bounds, Namespace, OutboxMessage, PublishFn, RelayError, ResultBudget, SqlBackend, Tx,
+};
 use crate::migrate::{failed, pending};
 use crate::value::{check_decimal, rfc3339};
 use crate::{Dialect, Migration, Rows, SqlError, Value, check_component};
@@ -56,6 +58,16 @@ create table if not exists _agora_outbox (
     payload blob not null,
     headers text not null,
     created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+create table if not exists _agora_outbox_dead (
+    seq integer primary key autoincrement,
+    id text not null,
+    subject text not null,
+    payload blob not null,
+    headers text not null,
+    created_at text not null,
+    dead_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    reason text not null
 );
 create table if not exists _agora_migrations (
     version text primary key,
@@ -519,23 +531,40 @@ impl Namespace for SqliteNamespace {
         let mut relayed = 0;
         for row in &rows {
             let seq: i64 = row.try_get(0)?;
-            match outbox_message(row) {
-                Ok(message) => {
-                    if let Err(err) = publish(&message).await {
+            let rejected = match outbox_message(row) {
+                Ok(message) => match publish(&message).await {
+                    Ok(()) => None,
+                    Err(RelayError::Retry(err)) => {
                         tracing::warn!(id = %message.id, subject = %message.subject, error = %err,
                             "outbox relay stopped: publish failed, the message stays");
                         break;
                     }
-                    relayed += 1;
-                }
-                Err(err) => {
-                    tracing::warn!(seq, error = %err, "dropping an outbox row that cannot be read");
-                }
+                    Err(RelayError::Reject(reason)) => Some(format!(
+                        "message {} to {}: {reason}",
+                        message.id, message.subject
+                    )),
+                },
+                Err(err) => Some(format!("the row cannot be read as a message: {err}")),
+            };
+            if let Some(reason) = rejected {
+                tracing::error!(seq, %reason,
+                    "outbox row moved to _agora_outbox_dead: it can never be published");
+                sqlx::query(
+                    "insert into _agora_outbox_dead \
+                     (id, subject, payload, headers, created_at, reason) \
+                     select id, subject, payload, headers, created_at, $2 from _agora_outbox \
+                     where seq = $1",
+                )
+                .bind(seq)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
             }
             sqlx::query("delete from _agora_outbox where seq = $1")
                 .bind(seq)
                 .execute(&mut *tx)
                 .await?;
+            relayed += 1;
         }
         tx.commit().await?;
         Ok(relayed)

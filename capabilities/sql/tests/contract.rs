@@ -10,7 +10,8 @@
 
 use agora_sql::bindings::agora::platform::sql::{Error, Host, HostTransaction};
 use agora_sql::{
-    Bounds, Dialect, Migration, Namespace, OutboxMessage, PostgresBackend, Rows, SqlBackend,
+    Bounds, Dialect, Migration, Namespace, OutboxMessage, PostgresBackend, RelayError, Rows,
+    SqlBackend,
     SqlCtx, SqlError, SqlView, SqliteBackend, Transaction, Value,
 };
 use futures::FutureExt as _;
@@ -951,17 +952,30 @@ async fn postgres_migrating_nothing_new_keeps_the_connection() {
 
 type Published = Arc<Mutex<Vec<OutboxMessage>>>;
 
-/// A publish callback that records messages, failing for payloads in `fail`.
+/// A publish callback that records messages, failing for payloads in `fail` (a broker down)
+/// and rejecting those in `reject` (a broker that never takes them).
 fn recorder(
     published: Published,
     fail: HashSet<Vec<u8>>,
-) -> impl for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), String>> + Send + Sync {
+) -> impl for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), RelayError>> + Send + Sync {
+    rejecting(published, fail, HashSet::new())
+}
+
+fn rejecting(
+    published: Published,
+    fail: HashSet<Vec<u8>>,
+    reject: HashSet<Vec<u8>>,
+) -> impl for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), RelayError>> + Send + Sync {
     move |message: &OutboxMessage| {
         let published = published.clone();
         let fails = fail.contains(&message.payload);
+        let rejected = reject.contains(&message.payload);
         async move {
             if fails {
-                return Err("broker down".to_owned());
+                return Err(RelayError::Retry("broker down".to_owned()));
+            }
+            if rejected {
+                return Err(RelayError::Reject("too large for the broker".to_owned()));
             }
             published.lock().unwrap().push(message.clone());
             Ok(())
@@ -973,7 +987,7 @@ fn recorder(
 /// A publish callback that records messages after a pause.
 fn slow_recorder(
     published: Published,
-) -> impl for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), String>> + Send + Sync {
+) -> impl for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), RelayError>> + Send + Sync {
     move |message: &OutboxMessage| {
         let published = published.clone();
         let message = message.clone();
@@ -1056,6 +1070,52 @@ async fn outbox_relays_committed_messages_in_order(setup: Setup) {
         .collect();
     assert_eq!(payloads, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
 
+    // A row the broker rejects for good moves to the dead-letter table, and the relay goes on
+    // with the rows after it; so does a row that cannot be read as a message.
+    published.lock().unwrap().clear();
+    let tx = guest.begin().await;
+    for payload in [b"d", b"e", b"f"] {
+        guest.publish(tx, "order.paid", payload).await.unwrap();
+    }
+    guest.commit(tx).await.unwrap();
+    guest.drop_tx(tx).await;
+    guest
+        .ok("insert into _agora_outbox (id, subject, payload, headers) \
+             values ('by-hand', 'order.paid', 'g', 'not json')")
+        .await;
+    let bouncing = rejecting(
+        published.clone(),
+        HashSet::new(),
+        HashSet::from([b"e".to_vec()]),
+    );
+    assert_eq!(namespace.relay_outbox(100, &bouncing).await.unwrap(), 4);
+    assert_eq!(namespace.relay_outbox(100, &bouncing).await.unwrap(), 0);
+    let payloads: Vec<Vec<u8>> = published
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.payload.clone())
+        .collect();
+    assert_eq!(payloads, [b"d".to_vec(), b"f".to_vec()]);
+    let dead = guest
+        .rows(
+            "select subject, payload, headers, reason from _agora_outbox_dead order by seq",
+            vec![],
+        )
+        .await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0][0], text("order.paid"));
+    assert_eq!(dead[0][1], Value::Bytes(b"e".to_vec()));
+    assert_eq!(dead[0][2], text(r#"[["x-seq","e"]]"#));
+    assert!(
+        matches!(&dead[0][3], Value::Text(reason) if reason.contains("too large for the broker")),
+        "{dead:?}"
+    );
+    assert!(
+        matches!(&dead[1][3], Value::Text(reason) if reason.contains("cannot be read")),
+        "{dead:?}"
+    );
+
     // Publishing needs the grant and a valid message; neither failure ends the transaction.
     let tx = guest.begin().await;
     assert_eq!(
@@ -1080,6 +1140,28 @@ async fn outbox_relays_committed_messages_in_order(setup: Setup) {
     guest.commit(tx).await.unwrap();
     guest.drop_tx(tx).await;
     assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 0);
+
+    // With the broker's rules given, publish refuses what the broker would never take.
+    let may_publish = Arc::new(|subject: &str| subject.starts_with("order."));
+    let check: agora_sql::PublishCheck = Arc::new(|message: &OutboxMessage| {
+        if message.payload.len() > 8 {
+            Err(format!("{} bytes, over the broker's 8", message.payload.len()))
+        } else {
+            Ok(())
+        }
+    });
+    let mut checked = Guest::with(
+        SqlCtx::granted(namespace.clone(), may_publish).with_publish_check(check),
+    );
+    let tx = checked.begin().await;
+    assert!(checked.publish(tx, "order.small", b"12345678").await.is_ok());
+    assert!(matches!(
+        checked.publish(tx, "order.big", b"123456789").await,
+        Err(Error::Unsupported(m)) if m.contains("over the broker's 8")
+    ));
+    checked.commit(tx).await.unwrap();
+    checked.drop_tx(tx).await;
+    assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 1);
 }
 
 async fn concurrent_relays_never_share_a_row(setup: Setup) {

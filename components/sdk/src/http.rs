@@ -70,6 +70,9 @@ pub fn request_id(request: &Request<Body>) -> &str {
         .unwrap_or("")
 }
 
+/// The `Retry-After` of every 503 answer [`ApiError::into_response`] renders, in seconds.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
 /// An error answer of an API: `{"error": {"code", "message", "request_id"}}` (plus `field`
 /// for a validation error), with a status. Build one with the constructors, return it with
 /// `?` from a handler that returns `Result<_, ApiError>`, and render it with
@@ -138,7 +141,15 @@ impl ApiError {
         if let Some(field) = self.field {
             error["field"] = serde_json::Value::String(field);
         }
-        json(self.status, &serde_json::json!({ "error": error }))
+        let mut response = json(self.status, &serde_json::json!({ "error": error }));
+        // A backend that is down for now (a database restarting): say when to try again.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                "retry-after",
+                wstd::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 
@@ -292,6 +303,13 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         );
         assert!(down.message.contains("refused"), "{down}");
+        let response = down.into_response("r-1");
+        assert_eq!(
+            response.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(RETRY_AFTER_SECONDS.as_bytes())
+        );
+        let missing = ApiError::not_found("gone").into_response("r-2");
+        assert!(missing.headers().get("retry-after").is_none());
     }
 
     #[test]
