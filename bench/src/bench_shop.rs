@@ -610,7 +610,7 @@ pub(crate) async fn warm(
     cache: &RedisCache,
     key: &str,
 ) -> anyhow::Result<Bytes> {
-    cache.delete(key).await?;
+    cache.delete(key, "agora:catalog:").await?;
     for expected in ["miss", "hit"] {
         let answer = client.send(Method::GET, path, None, None).await?;
         let x_cache = answer.headers.get("x-cache").and_then(|v| v.to_str().ok());

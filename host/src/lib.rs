@@ -405,6 +405,9 @@ impl Host {
                     })?;
             }
         }
+        let connections = config
+            .connections
+            .resolved(manifest.edge.trusted_proxy_hops as usize);
         Ok(Host {
             engine,
             manifest,
@@ -412,9 +415,7 @@ impl Host {
             components,
             trigger,
             drain_timeout: config.drain_timeout,
-            connections: config
-                .connections
-                .resolved(manifest.edge.trusted_proxy_hops as usize),
+            connections,
             admin: None,
             watch: config.watch,
             replica,

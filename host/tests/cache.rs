@@ -111,9 +111,13 @@ async fn the_cache_over_http_on_redis() {
         .await
         .unwrap();
     assert_eq!(stored.as_deref(), Some(&b"yes"[..]));
-    agora_cache::CacheBackend::delete(&direct, &format!("agora:{alpha}:seen-by-redis"))
-        .await
-        .unwrap();
+    agora_cache::CacheBackend::delete(
+        &direct,
+        &format!("agora:{alpha}:seen-by-redis"),
+        &format!("agora:{alpha}:"),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,8 @@ use std::path::Path;
 use std::process::Command;
 
 fn schemathesis() -> Option<String> {
-    let command = std::env::var("AGORA_TEST_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let command =
+        std::env::var("AGORA_TEST_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
     match Command::new(&command).arg("--version").output() {
         Ok(output) if output.status.success() => Some(command),
         _ if std::env::var("CI").as_deref() == Ok("true") => {

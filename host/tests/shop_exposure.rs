@@ -25,6 +25,9 @@ fn documented_operations() -> Vec<(String, String, bool)> {
     let mut in_paths = false;
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
         if !line.starts_with(' ') {
             in_paths = line == "paths:";
             path = None;

@@ -113,7 +113,7 @@ async fn one_address_cannot_starve_another_of_a_component() {
     let manifest = dir.path().join("agora.toml");
     std::fs::write(
         &manifest,
-        component_table("echo", "echo", &["/echo", "/echo/..."], ""),
+        component_table("echo", "fixture-echo", &["/echo", "/echo/..."], ""),
     )
     .unwrap();
     let agora = Agora::start(

@@ -189,10 +189,9 @@ async fn quota(backend: Arc<dyn CacheBackend>) {
         .await
         .unwrap()
         .unwrap();
-    let over_quota = |result: Result<_, Error>| match result {
-        Err(Error::Invalid(message)) => message.contains("quota"),
-        _ => false,
-    };
+    fn over_quota<T>(result: Result<T, Error>) -> bool {
+        matches!(result, Err(Error::Invalid(message)) if message.contains("quota"))
+    }
     ctx.set("a".into(), b"1".to_vec(), None)
         .await
         .unwrap()
