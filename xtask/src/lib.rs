@@ -24,11 +24,37 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The cargo that runs this process, in the repository root.
+/// The cargo that runs this process, in the repository root, without the variables `cargo run`
+/// set for this process.
+///
+/// Those (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`, …) would otherwise reach the nested
+/// cargo, and build scripts that watch them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`)
+/// would run again, rebuilding ring and everything above it (rustls, async-nats,
+/// wasmtime-wasi-http, the host) whenever a plain `cargo build` or `cargo test` follows a
+/// `cargo xtask` one, or the reverse.
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_run) {
+            command.env_remove(name);
+        }
+    }
     command
+}
+
+/// Whether `cargo run` sets `name` for the program it runs (and a build outside would not).
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+        )
 }
 
 /// Where cargo puts build output for the host workspace.
@@ -90,6 +116,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn nested_cargo_commands_do_not_inherit_what_cargo_run_set() {
+        // `cargo test` sets these for the test binary, as `cargo run` does for xtask.
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let removed: Vec<String> = cargo()
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        for name in ["CARGO_PKG_NAME", "CARGO_PKG_VERSION", "CARGO_MANIFEST_DIR"] {
+            assert!(removed.iter().any(|r| r == name), "{name} in {removed:?}");
+        }
+        assert!(
+            !removed
+                .iter()
+                .any(|r| r == "CARGO_TARGET_DIR" || r == "CARGO_HOME")
+        );
+        assert!(set_by_cargo_run("CARGO_PRIMARY_PACKAGE"));
+        assert!(!set_by_cargo_run("CARGO"));
+    }
 
     #[test]
     fn durations_read_well_at_every_scale() {
