@@ -84,17 +84,14 @@ impl InstanceState {
             logging: LoggingCtx::new(name.clone()),
             // The store's sql calls end with its request or event, and read at most the
             // component's result cap into host memory.
-            sql: component
-                .capabilities
-                .sql_ctx()
-                .bounded(agora_sql::Bounds {
-                    deadline: Some(deadline),
-                    max_result_bytes: usize::try_from(component.limits.sql_result_bytes)
-                        .unwrap_or(usize::MAX),
-                    max_statement: Some(std::time::Duration::from_millis(
-                        component.limits.deadline_ms,
-                    )),
-                }),
+            sql: component.capabilities.sql_ctx().bounded(agora_sql::Bounds {
+                deadline: Some(deadline),
+                max_result_bytes: usize::try_from(component.limits.sql_result_bytes)
+                    .unwrap_or(usize::MAX),
+                max_statement: Some(std::time::Duration::from_millis(
+                    component.limits.deadline_ms,
+                )),
+            }),
             messaging: component.capabilities.messaging_ctx(),
             auth: component.capabilities.auth.clone(),
         }
