@@ -148,6 +148,11 @@ async fn scenario(database_url: Option<String>, dialect: &str) {
         }
     }
     let grown = peak_rss().saturating_sub(before);
+    eprintln!(
+        "{dialect}: peak RSS grew by {} KiB; {answered_meanwhile} requests to another component \
+         answered meanwhile",
+        grown >> 10
+    );
     assert!(
         grown <= (CAP_KIB << 10) + SLACK,
         "{dialect}: the host's peak memory grew by {} MiB (cap {} MiB)",
