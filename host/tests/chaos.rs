@@ -149,8 +149,14 @@ impl PrivatePostgres {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             let id = |flag: &str| -> u32 {
-                let output = Command::new("id").args([flag, "postgres"]).output().unwrap();
-                String::from_utf8_lossy(&output.stdout).trim().parse().unwrap()
+                let output = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&output.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap()
             };
             std::os::unix::fs::chown(dir.path(), Some(id("-u")), Some(id("-g"))).unwrap();
         }
@@ -162,7 +168,16 @@ impl PrivatePostgres {
         run(
             postgres
                 .command("initdb")
-                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "-D"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
                 .arg(postgres.data()),
             "initdb",
         );
@@ -397,7 +412,10 @@ fn write_manifest(dir: &Path) -> PathBuf {
             ));
         }
     }
-    assert!(manifest.contains(ADMIN_EMAIL), "the account table was not adjusted");
+    assert!(
+        manifest.contains(ADMIN_EMAIL),
+        "the account table was not adjusted"
+    );
     let path = dir.join("agora.toml");
     std::fs::write(&path, manifest).unwrap();
     path
@@ -433,7 +451,8 @@ impl Setup {
         let env = self.env.clone();
         let args = self.args.clone();
         tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Agora::start(&manifest, &common::shared_data_dir(), &env, &args)
         })
@@ -570,12 +589,15 @@ impl Load {
                             match sent {
                                 Ok(response) => {
                                     let status = response.status().as_u16();
-                                    let retry_after = response.headers().contains_key("retry-after");
+                                    let retry_after =
+                                        response.headers().contains_key("retry-after");
                                     let body = response.text().await.unwrap_or_default();
                                     let mut tally = tally.lock().unwrap();
                                     if status == 201 {
                                         let order: Json = serde_json::from_str(&body).unwrap();
-                                        tally.created.push(order["id"].as_str().unwrap().to_owned());
+                                        tally
+                                            .created
+                                            .push(order["id"].as_str().unwrap().to_owned());
                                     }
                                     tally.answers.push(Answer {
                                         status,
@@ -611,7 +633,11 @@ impl Load {
             assert!(
                 Instant::now() < deadline,
                 "{what}: {n} orders were not created within {WAIT:?}; answers since: {:?}",
-                self.answers_since(0).iter().rev().take(5).collect::<Vec<_>>()
+                self.answers_since(0)
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -658,8 +684,15 @@ fn assert_refusals_say_retry(tally: &Tally) -> usize {
         .iter()
         .filter(|answer| answer.status != 201 && !(answer.status == 503 && answer.retry_after))
         .collect();
-    assert!(wrong.is_empty(), "answers other than 201 and 503 with Retry-After: {wrong:?}");
-    tally.answers.iter().filter(|answer| answer.status == 503).count()
+    assert!(
+        wrong.is_empty(),
+        "answers other than 201 and 503 with Retry-After: {wrong:?}"
+    );
+    tally
+        .answers
+        .iter()
+        .filter(|answer| answer.status == 503)
+        .count()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,7 +731,11 @@ impl Tables {
     async fn assert_all_handled(&self, created: &[String]) {
         assert!(!created.is_empty(), "the load created no order");
         let unique: HashSet<&String> = created.iter().collect();
-        assert_eq!(unique.len(), created.len(), "an order id was answered twice");
+        assert_eq!(
+            unique.len(),
+            created.len(),
+            "an order id was answered twice"
+        );
         let deadline = Instant::now() + WAIT;
         loop {
             let statuses: HashMap<String, String> = self
@@ -738,7 +775,10 @@ impl Tables {
             *payments.entry(text(&row[0])).or_default() += 1;
         }
         let mut charges: HashMap<String, usize> = HashMap::new();
-        for row in self.rows("payment", "select order_id from gateway_calls").await {
+        for row in self
+            .rows("payment", "select order_id from gateway_calls")
+            .await
+        {
             *charges.entry(text(&row[0])).or_default() += 1;
         }
         for id in created {
@@ -751,7 +791,10 @@ impl Tables {
             .into_iter()
             .filter(|(_, count)| *count > 1)
             .collect();
-        assert!(twice.is_empty(), "notifications stored more than once: {twice:?}");
+        assert!(
+            twice.is_empty(),
+            "notifications stored more than once: {twice:?}"
+        );
     }
 
     /// (kind, order id) → how many notifications say it.
@@ -786,7 +829,8 @@ async fn sigterm_mid_burst_on_the_embedded_backends_loses_no_event() {
     let host = setup.host().await;
     let shop = Shop::prepare(&host.addr).await;
     let load = Load::start(&shop, vec![host.addr.clone()]);
-    load.wait_created(0, phase_orders(), "before the SIGTERM").await;
+    load.wait_created(0, phase_orders(), "before the SIGTERM")
+        .await;
 
     let (code, log) = stop(host, libc::SIGTERM).await;
     assert_eq!(code, Some(0), "a clean exit: {log}");
@@ -812,19 +856,24 @@ async fn postgres_restarted_under_load() {
     let host = setup.host().await;
     let shop = Shop::prepare(&host.addr).await;
     let load = Load::start(&shop, vec![host.addr.clone()]);
-    load.wait_created(0, phase_orders(), "before the outage").await;
+    load.wait_created(0, phase_orders(), "before the outage")
+        .await;
 
     servers.postgres.pause();
     let (outage, created) = load.counts();
     load.wait_refused(outage, 3, "during the outage").await;
     servers.postgres.resume();
     let (_, before) = load.counts();
-    load.wait_created(before, phase_orders(), "after the restart").await;
+    load.wait_created(before, phase_orders(), "after the restart")
+        .await;
     let tally = load.finish().await;
 
     assert!(created > 0);
     let refused = assert_refusals_say_retry(&tally);
-    assert!(refused >= 3, "orders during the outage were refused with 503");
+    assert!(
+        refused >= 3,
+        "orders during the outage were refused with 503"
+    );
     Tables::open(&servers.postgres.url())
         .await
         .assert_all_handled(&tally.created)
@@ -844,18 +893,26 @@ async fn redis_stopped_under_load() {
     let host = setup.host().await;
     let shop = Shop::prepare(&host.addr).await;
     let load = Load::start(&shop, vec![host.addr.clone()]);
-    load.wait_created(0, phase_orders(), "before the outage").await;
+    load.wait_created(0, phase_orders(), "before the outage")
+        .await;
 
     servers.redis.pause();
     let (outage, _) = load.counts();
     load.wait_refused(outage, 3, "during the outage").await;
     let product = shop
         .http
-        .get(format!("http://{}/api/products/{}", host.addr, shop.product))
+        .get(format!(
+            "http://{}/api/products/{}",
+            host.addr, shop.product
+        ))
         .send()
         .await
         .unwrap();
-    assert_eq!(product.status(), 200, "product pages fall back to the database");
+    assert_eq!(
+        product.status(),
+        200,
+        "product pages fall back to the database"
+    );
     let body: Json = product.json().await.unwrap();
     assert_eq!(body["id"], json!(shop.product));
     let orders = shop
@@ -870,7 +927,8 @@ async fn redis_stopped_under_load() {
 
     servers.redis.resume();
     let (_, before) = load.counts();
-    load.wait_created(before, phase_orders(), "after Redis is back").await;
+    load.wait_created(before, phase_orders(), "after Redis is back")
+        .await;
     let tally = load.finish().await;
     assert!(assert_refusals_say_retry(&tally) >= 3);
     Tables::open(&servers.postgres.url())
@@ -892,14 +950,17 @@ async fn nats_restarted_under_load() {
     let host = setup.host().await;
     let shop = Shop::prepare(&host.addr).await;
     let load = Load::start(&shop, vec![host.addr.clone()]);
-    load.wait_created(0, phase_orders(), "before the outage").await;
+    load.wait_created(0, phase_orders(), "before the outage")
+        .await;
 
     servers.nats.pause();
     let (_, before) = load.counts();
-    load.wait_created(before, phase_orders(), "while NATS is down").await;
+    load.wait_created(before, phase_orders(), "while NATS is down")
+        .await;
     servers.nats.resume();
     let (_, before) = load.counts();
-    load.wait_created(before, phase_orders(), "after NATS is back").await;
+    load.wait_created(before, phase_orders(), "after NATS is back")
+        .await;
     let tally = load.finish().await;
     assert_refusals_say_retry(&tally);
     Tables::open(&servers.postgres.url())
@@ -921,13 +982,15 @@ async fn host_killed_mid_burst_and_restarted() {
     let host = setup.host().await;
     let shop = Shop::prepare(&host.addr).await;
     let load = Load::start(&shop, vec![host.addr.clone()]);
-    load.wait_created(0, phase_orders(), "before the kill").await;
+    load.wait_created(0, phase_orders(), "before the kill")
+        .await;
 
     stop(host, libc::SIGKILL).await;
     let host = setup.host().await;
     load.set_hosts(vec![host.addr.clone()]);
     let (_, before) = load.counts();
-    load.wait_created(before, phase_orders(), "after the restart").await;
+    load.wait_created(before, phase_orders(), "after the restart")
+        .await;
     let tally = load.finish().await;
     assert_refusals_say_retry(&tally);
     Tables::open(&servers.postgres.url())
@@ -955,7 +1018,8 @@ async fn one_of_two_hosts_killed_the_other_carries_on() {
     load.set_hosts(vec![second.addr.clone()]);
     stop(first, libc::SIGKILL).await;
     let (_, before) = load.counts();
-    load.wait_created(before, phase_orders(), "on the survivor").await;
+    load.wait_created(before, phase_orders(), "on the survivor")
+        .await;
     let tally = load.finish().await;
     assert_refusals_say_retry(&tally);
     Tables::open(&servers.postgres.url())

@@ -324,8 +324,10 @@ pub(crate) fn slim_dead_letter(dead: &Message, sequence: Option<u64>) -> Message
             *value = value.chars().take(200).collect();
         }
     }
-    slim.headers
-        .push((DEAD_LETTER_PAYLOAD_DROPPED.into(), dead.payload.len().to_string()));
+    slim.headers.push((
+        DEAD_LETTER_PAYLOAD_DROPPED.into(),
+        dead.payload.len().to_string(),
+    ));
     if let Some(sequence) = sequence {
         slim.headers
             .push((ORIGINAL_SEQUENCE.into(), sequence.to_string()));

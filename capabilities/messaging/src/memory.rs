@@ -438,11 +438,22 @@ mod tests {
     #[tokio::test]
     async fn a_message_over_the_limit_is_invalid() {
         let bus = MemoryBus::new();
-        let fits = Message::new("a.b", vec![0; MAX_MESSAGE_BYTES - 6], vec![("k".into(), "v".into())]);
+        let fits = Message::new(
+            "a.b",
+            vec![0; MAX_MESSAGE_BYTES - 6],
+            vec![("k".into(), "v".into())],
+        );
         assert_eq!(bus.check(&fits), Ok(()));
-        let over = Message::new("a.b", vec![0; MAX_MESSAGE_BYTES - 5], vec![("k".into(), "v".into())]);
+        let over = Message::new(
+            "a.b",
+            vec![0; MAX_MESSAGE_BYTES - 5],
+            vec![("k".into(), "v".into())],
+        );
         assert!(matches!(bus.check(&over), Err(MessagingError::Invalid(_))));
-        assert!(matches!(bus.publish(&over).await, Err(MessagingError::Invalid(_))));
+        assert!(matches!(
+            bus.publish(&over).await,
+            Err(MessagingError::Invalid(_))
+        ));
     }
 
     #[test]

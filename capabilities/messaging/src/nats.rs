@@ -343,7 +343,11 @@ impl NatsBackend {
     /// Publishes a dead letter; when NATS refuses it as invalid (the dead-letter headers took a
     /// message that fitted over `max_payload`), publishes it without its payload, pointing at
     /// the original's stream `sequence` instead.
-    async fn publish_dead_letter(&self, dead: &Message, sequence: u64) -> Result<(), MessagingError> {
+    async fn publish_dead_letter(
+        &self,
+        dead: &Message,
+        sequence: u64,
+    ) -> Result<(), MessagingError> {
         match self.publish(dead).await {
             Err(MessagingError::Invalid(reason)) => {
                 tracing::warn!(

@@ -694,8 +694,16 @@ async fn messages_the_broker_never_takes_are_refused_before_publish(
     }
     for bad in [
         Message::new("a b", vec![], vec![]),
-        Message::new(subject.clone(), vec![], vec![("Nats-Expected-Stream".into(), "x".into())]),
-        Message::new(subject.clone(), vec![], vec![("k".into(), "line\nbreak".into())]),
+        Message::new(
+            subject.clone(),
+            vec![],
+            vec![("Nats-Expected-Stream".into(), "x".into())],
+        ),
+        Message::new(
+            subject.clone(),
+            vec![],
+            vec![("k".into(), "line\nbreak".into())],
+        ),
     ] {
         assert!(
             matches!(backend.check(&bad), Err(MessagingError::Invalid(_))),

@@ -1136,16 +1136,23 @@ async fn outbox_relays_committed_messages_in_order(setup: Setup) {
     let may_publish = Arc::new(|subject: &str| subject.starts_with("order."));
     let check: agora_sql::PublishCheck = Arc::new(|message: &OutboxMessage| {
         if message.payload.len() > 8 {
-            Err(format!("{} bytes, over the broker's 8", message.payload.len()))
+            Err(format!(
+                "{} bytes, over the broker's 8",
+                message.payload.len()
+            ))
         } else {
             Ok(())
         }
     });
-    let mut checked = Guest::with(
-        SqlCtx::granted(namespace.clone(), may_publish).with_publish_check(check),
-    );
+    let mut checked =
+        Guest::with(SqlCtx::granted(namespace.clone(), may_publish).with_publish_check(check));
     let tx = checked.begin().await;
-    assert!(checked.publish(tx, "order.small", b"12345678").await.is_ok());
+    assert!(
+        checked
+            .publish(tx, "order.small", b"12345678")
+            .await
+            .is_ok()
+    );
     assert!(matches!(
         checked.publish(tx, "order.big", b"123456789").await,
         Err(Error::Unsupported(m)) if m.contains("over the broker's 8")
