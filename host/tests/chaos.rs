@@ -679,10 +679,11 @@ impl Load {
 /// Every answer is 201 or, when the shop could not take the order for now, 503 with a
 /// `Retry-After`; returns how many were 503.
 fn assert_refusals_say_retry(tally: &Tally) -> usize {
-    let wrong: Vec<&Answer> = tally
+    let wrong: Vec<(u16, bool, &str)> = tally
         .answers
         .iter()
         .filter(|answer| answer.status != 201 && !(answer.status == 503 && answer.retry_after))
+        .map(|answer| (answer.status, answer.retry_after, answer.body.as_str()))
         .collect();
     assert!(
         wrong.is_empty(),
