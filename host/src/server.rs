@@ -105,11 +105,6 @@ impl ConnectionGate {
         })
     }
 
-    /// The limits this gate applies.
-    pub fn limits(&self) -> ConnectionLimits {
-        self.limits
-    }
-
     /// Admits one connection from `peer`; the permit counts it until dropped.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionPermit, Refused> {
         let mut open = self
@@ -130,14 +125,6 @@ impl ConnectionGate {
             gate: self.clone(),
             peer,
         })
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .total
     }
 }
 

@@ -7,14 +7,25 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use agora_host::manifest::Manifest;
-use agora_host::{Host, HostConfig};
+use common::TestHost;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A host serving the repository's manifest `name` as it is, with data of its own in `data`.
+async fn serve(name: &str, data: &Path) -> TestHost {
+    TestHost::start_with("", |config| {
+        config.manifest = root().join(name);
+        config.data_dir = data.to_owned();
+    })
+    .await
 }
 
 /// `(METHOD, path template)` of every operation in openapi.yaml, and whether it is public.
@@ -79,20 +90,10 @@ fn instance_of(path: &str, template: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stranger_gets_2xx_only_from_the_documented_public_routes() {
-    let manifest_path = root().join("agora.toml");
-    let manifest = Manifest::load(&manifest_path).unwrap();
+    let manifest = Manifest::load(&root().join("agora.toml")).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(&manifest_path);
-    config.data_dir = data.path().to_owned();
-    let host = Host::load(&config)
-        .await
-        .unwrap_or_else(|err| panic!("agora.toml does not load: {err}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(host.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let host = serve("agora.toml", data.path()).await;
+    let addr = host.addr;
     let http = reqwest::Client::new();
 
     // A real product id, so that a public read of it answers (and a protected write of it
@@ -181,26 +182,15 @@ async fn a_stranger_gets_2xx_only_from_the_documented_public_routes() {
         offenders.join("\n")
     );
     assert!(answered > 300, "only {answered} requests were made");
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    host.stop().await;
 }
 
 /// examples/agora.toml serves the demos on their own: it loads as it is and answers.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_examples_manifest_loads_and_serves() {
-    let manifest = root().join("examples/agora.toml");
     let data = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(&manifest);
-    config.data_dir = data.path().to_owned();
-    let host = Host::load(&config)
-        .await
-        .unwrap_or_else(|err| panic!("examples/agora.toml does not load: {err}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(host.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let host = serve("examples/agora.toml", data.path()).await;
+    let addr = host.addr;
     let info: Value = reqwest::get(format!("http://{addr}/example/info"))
         .await
         .unwrap()
@@ -210,6 +200,5 @@ async fn the_examples_manifest_loads_and_serves() {
     assert_eq!(info["greeting"], "hello from examples/agora.toml", "{info}");
     let hello = reqwest::get(format!("http://{addr}/hello")).await.unwrap();
     assert_eq!(hello.status(), 200);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    host.stop().await;
 }
