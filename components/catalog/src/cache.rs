@@ -1,0 +1,64 @@
+//! Products read through the cache: the key of a product, how long it stays, and dropping
+//! it after every change (the `x-cache` header says whether an answer came from the cache).
+
+use crate::products::Product;
+use agora_sdk::http::{Body, Response};
+use agora_sdk::{cache, config, log};
+use std::time::Duration;
+
+/// Cache TTL when `cache_ttl_s` is not configured.
+const DEFAULT_CACHE_TTL_S: u64 = 60;
+
+/// The cache key of product `id`.
+pub fn key(id: &str) -> String {
+    format!("product:{id}")
+}
+
+/// How long a product stays cached; `None` when `cache_ttl_s` is 0 (no caching).
+pub fn ttl() -> Option<Duration> {
+    let seconds = config::get_or("cache_ttl_s", DEFAULT_CACHE_TTL_S).unwrap_or_else(|err| {
+        log::warn("config", &format!("{err}; using {DEFAULT_CACHE_TTL_S}"));
+        DEFAULT_CACHE_TTL_S
+    });
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+/// Drops the cached copies of products that changed (after the commit). A failure is logged:
+/// the entry then expires with its TTL.
+pub fn invalidate(ids: &[&str]) {
+    for id in ids {
+        let key = key(id);
+        if let Err(err) = cache::delete(&key) {
+            log::error("cache", &format!("cannot drop {key}: {err}"));
+        }
+    }
+}
+
+/// Marks `response` as served from the cache (`hit`) or not (`miss`).
+pub fn x_cache(mut response: Response<Body>, value: &'static str) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert("x-cache", wstd::http::HeaderValue::from_static(value));
+    response
+}
+
+/// The cached copy of product `id`, if any; a cache that fails is logged and counts as a miss.
+pub fn read(id: &str) -> Option<Product> {
+    let key = key(id);
+    match cache::get_json::<Product>(&key) {
+        Ok(product) => product,
+        Err(err) => {
+            log::warn("cache", &format!("reading {key}: {err}"));
+            None
+        }
+    }
+}
+
+/// Caches `product` under `id` (as the client wrote it) for `ttl`; a failure is logged (the
+/// next read misses).
+pub fn write(id: &str, product: &Product, ttl: Duration) {
+    let key = key(id);
+    if let Err(err) = cache::set_json(&key, product, Some(ttl)) {
+        log::warn("cache", &format!("writing {key}: {err}"));
+    }
+}
