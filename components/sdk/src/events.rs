@@ -23,7 +23,7 @@
 //! ```
 
 use crate::bindings::agora::platform::messaging as wit;
-use crate::sql::Timestamp;
+use crate::time::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;

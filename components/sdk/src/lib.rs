@@ -8,6 +8,8 @@
 //! - [`http`]: JSON answers in agora's error shape and JSON request bodies.
 //! - [`sql`]: the component's own database — typed parameters ([`params!`]), rows read by
 //!   column name into Rust types, transactions that publish through an outbox.
+//! - [`time`]: [`time::Timestamp`], microseconds since the epoch written as RFC 3339 UTC;
+//!   dates that do not exist are refused.
 //! - [`events`]: publish messages and versioned JSON events; receive them with a
 //!   [`events::Handler`] registered by [`export_handler!`].
 //! - [`call`]: in-process calls to other components (`http://NAME.agora.internal`).
@@ -47,3 +49,4 @@ pub mod events;
 pub mod http;
 pub mod log;
 pub mod sql;
+pub mod time;
