@@ -4,7 +4,8 @@
 //! field is a 400 `validation_failed` naming it (rather than serde's `invalid_json` about the
 //! whole body). Each rule returns the value as stored (trimmed, lowercased for emails).
 
-use agora_sdk::http::{self, ApiError, Body, Request, StatusCode};
+use agora_sdk::http::{ApiError, Body, Request};
+use agora_sdk::input;
 use serde_json::{Map, Value};
 
 /// Longest email address accepted (RFC 5321's path limit).
@@ -24,14 +25,7 @@ pub struct Fields(Map<String, Value>);
 impl Fields {
     /// Reads the request body, which must be a JSON object.
     pub async fn read(request: &mut Request<Body>) -> Result<Fields, ApiError> {
-        match http::json_body::<Value>(request).await? {
-            Value::Object(map) => Ok(Fields(map)),
-            _ => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                "the body must be a JSON object",
-            )),
-        }
+        input::json_object(request).await.map(Fields)
     }
 
     /// A required string field.

@@ -2,7 +2,8 @@
 //! `validation_failed` naming the field: a product draft (create and patch), the search
 //! filter of the list, and the reserve and release bodies of the order component.
 
-use agora_sdk::http::{self, ApiError, Body, Request, StatusCode};
+use agora_sdk::http::{self, ApiError, Body, Request};
+use agora_sdk::input::{self, Lines, TextError};
 use serde_json::{Map, Value as Json};
 
 /// Fields of a product a client may write (`sku` only when creating).
@@ -56,7 +57,7 @@ impl Draft {
         if partial && body.contains_key("sku") {
             return Err(ApiError::validation("sku", "sku is immutable"));
         }
-        if let Some(unknown) = body.keys().find(|key| !WRITABLE.contains(&key.as_str())) {
+        if let Some(unknown) = input::unknown_field(body, &WRITABLE) {
             return Err(ApiError::validation(
                 unknown,
                 format!("unknown field `{unknown}`"),
@@ -114,26 +115,14 @@ impl Draft {
 /// A string field of at most `max` characters; `trimmed` ones are stored trimmed and must not
 /// be blank.
 fn text(field: &str, value: &Json, max: usize, trimmed: bool) -> Result<String, ApiError> {
-    let Json::String(text) = value else {
-        return Err(ApiError::validation(
-            field,
-            format!("{field} must be a string"),
-        ));
-    };
-    let text = if trimmed { text.trim() } else { text.as_str() };
-    if trimmed && text.is_empty() {
-        return Err(ApiError::validation(
-            field,
-            format!("{field} must not be blank"),
-        ));
-    }
-    if text.chars().count() > max {
-        return Err(ApiError::validation(
-            field,
-            format!("{field} must be at most {max} characters"),
-        ));
-    }
-    Ok(text.to_owned())
+    input::text(value, max, trimmed).map_err(|error| {
+        let message = match error {
+            TextError::NotText => format!("{field} must be a string"),
+            TextError::Blank => format!("{field} must not be blank"),
+            TextError::TooLong => format!("{field} must be at most {max} characters"),
+        };
+        ApiError::validation(field, message)
+    })
 }
 
 /// A whole-number field.
@@ -179,42 +168,18 @@ impl Reserve {
     /// Reads and checks `body`.
     pub fn parse(body: &Map<String, Json>) -> Result<Reserve, ApiError> {
         let reservation_id = reservation_id(body)?;
-        let Some(Json::Array(items)) = body.get("items") else {
-            return Err(ApiError::validation(
-                "items",
-                "items must be an array of {product_id, quantity}",
-            ));
-        };
-        if items.is_empty() || items.len() > MAX_LINES {
-            return Err(ApiError::validation(
-                "items",
-                format!("items must hold 1 to {MAX_LINES} lines"),
-            ));
-        }
-        let items = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let product_id = match item.get("product_id") {
-                    Some(Json::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
-                    _ => {
-                        return Err(ApiError::validation(
-                            &format!("items[{i}].product_id"),
-                            "product_id must be a product's id",
-                        ));
-                    }
-                };
-                match item.get("quantity").and_then(Json::as_i64) {
-                    Some(quantity) if (1..=MAX_QUANTITY).contains(&quantity) => {
-                        Ok((product_id, quantity))
-                    }
-                    _ => Err(ApiError::validation(
-                        &format!("items[{i}].quantity"),
-                        format!("quantity must be a whole number from 1 to {MAX_QUANTITY}"),
-                    )),
-                }
-            })
-            .collect::<Result<_, _>>()?;
+        let items = input::lines(
+            body,
+            &Lines {
+                max_lines: MAX_LINES,
+                max_quantity: MAX_QUANTITY,
+                count_message: format!("items must hold 1 to {MAX_LINES} lines"),
+                product_id: |id| (!id.trim().is_empty()).then(|| id.trim().to_owned()),
+                product_id_message: "product_id must be a product's id",
+                closed: false,
+                distinct: false,
+            },
+        )?;
         Ok(Reserve {
             reservation_id,
             items,
@@ -224,19 +189,16 @@ impl Reserve {
 
 /// The `reservation_id` of a reserve or release body.
 pub fn reservation_id(body: &Map<String, Json>) -> Result<String, ApiError> {
-    match body.get("reservation_id") {
-        Some(Json::String(id))
-            if !id.trim().is_empty() && id.trim().chars().count() <= MAX_RESERVATION_ID =>
-        {
-            Ok(id.trim().to_owned())
-        }
-        _ => Err(ApiError::validation(
-            "reservation_id",
-            format!(
-                "reservation_id must be a non-blank string of at most {MAX_RESERVATION_ID} characters"
-            ),
-        )),
-    }
+    body.get("reservation_id")
+        .and_then(|id| input::text(id, MAX_RESERVATION_ID, true).ok())
+        .ok_or_else(|| {
+            ApiError::validation(
+                "reservation_id",
+                format!(
+                    "reservation_id must be a non-blank string of at most {MAX_RESERVATION_ID} characters"
+                ),
+            )
+        })
 }
 
 /// The filter of `GET /api/products`.
@@ -266,30 +228,10 @@ impl Filter {
     }
 }
 
-/// The request body, which must be a JSON object.
-pub async fn json_object(request: &mut Request<Body>) -> Result<Map<String, Json>, ApiError> {
-    match http::json_body::<Json>(request).await? {
-        Json::Object(object) => Ok(object),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the body must be a JSON object",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn uuids_are_recognised() {
-        assert!(http::is_uuid("0f8fad5b-d9cb-469f-a165-70867728950e"));
-        assert!(!http::is_uuid("0f8fad5b-d9cb-469f-a165-70867728950"));
-        assert!(!http::is_uuid("0f8fad5bxd9cb-469f-a165-70867728950e"));
-        assert!(!http::is_uuid("internal"));
-    }
 
     #[test]
     fn drafts_are_validated_field_by_field() {

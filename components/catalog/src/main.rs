@@ -61,7 +61,7 @@
 //! `POST http://catalog.agora.internal/api/products/internal/reserve`.
 //!
 //! The code: `handlers.rs` (one function per route), `input.rs` (request bodies and query
-//! parameters), `products.rs` and `reservations.rs` (the SQL), `cache.rs` (products read
+//! parameters, on `agora_sdk::input`), `products.rs` and `reservations.rs` (the SQL), `cache.rs` (products read
 //! through the cache), `samples.rs` (the development shop's sample products).
 
 mod cache;
@@ -73,7 +73,7 @@ mod samples;
 
 use agora_sdk::auth::{self, Identity};
 use agora_sdk::http::{self, ApiError, Body, Error, Method, Request, Response, StatusCode};
-use input::json_object;
+use agora_sdk::input::json_object;
 
 #[wstd::http_server]
 async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {

@@ -1,7 +1,8 @@
 //! The body of `POST /api/orders`, read field by field so that each mistake is a 400
 //! `validation_failed` naming the field.
 
-use agora_sdk::http::{self, ApiError, Body, Request, StatusCode};
+use agora_sdk::http::{self, ApiError};
+use agora_sdk::input::{self, Lines};
 use serde_json::{Map, Value as Json};
 
 /// Most lines an order may hold.
@@ -23,104 +24,44 @@ pub struct NewOrder {
 impl NewOrder {
     /// Reads and checks `body`.
     pub fn parse(body: &Map<String, Json>) -> Result<NewOrder, ApiError> {
-        if let Some(unknown) = body
-            .keys()
-            .find(|key| !matches!(key.as_str(), "items" | "payment_method"))
-        {
+        if let Some(unknown) = input::unknown_field(body, &["items", "payment_method"]) {
             return Err(ApiError::validation(
                 unknown,
                 format!("unknown field `{unknown}`: an order has items and payment_method"),
             ));
         }
-        let Some(Json::Array(lines)) = body.get("items") else {
-            return Err(ApiError::validation(
-                "items",
-                "items must be an array of {product_id, quantity}",
-            ));
-        };
-        if lines.is_empty() || lines.len() > MAX_LINES {
-            return Err(ApiError::validation(
-                "items",
-                format!("an order holds 1 to {MAX_LINES} lines"),
-            ));
-        }
-        let mut items: Vec<(String, i64)> = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
-            let Json::Object(line) = line else {
-                return Err(ApiError::validation(
-                    &format!("items[{i}]"),
-                    "each line must be an object {product_id, quantity}",
-                ));
-            };
-            if let Some(unknown) = line
-                .keys()
-                .find(|key| !matches!(key.as_str(), "product_id" | "quantity"))
-            {
-                return Err(ApiError::validation(
-                    &format!("items[{i}].{unknown}"),
-                    format!("unknown field `{unknown}`: a line has product_id and quantity"),
-                ));
-            }
-            let product_id = match line.get("product_id") {
-                Some(Json::String(id)) if http::is_uuid(id) => id.to_ascii_lowercase(),
-                _ => {
-                    return Err(ApiError::validation(
-                        &format!("items[{i}].product_id"),
-                        "product_id must be a product's id (a UUID)",
-                    ));
-                }
-            };
-            if items.iter().any(|(seen, _)| *seen == product_id) {
-                return Err(ApiError::validation(
-                    &format!("items[{i}].product_id"),
-                    format!("product {product_id} appears twice: give it one line"),
-                ));
-            }
-            let quantity = match line.get("quantity").and_then(Json::as_i64) {
-                Some(quantity) if (1..=MAX_QUANTITY).contains(&quantity) => quantity,
-                _ => {
-                    return Err(ApiError::validation(
-                        &format!("items[{i}].quantity"),
-                        format!("quantity must be a whole number from 1 to {MAX_QUANTITY}"),
-                    ));
-                }
-            };
-            items.push((product_id, quantity));
-        }
+        let items = input::lines(
+            body,
+            &Lines {
+                max_lines: MAX_LINES,
+                max_quantity: MAX_QUANTITY,
+                count_message: format!("an order holds 1 to {MAX_LINES} lines"),
+                product_id: |id| http::is_uuid(id).then(|| id.to_ascii_lowercase()),
+                product_id_message: "product_id must be a product's id (a UUID)",
+                closed: true,
+                distinct: true,
+            },
+        )?;
         let payment_method = match body.get("payment_method") {
-            Some(Json::String(method))
-                if !method.trim().is_empty()
-                    && method.trim().chars().count() <= MAX_PAYMENT_METHOD
-                    && !method.chars().any(char::is_control) =>
-            {
-                method.trim().to_owned()
+            // Control characters are refused anywhere, also where trimming would drop them.
+            Some(value @ Json::String(method)) if !method.chars().any(char::is_control) => {
+                input::text(value, MAX_PAYMENT_METHOD, true).ok()
             }
-            _ => {
-                return Err(ApiError::validation(
-                    "payment_method",
-                    format!(
-                        "payment_method must be a non-blank string of at most \
-                         {MAX_PAYMENT_METHOD} characters"
-                    ),
-                ));
-            }
-        };
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::validation(
+                "payment_method",
+                format!(
+                    "payment_method must be a non-blank string of at most \
+                     {MAX_PAYMENT_METHOD} characters"
+                ),
+            )
+        })?;
         Ok(NewOrder {
             items,
             payment_method,
         })
-    }
-}
-
-/// The request body, which must be a JSON object.
-pub async fn json_object(request: &mut Request<Body>) -> Result<Map<String, Json>, ApiError> {
-    match http::json_body::<Json>(request).await? {
-        Json::Object(object) => Ok(object),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the body must be a JSON object",
-        )),
     }
 }
 
@@ -137,15 +78,6 @@ mod tests {
     }
 
     const ID: &str = "0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6b";
-
-    #[test]
-    fn uuids_are_recognised() {
-        assert!(http::is_uuid(ID));
-        assert!(http::is_uuid(&ID.to_ascii_uppercase()));
-        assert!(!http::is_uuid("0b9f3c1e7a2d4e5f8a6b1c2d3e4f5a6b"));
-        assert!(!http::is_uuid("0b9f3c1e-7a2d-4e5f-8a6b-1c2d3e4f5a6g"));
-        assert!(!http::is_uuid(""));
-    }
 
     #[test]
     fn a_valid_order_is_read() {

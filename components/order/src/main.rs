@@ -62,7 +62,8 @@
 //! subscribe = ["payment.succeeded", "payment.failed"]
 //! ```
 //!
-//! The code: `handlers.rs` (one function per route), `input.rs` (request bodies),
+//! The code: `handlers.rs` (one function per route), `input.rs` (the order's body, on
+//! `agora_sdk::input`),
 //! `orders.rs` (the SQL), `calls.rs` (the catalog, in-process), `events.rs` (what is published
 //! and the payment events handled).
 
@@ -93,7 +94,7 @@ async fn route(request: &mut Request<Body>) -> handlers::Answer {
         .ok_or_else(|| ApiError::unauthorized("sign in to see or place orders"))?;
     match (&method, segments.as_slice()) {
         (&Method::POST, ["api", "orders"]) => {
-            let new = input::NewOrder::parse(&input::json_object(request).await?)?;
+            let new = input::NewOrder::parse(&agora_sdk::input::json_object(request).await?)?;
             handlers::create(&identity, new).await
         }
         (&Method::GET, ["api", "orders"]) => {

@@ -297,6 +297,11 @@ mod tests {
         assert!(is_uuid("5c0e2f8a-3b7d-4e61-9f0a-8d2c4b6e1f37"));
         assert!(!is_uuid("5c0e2f8a3b7d4e619f0a8d2c4b6e1f37"));
         assert!(!is_uuid("5c0e2f8a-3b7d-4e61-9f0a-8d2c4b6e1f3g"));
+        assert!(is_uuid("5C0E2F8A-3B7D-4E61-9F0A-8D2C4B6E1F37"));
+        assert!(!is_uuid("5c0e2f8a-3b7d-4e61-9f0a-8d2c4b6e1f3"));
+        assert!(!is_uuid("5c0e2f8ax3b7d-4e61-9f0a-8d2c4b6e1f37"));
+        assert!(!is_uuid("internal"));
+        assert!(!is_uuid(""));
         let down = ApiError::from(crate::sql::SqlError::Unavailable("refused".into()));
         assert_eq!(
             (down.status, down.code.as_str()),

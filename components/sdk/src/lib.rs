@@ -6,6 +6,8 @@
 //!   environment).
 //! - [`log`]: structured log lines that the host tags with the component and request.
 //! - [`http`]: JSON answers in agora's error shape and JSON request bodies.
+//! - [`input`]: request bodies checked field by field (text, whole numbers, order lines),
+//!   each mistake a 400 naming the field.
 //! - [`sql`]: the component's own database — typed parameters ([`params!`]), rows read by
 //!   column name into Rust types, transactions that publish through an outbox.
 //! - [`time`]: [`time::Timestamp`], microseconds since the epoch written as RFC 3339 UTC;
@@ -47,6 +49,7 @@ pub mod call;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod input;
 pub mod log;
 pub mod sql;
 pub mod time;
