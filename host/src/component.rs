@@ -424,7 +424,7 @@ async fn open_database(
 ) -> Result<Arc<dyn Namespace>, String> {
     let backend = &capabilities.sql;
     let namespace = backend
-        .namespace(&spec.name)
+        .namespace_with(&spec.name, spec.limits.sql_connections)
         .await
         .map_err(|err| format!("cannot open its {} database: {err}", backend.dialect()))?;
     apply_migrations(spec, namespace.as_ref(), backend.dialect()).await?;

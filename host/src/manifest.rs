@@ -58,6 +58,7 @@
 //! body_kib = 512
 //! concurrency = 32
 //! sql_result_kib = 65536         # rows one sql query reads into the host; default: memory_mib
+//! sql_connections = 8            # database connections the component may hold at once
 //! ```
 
 use crate::policy::{Access, PathPattern, Policy, RateLimits};
@@ -70,6 +71,9 @@ use std::time::Duration;
 /// The host part of the origin through which a component calls component NAME in-process:
 /// `http://NAME.agora.internal`.
 pub const INTERNAL_DOMAIN: &str = ".agora.internal";
+
+/// Most database connections one component's pool may hold (`limits.sql_connections`).
+pub const MAX_SQL_CONNECTIONS: u64 = 1000;
 
 /// Default cap on each linear memory of one instance.
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
@@ -247,6 +251,9 @@ pub struct Limits {
     /// Cap on the rows one sql query reads into host memory, in bytes (default: the memory
     /// limit); past it the query fails with a `too_large` error.
     pub sql_result_bytes: u64,
+    /// Database connections the component may hold at once (its pool); a call waits for one
+    /// until its deadline, then fails with `unavailable`.
+    pub sql_connections: u32,
 }
 
 impl Default for Limits {
@@ -259,6 +266,7 @@ impl Default for Limits {
             cache_keys: agora_cache::MAX_KEYS,
             cache_value_bytes: agora_cache::MAX_VALUE_BYTES as u64,
             sql_result_bytes: DEFAULT_MEMORY_MIB << 20,
+            sql_connections: agora_sql::DEFAULT_CONNECTIONS,
         }
     }
 }
@@ -404,6 +412,7 @@ struct RawLimits {
     cache_keys: Option<u64>,
     cache_value_kib: Option<u64>,
     sql_result_kib: Option<u64>,
+    sql_connections: Option<u32>,
 }
 
 impl Manifest {
@@ -609,6 +618,17 @@ impl RawLimits {
             ));
         }
         let sql_result_kib = positive("sql_result_kib", self.sql_result_kib, memory_mib << 10)?;
+        let sql_connections = positive(
+            "sql_connections",
+            self.sql_connections.map(u64::from),
+            u64::from(defaults.sql_connections),
+        )?;
+        if sql_connections > MAX_SQL_CONNECTIONS {
+            return Err(format!(
+                "limits.sql_connections is {sql_connections}, above the {MAX_SQL_CONNECTIONS} \
+                 connections one component may hold"
+            ));
+        }
         Ok(Limits {
             memory_bytes: memory_mib << 20,
             deadline_ms,
@@ -617,6 +637,7 @@ impl RawLimits {
             cache_keys,
             cache_value_bytes: cache_value_kib << 10,
             sql_result_bytes: sql_result_kib.saturating_mul(1024),
+            sql_connections: u32::try_from(sql_connections).unwrap_or(u32::MAX),
         })
     }
 }
@@ -914,6 +935,28 @@ mod tests {
         assert_eq!(capped.sql_result_bytes, 512 << 10);
         let err = limits("sql_result_kib = 0").expect_err("zero");
         assert!(err.to_string().contains("sql_result_kib"), "{err}");
+    }
+
+    #[test]
+    fn the_sql_pool_is_bounded_per_component() {
+        let limits = |extra: &str| {
+            parse(&format!(
+                "[[component]]\nname = \"a\"\nsource = \"a.wasm\"\n[component.limits]\n{extra}\n"
+            ))
+            .map(|manifest| manifest.components[0].limits)
+        };
+        let default = limits("").expect("valid");
+        assert_eq!(default.sql_connections, agora_sql::DEFAULT_CONNECTIONS);
+        assert_eq!(
+            limits("sql_connections = 2")
+                .expect("valid")
+                .sql_connections,
+            2
+        );
+        for bad in ["sql_connections = 0", "sql_connections = 1001"] {
+            let err = limits(bad).expect_err(bad).to_string();
+            assert!(err.contains("sql_connections"), "{err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Database work bounded by the component's limits, over real HTTP: a component running
 //! runaway SQL (`components/example`, `POST /NAME/sql`) gets an error within its deadline
 //! plus a second, the host's memory grows by no more than the component's result cap, and
-//! another component is answered meanwhile. On SQLite and, when reachable, PostgreSQL.
+//! another component is answered meanwhile. On SQLite and, when reachable, PostgreSQL; there
+//! also a component's pool (`limits.sql_connections`) bounds the sessions it holds.
 //!
 //! One test in its own binary: it reads the process's peak memory (VmHWM), which a test
 //! running beside it would disturb.
@@ -23,6 +24,10 @@ const CAP_KIB: u64 = 8 * 1024;
 const SLACK: u64 = 64 << 20;
 
 fn manifest(name: &str) -> String {
+    manifest_with(name, "")
+}
+
+fn manifest_with(name: &str, limits: &str) -> String {
     let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../components/example/migrations")
         .display()
@@ -37,6 +42,7 @@ grants = {{ sql = true, cache = true, publish = ["example.*"] }}
 [component.limits]
 deadline_ms = {deadline}
 sql_result_kib = {CAP_KIB}
+{limits}
 
 {hello}"#,
         source = component("example").display().to_string(),
@@ -170,10 +176,105 @@ async fn scenario(database_url: Option<String>, dialect: &str) {
     }
 }
 
+/// Connections in the pool of the component that floods its database.
+const POOL: u32 = 2;
+
+/// A component with a pool of [`POOL`] sends three times as many endless statements at once:
+/// PostgreSQL never sees more than [`POOL`] sessions of its role, the calls beyond the pool get
+/// `unavailable` (or the deadline) in time, and another component is answered meanwhile.
+async fn pool_scenario(url: String) {
+    let name = unique_name("pool");
+    let host = TestHost::start_with(
+        &manifest_with(&name, &format!("sql_connections = {POOL}")),
+        |config| config.database_url = Some(url.clone()),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let sql = |statement: &str| {
+        let request = http
+            .post(host.url(&format!("/{name}/sql")))
+            .json(&json!({ "statement": statement }));
+        async move {
+            let started = Instant::now();
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body, started.elapsed())
+        }
+    };
+    let (status, body, _) = sql("select 1 as n").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Sessions are counted from another namespace: pg_stat_activity shows every role's.
+    let backend = agora_sql::PostgresBackend::connect(&url).await.unwrap();
+    let probe_name = unique_name("probe");
+    let probe = agora_sql::SqlBackend::namespace(&backend, &probe_name)
+        .await
+        .unwrap();
+    let role = format!("agora_{}", name.replace('-', "_"));
+    let sessions = || async {
+        let rows = probe
+            .query(
+                "select count(*)::int8 as n from pg_stat_activity where usename = $1",
+                vec![agora_sql::Value::Text(role.clone())],
+            )
+            .await
+            .unwrap();
+        match rows.rows[0][0] {
+            agora_sql::Value::Int(n) => n,
+            ref other => panic!("count: {other:?}"),
+        }
+    };
+
+    let calls: Vec<_> = (0..POOL * 3)
+        .map(|_| tokio::spawn(sql("select pg_sleep(3600)")))
+        .collect();
+    let (mut most, mut answered_meanwhile) = (0, 0);
+    while calls.iter().any(|call| !call.is_finished()) {
+        most = most.max(sessions().await);
+        let response = http.get(host.url("/hello")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        answered_meanwhile += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut unavailable = 0;
+    for call in calls {
+        let (status, body, took) = call.await.unwrap();
+        assert!(
+            took < DEADLINE + Duration::from_secs(1),
+            "a call took {took:?}: {status} {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        if message.contains("pool holds at most") {
+            assert!(message.contains(&format!("at most {POOL}")), "{message}");
+            unavailable += 1;
+        } else {
+            assert!(ended_as(status, &body, &["57014"]), "{status} {body}");
+        }
+    }
+    eprintln!(
+        "postgres: at most {most} sessions for a pool of {POOL}; {unavailable} of {} calls \
+         found no free connection; {answered_meanwhile} requests to another component answered",
+        POOL * 3
+    );
+    assert!(
+        most <= i64::from(POOL),
+        "{most} sessions for a pool of {POOL}"
+    );
+    assert!(most > 0, "the endless statements were never seen running");
+    assert!(answered_meanwhile > 0);
+
+    drop(host);
+    backend.drop_namespace(&name).await.unwrap();
+    backend.drop_namespace(&probe_name).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn runaway_sql_ends_in_time_within_the_cap_beside_other_components() {
+async fn runaway_sql_ends_in_time_within_the_cap_and_its_pool_beside_other_components() {
     scenario(None, "sqlite").await;
     if let Some(url) = database_url_or_skip() {
-        scenario(Some(url), "postgres").await;
+        scenario(Some(url.clone()), "postgres").await;
+        // After the memory figures: this one does not measure memory.
+        pool_scenario(url).await;
     }
 }

@@ -219,7 +219,21 @@ pub trait SqlBackend: Send + Sync + 'static {
     /// (57 so that the PostgreSQL role `agora_<name>` fits in 63 bytes); `public` and names
     /// starting with `pg-` are refused because their schemas belong to PostgreSQL. Both
     /// backends apply the same rule, so a manifest works on either.
-    async fn namespace(&self, component: &str) -> Result<Arc<dyn Namespace>, SqlError>;
+    async fn namespace(&self, component: &str) -> Result<Arc<dyn Namespace>, SqlError> {
+        self.namespace_with(component, crate::DEFAULT_CONNECTIONS)
+            .await
+    }
+
+    /// [`SqlBackend::namespace`] whose pool holds at most `connections` connections (at least
+    /// one), the component's `limits.sql_connections`: a call waits for one of them until its
+    /// deadline, then answers `unavailable`, so one component cannot take more of the
+    /// server's connections than that. The bound is set when the namespace first opens;
+    /// later calls return the open namespace as it is.
+    async fn namespace_with(
+        &self,
+        component: &str,
+        connections: u32,
+    ) -> Result<Arc<dyn Namespace>, SqlError>;
 }
 
 /// The database of one component. Everything it runs is confined to the component's own

@@ -77,6 +77,9 @@ pub mod bindings {
     });
 }
 
+/// Connections in a component's pool unless its `limits.sql_connections` says otherwise.
+pub const DEFAULT_CONNECTIONS: u32 = 8;
+
 /// The WIT name of the interface, as it appears in a component's imports.
 pub const INTERFACE: &str = "agora:platform/sql";
 

@@ -16,8 +16,8 @@
 //! [`PostgresBackend::with_lock_wait`] (an error naming the lock after that).
 //!
 //! Bounds of a guest's calls ([`Bounds`]):
-//! - a call waits for a free connection of its component's pool (at most
-//!   [`PostgresBackend::with_pool_size`] connections) until its deadline, then answers
+//! - a call waits for a free connection of its component's pool (at most the component's
+//!   `limits.sql_connections`, [`SqlBackend::namespace_with`]) until its deadline, then answers
 //!   `unavailable`: one component cannot take more than its pool of the server's
 //!   `max_connections`;
 //! - a statement still running at the deadline is cancelled by closing its connection (sqlx
@@ -70,8 +70,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 
-/// Connections per component, unless [`PostgresBackend::with_pool_size`] says otherwise.
-const DEFAULT_POOL_SIZE: u32 = 8;
+/// Connections per component opened with [`SqlBackend::namespace`], unless
+/// [`PostgresBackend::with_pool_size`] says otherwise.
+const DEFAULT_POOL_SIZE: u32 = crate::DEFAULT_CONNECTIONS;
 /// Connections of the administrative pool (namespace set-up only).
 const ADMIN_CONNECTIONS: u32 = 2;
 /// How long a call waits for a free connection (or a new one) before `unavailable`.
@@ -139,9 +140,10 @@ impl PostgresBackend {
         })
     }
 
-    /// At most `size` connections per component (namespaces opened later). Each replica
-    /// holds up to components × size connections plus two: keep that under the server's
-    /// `max_connections` divided by the number of replicas.
+    /// At most `size` connections per component for namespaces opened later with
+    /// [`SqlBackend::namespace`] ([`SqlBackend::namespace_with`] names its own bound). Each
+    /// replica holds up to the sum of its components' pools plus two: keep that under the
+    /// server's `max_connections` divided by the number of replicas.
     pub fn with_pool_size(mut self, size: u32) -> PostgresBackend {
         self.pool_size = size.max(1);
         self
@@ -320,7 +322,16 @@ impl SqlBackend for PostgresBackend {
     }
 
     async fn namespace(&self, component: &str) -> Result<Arc<dyn Namespace>, SqlError> {
+        self.namespace_with(component, self.pool_size).await
+    }
+
+    async fn namespace_with(
+        &self,
+        component: &str,
+        connections: u32,
+    ) -> Result<Arc<dyn Namespace>, SqlError> {
         check_component(component)?;
+        let pool_size = connections.max(1);
         let mut namespaces = self.namespaces.lock().await;
         if let Some(namespace) = namespaces.get(component) {
             return Ok(namespace.clone());
@@ -351,7 +362,7 @@ impl SqlBackend for PostgresBackend {
             .application_name(&format!("agora:{component}"))
             .options(settings);
         let pool = PgPoolOptions::new()
-            .max_connections(self.pool_size)
+            .max_connections(pool_size)
             .min_connections(0)
             .idle_timeout(IDLE_TIMEOUT)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -416,7 +427,7 @@ impl SqlBackend for PostgresBackend {
             }),
             schema,
             pool,
-            pool_size: self.pool_size,
+            pool_size,
             lock_wait: self.lock_wait,
             signal: Arc::new(Notify::new()),
         });

@@ -35,8 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify};
 
-/// Connections per component file.
-const MAX_CONNECTIONS: u32 = 8;
 /// How long a call waits for a free connection, and a writer for the lock.
 const WAIT: Duration = Duration::from_secs(5);
 /// Opens of a file another process is switching to WAL at the same moment.
@@ -109,8 +107,13 @@ impl SqlBackend for SqliteBackend {
         Dialect::Sqlite
     }
 
-    async fn namespace(&self, component: &str) -> Result<Arc<dyn Namespace>, SqlError> {
+    async fn namespace_with(
+        &self,
+        component: &str,
+        connections: u32,
+    ) -> Result<Arc<dyn Namespace>, SqlError> {
         check_component(component)?;
+        let connections = connections.max(1);
         let mut namespaces = self.namespaces.lock().await;
         if let Some(namespace) = namespaces.get(component) {
             return Ok(namespace.clone());
@@ -130,7 +133,7 @@ impl SqlBackend for SqliteBackend {
         let mut attempt: u64 = 0;
         let pool = loop {
             let opened = SqlitePoolOptions::new()
-                .max_connections(MAX_CONNECTIONS)
+                .max_connections(connections)
                 .acquire_timeout(WAIT)
                 .after_connect(|conn, _| Box::pin(confine(conn)))
                 .after_release(|conn, _| {
@@ -224,7 +227,9 @@ async fn acquire(
     pool: &SqlitePool,
     bounds: &Bounds,
 ) -> Result<sqlx::pool::PoolConnection<Sqlite>, SqlError> {
-    let mut conn = bounds.acquire(MAX_CONNECTIONS, pool.acquire()).await?;
+    let mut conn = bounds
+        .acquire(pool.options().get_max_connections(), pool.acquire())
+        .await?;
     // A pooled connection is armed for the default bounds already (see `after_release`).
     if *bounds != Bounds::default() {
         arm(&mut conn, bounds).await?;
