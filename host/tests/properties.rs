@@ -104,7 +104,7 @@ fn policies() -> impl Strategy<Value = Vec<Policy>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::default())]
 
     /// The router picks an exact pattern equal to the path, else the longest prefix whose stem
     /// is the path or a whole-segment ancestor of it; nothing when neither exists.

@@ -336,3 +336,128 @@ mod tests {
         assert_eq!(pg_numeric_text(&[0, 0, 0, 0, 0xC0, 0, 0, 0]), Err("NaN"));
     }
 }
+
+/// Property tests of the codecs: the calendar against the `time` crate, decimals through
+/// PostgreSQL's binary `numeric` and back, and no input that panics a decoder.
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Microseconds of 0000-01-01T00:00:00Z and of the last one of 9999.
+    const YEAR_0: i64 = -62_167_219_200_000_000;
+    const YEAR_10000: i64 = 253_402_300_800_000_000;
+
+    /// `text` as PostgreSQL prints a `numeric` of it: no leading zeros (but one before the
+    /// point), the fraction's digits as given, no sign on zero.
+    fn canonical(text: &str) -> String {
+        let (negative, unsigned) = match text.as_bytes().first() {
+            Some(b'-') => (true, &text[1..]),
+            Some(b'+') => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+        let integer = integer.trim_start_matches('0');
+        let zero = integer.is_empty() && fraction.bytes().all(|b| b == b'0');
+        let mut out = String::new();
+        if negative && !zero {
+            out.push('-');
+        }
+        out.push_str(if integer.is_empty() { "0" } else { integer });
+        if !fraction.is_empty() {
+            out.push('.');
+            out.push_str(fraction);
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn rfc3339_agrees_with_the_time_crate(micros in YEAR_0..YEAR_10000) {
+            let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+                .unwrap();
+            let expected = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                at.year(),
+                u8::from(at.month()),
+                at.day(),
+                at.hour(),
+                at.minute(),
+                at.second(),
+                at.microsecond()
+            );
+            prop_assert_eq!(rfc3339(micros).unwrap(), expected);
+        }
+
+        #[test]
+        fn rfc3339_texts_sort_as_their_instants(
+            a in YEAR_0..YEAR_10000,
+            b in YEAR_0..YEAR_10000,
+        ) {
+            prop_assert_eq!(a.cmp(&b), rfc3339(a).unwrap().cmp(&rfc3339(b).unwrap()));
+        }
+
+        #[test]
+        fn rfc3339_refuses_what_it_cannot_write(micros in any::<i64>()) {
+            prop_assert_eq!(rfc3339(micros).is_ok(), (YEAR_0..YEAR_10000).contains(&micros));
+        }
+
+        #[test]
+        fn pg_dates_agree_with_the_time_crate(days in -2_000_000i32..2_000_000) {
+            // 2000-01-01 is Julian day 2451545.
+            let date = time::Date::from_julian_day(days + 2_451_545).unwrap();
+            let (year, month, day) = (date.year(), u8::from(date.month()), date.day());
+            let expected = if year > 0 {
+                format!("{year:04}-{month:02}-{day:02}")
+            } else {
+                format!("{:04}-{month:02}-{day:02} BC", 1 - year)
+            };
+            prop_assert_eq!(pg_date_text(days), expected);
+        }
+
+        #[test]
+        fn pg_times_agree_with_the_time_crate(micros in 0i64..86_400_000_000) {
+            let at = time::Time::MIDNIGHT + time::Duration::microseconds(micros);
+            let mut expected = format!("{:02}:{:02}:{:02}", at.hour(), at.minute(), at.second());
+            if at.microsecond() != 0 {
+                expected.push_str(format!(".{:06}", at.microsecond()).trim_end_matches('0'));
+            }
+            prop_assert_eq!(pg_time_text(micros), expected);
+        }
+
+        #[test]
+        fn pg_timestamps_round_trip(micros in (PG_MIN_TIMESTAMP + PG_EPOCH_MICROS)..i64::MAX) {
+            let pg = pg_timestamp(micros).unwrap();
+            prop_assert_eq!(from_pg_timestamp(pg), Some(micros));
+        }
+
+        #[test]
+        fn decimals_round_trip_through_pg_numeric(
+            text in "[+-]?([0-9]{1,40}(\\.[0-9]{0,30})?|\\.[0-9]{1,30})",
+        ) {
+            let binary = pg_numeric(&text).unwrap();
+            prop_assert_eq!(pg_numeric_text(&binary).unwrap(), canonical(&text));
+        }
+
+        #[test]
+        fn only_decimal_text_is_a_decimal(text in "[+-]?[0-9.a-z+ -]{0,12}") {
+            let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+            let unsigned = text.strip_prefix(['+', '-']).unwrap_or(&text);
+            let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+            let valid = !(integer.is_empty() && fraction.is_empty())
+                && digits(integer)
+                && digits(fraction);
+            prop_assert_eq!(check_decimal(&text).is_ok(), valid);
+            prop_assert_eq!(pg_numeric(&text).is_ok(), valid);
+        }
+
+        #[test]
+        fn any_numeric_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = pg_numeric_text(&bytes);
+        }
+    }
+}
