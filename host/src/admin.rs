@@ -92,6 +92,8 @@ pub struct Backends {
     pub messaging: &'static str,
     /// `redis` or `memory`.
     pub rate_limits: &'static str,
+    /// What each capability unit says of itself, by name.
+    pub units: serde_json::Map<String, Value>,
 }
 
 /// What the admin API reads.
@@ -375,6 +377,7 @@ impl AdminState {
                 "cache": self.backends.cache,
                 "messaging": self.backends.messaging,
                 "rate_limits": self.backends.rate_limits,
+                "units": self.backends.units,
             },
         })
     }
@@ -456,6 +459,12 @@ fn describe(component: &LoadedComponent, previous: Option<&LoadedComponent>) -> 
             "auth": grants.auth,
             "publish": grants.publish,
             "http": grants.http,
+            "units": component.capabilities.units.iter().map(|(name, part)| {
+                (name.to_string(), json!({
+                    "grant": grants.units.get(*name).map(toml_to_json),
+                    "state": part.describe(),
+                }))
+            }).collect::<serde_json::Map<String, Value>>(),
         },
         "subscribe": spec.messaging.subscribe,
         "cache": {
@@ -515,6 +524,24 @@ pub async fn serve(
                 tracing::debug!(target: "agora::admin", error = %err, "admin connection ended with an error");
             }
         });
+    }
+}
+
+/// A grant's TOML value as JSON (the admin API's language).
+fn toml_to_json(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(text) => Value::String(text.clone()),
+        toml::Value::Integer(n) => json!(n),
+        toml::Value::Float(x) => json!(x),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(at) => Value::String(at.to_string()),
+        toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => Value::Object(
+            table
+                .iter()
+                .map(|(key, value)| (key.clone(), toml_to_json(value)))
+                .collect(),
+        ),
     }
 }
 

@@ -4,12 +4,14 @@
 //! Every step that can fail does so here, at load, with a message naming the component, its file
 //! and the reason — never on a request.
 
+use crate::capabilities::{Unit, Units};
 use crate::compile_cache::{CompileCache, Origin, sha256_hex};
 use crate::manifest::{ComponentSpec, Limits, one_line};
 use crate::policy::Policy;
 use crate::state::{InstanceState, InternalCalls};
 use agora_auth::{AuthCtx, Authority};
 use agora_cache::{CacheBackend, CacheCtx};
+use agora_capability::Prepared;
 use agora_messaging::bindings::subscriber::SubscriberPre;
 use agora_messaging::{MessagingBackend, MessagingCtx};
 use agora_sql::{Migration, Namespace, SqlBackend, SqlCtx};
@@ -66,6 +68,8 @@ pub struct Capabilities {
     pub auth: Option<Arc<Authority>>,
     /// The HTTP trigger, for in-process calls between components.
     pub internal: InternalCalls,
+    /// The capability units ([`crate::capabilities::units`]).
+    pub units: Units,
 }
 
 /// One component's share of the host's capabilities, as its grants allow.
@@ -86,6 +90,9 @@ pub struct Granted {
     pub internal: InternalCalls,
     /// Its auth context (granted or denied).
     pub auth: AuthCtx,
+    /// The parts of the capability units it holds grants of, by unit name: each store starts
+    /// with their state.
+    pub units: Arc<[(&'static str, Arc<dyn Prepared>)]>,
     may_publish: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
@@ -142,8 +149,9 @@ pub struct LoadError {
 }
 
 /// The linker every component is linked with: WASI 0.2 (including wasi:cli, which Rust guests
-/// import) and wasi:http — what `wasmtime serve -Scli` provides.
-pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+/// import) and wasi:http — what `wasmtime serve -Scli` provides — agora's capabilities and
+/// every unit's interfaces.
+pub fn host_linker(engine: &Engine, units: &[Unit]) -> anyhow::Result<Linker<InstanceState>> {
     let mut linker = Linker::<InstanceState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -153,6 +161,9 @@ pub fn host_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     agora_logging::add_to_linker(&mut linker, |state| &mut state.logging)?;
     agora_auth::add_to_linker(&mut linker, |state| &mut state.auth)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |state| WasiConfig::new(&state.config))?;
+    for unit in units {
+        unit.link(&mut linker)?;
+    }
     Ok(linker)
 }
 
@@ -219,12 +230,13 @@ pub fn prepare(
     engine: &Engine,
     linker: &Linker<InstanceState>,
     cache: &CompileCache,
+    units: &[Unit],
 ) -> Result<Code, String> {
     check_header(bytes)?;
     let (component, origin) = cache
         .load(engine, bytes, &digest)
         .map_err(|err| format!("does not compile: {err:#}"))?;
-    check_grants(spec, &component, engine)?;
+    check_grants(spec, &component, engine, units)?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|err| format!("cannot be linked: {err:#}"))?;
@@ -298,7 +310,16 @@ pub async fn load(
         );
     }
     let started = std::time::Instant::now();
-    let code = prepare(spec, &bytes, digest, engine, linker, cache).map_err(fail)?;
+    let code = prepare(
+        spec,
+        &bytes,
+        digest,
+        engine,
+        linker,
+        cache,
+        &capabilities.units,
+    )
+    .map_err(fail)?;
     let load_ms = started.elapsed().as_millis() as u64;
     match code.origin {
         Origin::Compiled => tracing::info!(
@@ -320,6 +341,9 @@ pub async fn load(
     } else {
         None
     };
+    let units = crate::capabilities::prepare(spec, &capabilities.units)
+        .await
+        .map_err(fail)?;
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let publish: Arc<[String]> = spec.grants.publish.clone().into();
     let patterns = publish.clone();
@@ -357,6 +381,7 @@ pub async fn load(
                 (Some(authority), true) => AuthCtx::granted(authority.clone()),
                 _ => AuthCtx::denied(),
             },
+            units: units.into(),
             may_publish: Arc::new(move |subject| {
                 agora_messaging::validate_subject(subject).is_ok()
                     && patterns
@@ -460,9 +485,11 @@ fn check_grants(
     spec: &ComponentSpec,
     component: &Component,
     engine: &Engine,
+    units: &[Unit],
 ) -> Result<(), String> {
     for (name, _) in component.component_type().imports(engine) {
         let interface = name.split('@').next().unwrap_or(name);
+        crate::capabilities::check_import(spec, units, interface)?;
         if interface == agora_cache::INTERFACE && !spec.grants.cache {
             return Err(format!(
                 "imports {interface} but the manifest grants no cache (add `grants = {{ cache = true }}`)"

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod admin;
+pub mod capabilities;
 pub mod compile_cache;
 pub mod component;
 pub mod edge;
@@ -288,7 +289,12 @@ impl Host {
             force_on_demand: config.force_on_demand,
         })
         .map_err(HostError::Engine)?;
-        let linker = component::host_linker(&engine.engine).map_err(HostError::Engine)?;
+        let cache_backend = cache_backend(config.redis_url.as_deref())?;
+        let units = capabilities::units(&capabilities::Backends {
+            cache: cache_backend.clone(),
+        });
+        capabilities::check_manifest(&manifest, &units)?;
+        let linker = component::host_linker(&engine.engine, &units).map_err(HostError::Engine)?;
         let cache =
             compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
         let (revocations, limiter) = edge_backends(auth_redis_url(config)?.as_deref())?;
@@ -301,7 +307,7 @@ impl Host {
         };
         let internal = state::InternalCalls::default();
         let capabilities = component::Capabilities {
-            cache: cache_backend(config.redis_url.as_deref())?,
+            cache: cache_backend,
             sql: agora_sql::connect(config.database_url.as_deref(), &config.data_dir)
                 .await
                 .map_err(|err| HostError::Backend(format!("sql: {err}")))?,
@@ -310,6 +316,7 @@ impl Host {
                 .map_err(|err| HostError::Backend(format!("messaging: {err}")))?,
             auth: authority.clone(),
             internal: internal.clone(),
+            units: units.clone(),
         };
         let mut components = Vec::with_capacity(manifest.components.len());
         let total = manifest.components.len();
@@ -369,6 +376,7 @@ impl Host {
                 linker,
                 cache,
                 dialect: capabilities.sql.dialect(),
+                units,
             },
         ));
         // A replica runs the fleet's desired versions from its first request on.
@@ -499,6 +507,12 @@ impl Host {
                     cache: self.capabilities.cache.kind(),
                     messaging: self.capabilities.messaging.kind(),
                     rate_limits: self.trigger.edge().limiter_kind(),
+                    units: self
+                        .capabilities
+                        .units
+                        .iter()
+                        .map(|unit| (unit.name().to_owned(), unit.describe()))
+                        .collect(),
                 },
             );
             tokio::spawn(admin::serve(

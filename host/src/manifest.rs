@@ -200,8 +200,7 @@ impl Default for Messaging {
 
 /// Capabilities granted to one component (`[component.grants]`). Deny by default: a component
 /// that imports a capability it is not granted fails to load.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Grants {
     /// `agora:platform/cache`, namespaced to the component.
     #[serde(default)]
@@ -220,6 +219,10 @@ pub struct Grants {
     /// `agora:platform/auth`: issue, rotate and revoke tokens.
     #[serde(default)]
     pub auth: bool,
+    /// The grants of capability units (`keyvalue = true`, …), by unit name; the host checks
+    /// each against its unit (an unknown key is an error there, naming the known ones).
+    #[serde(flatten)]
+    pub units: std::collections::BTreeMap<String, toml::Value>,
 }
 
 impl Grants {

@@ -10,6 +10,7 @@ use crate::manifest::INTERNAL_DOMAIN;
 use crate::triggers::http::HttpTrigger;
 use agora_auth::AuthCtx;
 use agora_cache::CacheCtx;
+use agora_capability::{Slots, StoreData, StoreInfo};
 use agora_logging::LoggingCtx;
 use agora_messaging::MessagingCtx;
 use agora_sql::{SqlCtx, SqlView};
@@ -52,12 +53,19 @@ pub struct InstanceState {
     pub messaging: MessagingCtx,
     /// agora:platform/auth: token issuing (or denied).
     pub auth: AuthCtx,
+    /// The capability units' state (`crate::capabilities`), one value per unit.
+    slots: Slots,
 }
 
 impl InstanceState {
     /// A fresh state for one instance of `component`, due by `deadline`.
     pub fn new(component: &LoadedComponent, deadline: Instant) -> InstanceState {
         let name = &component.name;
+        let mut slots = Slots::default();
+        let store = StoreInfo { deadline };
+        for (_, part) in component.capabilities.units.iter() {
+            slots.insert(part.instance(&store));
+        }
         let wasi = WasiCtx::builder()
             .stdout(GuestLog::new(name.clone(), Stream::Stdout))
             .stderr(GuestLog::new(name.clone(), Stream::Stderr))
@@ -94,6 +102,7 @@ impl InstanceState {
             }),
             messaging: component.capabilities.messaging_ctx(),
             auth: component.capabilities.auth.clone(),
+            slots,
         }
     }
 
@@ -129,6 +138,16 @@ pub fn new_store(component: &LoadedComponent, deadline: Instant) -> Store<Instan
         }
     });
     store
+}
+
+impl StoreData for InstanceState {
+    fn slots(&mut self) -> &mut Slots {
+        &mut self.slots
+    }
+
+    fn slots_and_table(&mut self) -> (&mut Slots, &mut ResourceTable) {
+        (&mut self.slots, &mut self.table)
+    }
 }
 
 impl WasiView for InstanceState {

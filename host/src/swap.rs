@@ -84,6 +84,8 @@ pub struct Loader {
     pub cache: CompileCache,
     /// The sql dialect, for choosing migration files.
     pub dialect: agora_sql::Dialect,
+    /// The capability units, whose grants a new version's imports are checked against.
+    pub units: crate::capabilities::Units,
 }
 
 /// A version, as the admin API and the fleet describe it.
@@ -226,6 +228,7 @@ impl Components {
                         &loader.engine,
                         &loader.linker,
                         &loader.cache,
+                        &loader.units,
                     )
                     .map(Some)
                 };

@@ -47,6 +47,42 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// Adds `delta` to the decimal integer under `key` (missing = 0), keeping its expiry,
     /// within `quota`.
     async fn incr(&self, key: &str, delta: i64, quota: Quota<'_>) -> Result<i64, BackendError>;
+    /// Compare-and-swap: stores `value` under `key` (no expiry) only if the key's current
+    /// value is `expected` (`None`: the key is absent or expired), within `quota`; true if it
+    /// was stored, false if the value differed.
+    async fn swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        quota: Quota<'_>,
+    ) -> Result<bool, BackendError>;
+    /// The live keys of `namespace` that start with `prefix` (itself starting with the
+    /// namespace), in byte order, after `after` when given: at most `limit` of them, and
+    /// whether more follow. A listing may miss or show keys written meanwhile.
+    async fn keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), BackendError>;
     /// A short name for logs ("memory", "redis").
     fn kind(&self) -> &'static str;
+}
+
+/// One page of `keys` out of every live key (sorted here): those starting with `prefix`
+/// after `after`, at most `limit`, and whether more follow. Shared by the backends.
+pub(crate) fn page(
+    mut keys: Vec<String>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<String>, bool) {
+    keys.retain(|key| key.starts_with(prefix) && after.is_none_or(|after| key.as_str() > after));
+    keys.sort_unstable();
+    keys.dedup();
+    let more = keys.len() > limit;
+    keys.truncate(limit);
+    (keys, more)
 }

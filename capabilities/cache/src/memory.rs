@@ -213,6 +213,53 @@ impl CacheBackend for MemoryCache {
         Ok(next)
     }
 
+    async fn swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        quota: Quota<'_>,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let current = state
+            .entries
+            .peek(key)
+            .filter(|entry| entry.live(now))
+            .map(|entry| entry.value.as_slice());
+        if current != expected {
+            return Ok(false);
+        }
+        if !state.admits(key, quota, now) {
+            return Err(BackendError::QuotaExceeded(quota.max_keys));
+        }
+        let entry = Entry {
+            value: value.to_vec(),
+            expires: None,
+            namespace: state.namespace(quota),
+        };
+        state.insert(key, entry, self.max_entries, self.max_bytes);
+        Ok(true)
+    }
+
+    async fn keys(
+        &self,
+        _namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), BackendError> {
+        let state = self.lock();
+        let now = Instant::now();
+        let live = state
+            .entries
+            .iter()
+            .filter(|(key, entry)| key.starts_with(prefix) && entry.live(now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        Ok(crate::backend::page(live, prefix, after, limit))
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

@@ -67,6 +67,36 @@ end
 return {1, value}
 ";
 
+/// `swap`: ARGV = max_keys, value, expected ('' with ARGV[4] = '0': absent). Stores the value
+/// without expiry when the current one is the expected one. Returns 1 stored, 0 differed, -1
+/// past the quota.
+const SWAP: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[4] == '0' then
+  if current then return 0 end
+elseif current ~= ARGV[3] then
+  return 0
+end
+if not admit() then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 'inf', KEYS[1])
+return 1
+";
+
+/// `keys`: KEYS = the index; ARGV = prefix. The live members starting with the prefix (an
+/// expiry after now in Redis's clock, and not evicted).
+const KEYS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local found = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')) do
+  if string.sub(member, 1, #ARGV[1]) == ARGV[1] and redis.call('EXISTS', member) == 1 then
+    table.insert(found, member)
+  end
+end
+return found
+";
+
 fn script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{ADMIT}{body}"))
 }
@@ -80,6 +110,8 @@ pub struct RedisCache {
     redis: LazyRedis,
     set: redis::Script,
     incr: redis::Script,
+    swap: redis::Script,
+    keys: redis::Script,
 }
 
 impl RedisCache {
@@ -90,6 +122,8 @@ impl RedisCache {
             redis: LazyRedis::new(url, CALL_TIMEOUT)?,
             set: script(SET),
             incr: script(INCR),
+            swap: script(SWAP),
+            keys: redis::Script::new(KEYS),
         })
     }
 
@@ -188,6 +222,58 @@ impl CacheBackend for RedisCache {
             [1, value] => Ok(*value),
             _ => Err(BackendError::QuotaExceeded(quota.max_keys)),
         }
+    }
+
+    async fn swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        quota: Quota<'_>,
+    ) -> Result<bool, BackendError> {
+        let index = index_key(quota.namespace);
+        let answer: i64 = self
+            .run(|mut c| async move {
+                self.swap
+                    .key(key)
+                    .key(&index)
+                    .arg(quota.max_keys)
+                    .arg(value)
+                    .arg(expected.unwrap_or_default())
+                    .arg(if expected.is_some() { "1" } else { "0" })
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        match answer {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(BackendError::QuotaExceeded(quota.max_keys)),
+        }
+    }
+
+    async fn keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), BackendError> {
+        // The index lists the namespace's keys: at most its quota, plus expired ones not yet
+        // dropped, which the script leaves out.
+        let index = index_key(namespace);
+        let members: Vec<String> = self
+            .run(|mut c| async move {
+                self.keys
+                    .key(&index)
+                    .arg(prefix)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(crate::backend::page(members, prefix, after, limit))
     }
 
     fn kind(&self) -> &'static str {

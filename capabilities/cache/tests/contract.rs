@@ -238,15 +238,88 @@ async fn quota(backend: Arc<dyn CacheBackend>) {
     other.delete("kept".into()).await.unwrap().unwrap();
 }
 
+/// Compare-and-swap and key listing, what wasi:keyvalue's atomics and `list-keys` stand on:
+/// a swap stores only over the expected value (or an absent key), counts against the quota
+/// for a new key, and a listing pages through the live keys of one prefix in byte order.
+async fn swap_and_keys(backend: Arc<dyn CacheBackend>) {
+    let namespace = format!("agora:{}:", component());
+    let quota = Quota {
+        namespace: &namespace,
+        max_keys: 4,
+    };
+    let key = |name: &str| format!("{namespace}{name}");
+
+    assert!(backend.swap(&key("k"), None, b"1", quota).await.unwrap());
+    assert!(!backend.swap(&key("k"), None, b"2", quota).await.unwrap());
+    assert!(
+        !backend
+            .swap(&key("k"), Some(b"9"), b"2", quota)
+            .await
+            .unwrap()
+    );
+    assert!(
+        backend
+            .swap(&key("k"), Some(b"1"), b"2", quota)
+            .await
+            .unwrap()
+    );
+    assert_eq!(backend.get(&key("k")).await.unwrap(), Some(b"2".to_vec()));
+
+    for name in ["b/2", "b/1", "a/1"] {
+        backend.set(&key(name), b"x", None, quota).await.unwrap();
+    }
+    assert_eq!(
+        backend.swap(&key("new"), None, b"1", quota).await,
+        Err(BackendError::QuotaExceeded(4)),
+        "a swap creating a key counts against the quota"
+    );
+    let (first, more) = backend.keys(&namespace, &key("b/"), None, 1).await.unwrap();
+    assert_eq!((first.clone(), more), (vec![key("b/1")], true));
+    let (rest, more) = backend
+        .keys(&namespace, &key("b/"), Some(&first[0]), 10)
+        .await
+        .unwrap();
+    assert_eq!((rest, more), (vec![key("b/2")], false));
+    let (all, _) = backend
+        .keys(&namespace, &namespace, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all, vec![key("a/1"), key("b/1"), key("b/2"), key("k")]);
+
+    // An expired key is neither listed nor the current value of a swap.
+    backend.delete(&key("a/1"), &namespace).await.unwrap();
+    backend
+        .set(&key("short"), b"1", Some(Duration::from_millis(100)), quota)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (all, _) = backend
+        .keys(&namespace, &namespace, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all, vec![key("b/1"), key("b/2"), key("k")]);
+    assert!(
+        backend
+            .swap(&key("short"), None, b"2", quota)
+            .await
+            .unwrap()
+    );
+    for name in ["b/1", "b/2", "k", "short"] {
+        backend.delete(&key(name), &namespace).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn memory_backend_meets_the_contract() {
     contract(Arc::new(MemoryCache::default())).await;
+    swap_and_keys(Arc::new(MemoryCache::default())).await;
 }
 
 #[tokio::test]
 async fn redis_backend_meets_the_contract() {
     if let Some(backend) = redis().await {
-        contract(backend).await;
+        contract(backend.clone()).await;
+        swap_and_keys(backend).await;
     }
 }
 

@@ -1,0 +1,162 @@
+//! The one trait a host capability implements: [`Capability`].
+//!
+//! A capability is one crate. It says, once, everything the host needs to know of it:
+//!
+//! - its **grant**: the key of `grants = { … }` in a component's manifest entry that turns it
+//!   on ([`Capability::name`]), and what a valid value of that key is
+//!   ([`Capability::check_grant`]);
+//! - its **WIT interfaces** ([`Capability::interfaces`]): a component importing one of them
+//!   without the grant fails to load, with a hint naming the grant to add
+//!   ([`Capability::grant_hint`]) — deny by default, checked at load;
+//! - how it **links** ([`Capability::link`]): its host functions find their per-store state in
+//!   the store's [`Slots`], so the host's store type needs no field per capability;
+//! - its **per-component state** ([`Capability::prepare`], run at load for each component
+//!   that holds the grant) and, from that, the **per-store state** each instance starts with
+//!   ([`Prepared::instance`]). A store of a component without the grant holds the state's
+//!   [`Default`], which must deny every call — the second check, at call time;
+//! - what it **reports** to the admin API ([`Capability::describe`], [`Prepared::describe`]).
+//!
+//! The host keeps one list of capabilities; adding one is its crate plus one line in that list.
+//! The pattern follows Spin's factors (init → link, configure the app, prepare per instance)
+//! and wasmCloud's host plugins, sized to agora: one trait, no builder types.
+
+#![deny(missing_docs)]
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::component::{Linker, ResourceTable};
+
+/// The per-store state of the capabilities: one value per type.
+///
+/// A host function reaches its state with [`Slots::get_mut`]; a state that was never put in
+/// (the component holds no grant) is created from its [`Default`], the denied state.
+#[derive(Default)]
+pub struct Slots {
+    values: Vec<(TypeId, Box<dyn Any + Send>)>,
+}
+
+impl Slots {
+    /// Puts `value` in its type's slot, replacing what was there.
+    pub fn insert(&mut self, value: Box<dyn Any + Send>) {
+        let id = (*value).type_id();
+        match self.values.iter_mut().find(|(slot, _)| *slot == id) {
+            Some(slot) => slot.1 = value,
+            None => self.values.push((id, value)),
+        }
+    }
+
+    /// The state of type `C`, created from `C::default()` (denied) when absent.
+    pub fn get_mut<C: Any + Send + Default>(&mut self) -> &mut C {
+        let id = TypeId::of::<C>();
+        let index = match self.values.iter().position(|(slot, _)| *slot == id) {
+            Some(index) => index,
+            None => {
+                self.values.push((id, Box::new(C::default())));
+                self.values.len() - 1
+            }
+        };
+        match self.values[index].1.downcast_mut::<C>() {
+            Some(value) => value,
+            // A slot is keyed by the type of the value it holds.
+            None => unreachable!("the slot of {id:?} holds a value of that type"),
+        }
+    }
+}
+
+/// What a store's data gives the capabilities: their slots and the resource table.
+pub trait StoreData: Send + 'static {
+    /// The capabilities' per-store state.
+    fn slots(&mut self) -> &mut Slots;
+    /// The slots and the store's resource table at once (for interfaces with resources).
+    fn slots_and_table(&mut self) -> (&mut Slots, &mut ResourceTable);
+}
+
+/// What a capability sees of a component it prepares.
+#[derive(Debug, Clone, Copy)]
+pub struct ComponentInfo<'a> {
+    /// The component's manifest name (1 to 57 of `a-z`, `0-9`, `-`).
+    pub name: &'a str,
+    /// The value of its grant, already accepted by [`Capability::check_grant`].
+    pub grant: &'a toml::Value,
+    /// Live cache keys the component may hold (`limits.cache_keys`).
+    pub cache_keys: u64,
+    /// Largest cache value, in bytes (`limits.cache_value_kib`).
+    pub cache_value_bytes: u64,
+    /// The deadline of one request or event, in milliseconds (`limits.deadline_ms`).
+    pub deadline_ms: u64,
+}
+
+/// What a capability sees of a store it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreInfo {
+    /// When the request or event the store serves is due.
+    pub deadline: Instant,
+}
+
+/// A capability's part of one component that holds its grant.
+pub trait Prepared: Send + Sync + 'static {
+    /// The state one store of the component starts with, put in its [`Slots`].
+    fn instance(&self, store: &StoreInfo) -> Box<dyn Any + Send>;
+
+    /// What the admin API shows of the capability for this component (`null`: nothing).
+    fn describe(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// A host capability. `S` is the host's store data; a capability crate implements the trait
+/// for every `S: StoreData`.
+#[async_trait::async_trait]
+pub trait Capability<S: StoreData>: Send + Sync + 'static {
+    /// Its key in a component's `grants`, e.g. `keyvalue`.
+    fn name(&self) -> &'static str;
+
+    /// The WIT interfaces it provides, as a component's imports name them without their
+    /// version, e.g. `wasi:keyvalue/store`.
+    fn interfaces(&self) -> &'static [&'static str];
+
+    /// The grant to add to a manifest entry, shown when a component imports one of
+    /// [`Capability::interfaces`] without it, e.g. `keyvalue = true`.
+    fn grant_hint(&self) -> &'static str;
+
+    /// Checks the value of its grant: `Ok(true)` grants it, `Ok(false)` is a grant of nothing
+    /// (`false`, an empty list), `Err` says what a valid value is.
+    fn check_grant(&self, value: &toml::Value) -> Result<bool, String>;
+
+    /// Adds its interfaces to `linker`. Host functions find their state with
+    /// [`Slots::get_mut`].
+    fn link(&self, linker: &mut Linker<S>) -> wasmtime::Result<()>;
+
+    /// The part of a component that holds the grant, built once when it loads; an error
+    /// fails the load with the message.
+    async fn prepare(&self, component: &ComponentInfo<'_>) -> Result<Arc<dyn Prepared>, String>;
+
+    /// What the admin API shows of the capability (its backend, for one).
+    fn describe(&self) -> serde_json::Value;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, Debug, PartialEq)]
+    struct Counter(u32);
+
+    #[derive(Default, Debug, PartialEq)]
+    struct Denied(bool);
+
+    #[test]
+    fn a_slot_holds_one_value_per_type_and_starts_denied() {
+        let mut slots = Slots::default();
+        assert_eq!(*slots.get_mut::<Counter>(), Counter(0));
+        slots.insert(Box::new(Counter(3)));
+        slots.get_mut::<Counter>().0 += 1;
+        assert_eq!(*slots.get_mut::<Counter>(), Counter(4));
+        assert_eq!(*slots.get_mut::<Denied>(), Denied(false));
+        slots.insert(Box::new(Denied(true)));
+        assert_eq!(*slots.get_mut::<Denied>(), Denied(true));
+        assert_eq!(*slots.get_mut::<Counter>(), Counter(4));
+        assert_eq!(slots.values.len(), 2);
+    }
+}

@@ -1,0 +1,113 @@
+//! The host's list of capability units: each a crate implementing
+//! [`agora_capability::Capability`], each one line in [`units`]. A unit's grant, WIT
+//! interfaces, linking, per-component and per-store state and admin report all live in its
+//! crate; the host reads grants from `grants = { … }` by the unit's name, refuses a component
+//! that imports a unit's interface without the grant (at load), and puts each store's state in
+//! its [`agora_capability::Slots`] (the default, denied, when the grant is absent).
+//!
+//! The capabilities older than the unit trait (cache, sql, messaging, auth, logging, config)
+//! are still wired by hand in `component.rs` and `state.rs`; docs/architecture.md says how a
+//! unit is added and which of them move next.
+
+use crate::manifest::{ComponentSpec, Manifest, ManifestError};
+use crate::state::InstanceState;
+use agora_capability::{Capability, ComponentInfo, Prepared};
+use std::sync::Arc;
+
+/// One capability unit, for the host's store type.
+pub type Unit = Arc<dyn Capability<InstanceState>>;
+
+/// The host's units, shared by every component and every loader.
+pub type Units = Arc<[Unit]>;
+
+/// The grant keys the host wires itself (not units).
+const BUILT_IN_GRANTS: &[&str] = &["cache", "sql", "publish", "http", "auth"];
+
+/// The shared backends a unit may be built on.
+pub struct Backends {
+    /// The cache backend (Redis or in-memory).
+    pub cache: Arc<dyn agora_cache::CacheBackend>,
+}
+
+/// Every capability unit of the host: one line each.
+pub fn units(backends: &Backends) -> Units {
+    let units: Vec<Unit> = vec![Arc::new(agora_keyvalue::KeyValue::new(
+        backends.cache.clone(),
+    ))];
+    units.into()
+}
+
+/// Checks every component's unit grants: each key of `grants` names a built-in capability or
+/// a unit, and each unit accepts its value. The error names the component and the grant.
+pub fn check_manifest(manifest: &Manifest, units: &[Unit]) -> Result<(), ManifestError> {
+    for spec in &manifest.components {
+        let invalid = |message: String| ManifestError::Invalid {
+            path: manifest.path.clone(),
+            component: spec.name.clone(),
+            message,
+        };
+        for (key, value) in &spec.grants.units {
+            let Some(unit) = units.iter().find(|unit| unit.name() == key) else {
+                let known: Vec<&str> = BUILT_IN_GRANTS
+                    .iter()
+                    .copied()
+                    .chain(units.iter().map(|unit| unit.name()))
+                    .collect();
+                return Err(invalid(format!(
+                    "unknown grant `{key}` (known: {})",
+                    known.join(", ")
+                )));
+            };
+            unit.check_grant(value).map_err(invalid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `spec` holds a grant of `unit` that grants something.
+fn granted<'a>(spec: &'a ComponentSpec, unit: &Unit) -> Option<&'a toml::Value> {
+    spec.grants
+        .units
+        .get(unit.name())
+        .filter(|value| unit.check_grant(value).unwrap_or(false))
+}
+
+/// The error for a component importing `interface` of a unit it holds no grant of, if any.
+pub fn check_import(spec: &ComponentSpec, units: &[Unit], interface: &str) -> Result<(), String> {
+    for unit in units {
+        if unit.interfaces().contains(&interface) && granted(spec, unit).is_none() {
+            return Err(format!(
+                "imports {interface} but the manifest grants no {} (add `grants = {{ {} }}`)",
+                unit.name(),
+                unit.grant_hint()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The units' parts of a component `spec` describes, for those it holds a grant of.
+pub async fn prepare(
+    spec: &ComponentSpec,
+    units: &[Unit],
+) -> Result<Vec<(&'static str, Arc<dyn Prepared>)>, String> {
+    let mut prepared = Vec::new();
+    for unit in units {
+        let Some(grant) = granted(spec, unit) else {
+            continue;
+        };
+        let info = ComponentInfo {
+            name: &spec.name,
+            grant,
+            cache_keys: spec.limits.cache_keys,
+            cache_value_bytes: spec.limits.cache_value_bytes,
+            deadline_ms: spec.limits.deadline_ms,
+        };
+        let part = unit
+            .prepare(&info)
+            .await
+            .map_err(|err| format!("{}: {err}", unit.name()))?;
+        prepared.push((unit.name(), part));
+    }
+    Ok(prepared)
+}
