@@ -101,26 +101,31 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_spec() {
     // changing the password revoke it): fuzzed with the first pass's token, they would leave
     // the rest of that pass answering 401. So the first pass leaves them out and a second
     // pass fuzzes them alone, with a session of their own.
+    // Both sessions are opened first: the first pass fuzzes register and login too, and
+    // their per-IP rate limits would refuse the second account afterwards.
+    let own = json!({
+        "email": "fuzz-ending@schemathesis.test",
+        "password": "correct horse battery",
+        "name": "Fuzz"
+    });
+    let registered = http
+        .post(format!("{base}/api/accounts/register"))
+        .json(&own)
+        .send()
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let (token, own_token) = (login(&account), login(&own));
     let ending = "^(deleteMe|logout|changePassword)$";
-    let first = run(&login(&account), ["--exclude-operation-id-regex", ending]);
-    let second = {
-        let own = json!({
-            "email": "fuzz-ending@schemathesis.test",
-            "password": "correct horse battery",
-            "name": "Fuzz"
-        });
-        let registered = http
-            .post(format!("{base}/api/accounts/register"))
-            .json(&own)
-            .send()
-            .unwrap();
-        assert_eq!(registered.status(), 201);
-        run(&login(&own), ["--include-operation-id-regex", ending])
-    };
+    let first = run(&token, ["--exclude-operation-id-regex", ending]);
+    let second = run(&own_token, ["--include-operation-id-regex", ending]);
     let (code, log) = agora.stop(libc::SIGTERM);
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     for (name, pass) in [("first", &first), ("second", &second)] {
+        let stdout = String::from_utf8_lossy(&pass.stdout);
+        let summary: Vec<&str> = stdout.lines().rev().take(12).collect();
+        let summary: Vec<&str> = summary.into_iter().rev().collect();
+        eprintln!("schemathesis, {name} pass:\n{}", summary.join("\n"));
         assert!(
             pass.status.success(),
             "schemathesis found problems in its {name} pass:\n{}\n{}\n--- host log (tail) ---\n{}",
