@@ -18,8 +18,8 @@
 
 use crate::component::{Installed, LoadedComponent};
 use crate::fleet::timestamp as rfc3339;
+use crate::response::{ResponseBody, error_response, json_response};
 use crate::swap::{Components, Outcome, SwapError, Version};
-use crate::triggers::http::{ResponseBody, error_response, json_response};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;

@@ -4,17 +4,18 @@
 //! Every step that can fail does so here, at load, with a message naming the component, its file
 //! and the reason — never on a request.
 
+use crate::calls::InternalCalls;
 use crate::capabilities::{Unit, Units};
 use crate::compile_cache::{CompileCache, Origin, sha256_hex};
+pub use crate::granted::Granted;
 use crate::manifest::{ComponentSpec, Limits, one_line};
 use crate::policy::Policy;
-use crate::state::{InstanceState, InternalCalls};
+use crate::state::InstanceState;
 use agora_auth::{AuthCtx, Authority};
 use agora_cache::{CacheBackend, CacheCtx};
-use agora_capability::Prepared;
+use agora_messaging::MessagingBackend;
 use agora_messaging::bindings::subscriber::SubscriberPre;
-use agora_messaging::{MessagingBackend, MessagingCtx};
-use agora_sql::{Migration, Namespace, SqlBackend, SqlCtx};
+use agora_sql::{Migration, Namespace, SqlBackend};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -70,70 +71,6 @@ pub struct Capabilities {
     pub internal: InternalCalls,
     /// The capability units ([`crate::capabilities::units`]).
     pub units: Units,
-}
-
-/// One component's share of the host's capabilities, as its grants allow.
-#[derive(Clone)]
-pub struct Granted {
-    name: Arc<str>,
-    /// Its cache namespace, or denied.
-    pub cache: CacheCtx,
-    /// Its database namespace, when granted.
-    pub sql: Option<Arc<dyn Namespace>>,
-    /// The subject patterns it may publish to (empty: none).
-    pub publish: Arc<[String]>,
-    /// The broker.
-    pub messaging: Arc<dyn MessagingBackend>,
-    /// The origins it may send HTTP requests to (empty: none).
-    pub http: Arc<[String]>,
-    /// The HTTP trigger, for its in-process calls.
-    pub internal: InternalCalls,
-    /// Its auth context (granted or denied).
-    pub auth: AuthCtx,
-    /// The parts of the capability units it holds grants of, by unit name: each store starts
-    /// with their state.
-    pub units: Arc<[(&'static str, Arc<dyn Prepared>)]>,
-    may_publish: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-}
-
-impl Granted {
-    /// The sql context of one store.
-    pub fn sql_ctx(&self) -> SqlCtx {
-        match &self.sql {
-            Some(namespace) => {
-                let messaging = self.messaging.clone();
-                SqlCtx::granted(namespace.clone(), self.may_publish.clone()).with_publish_check(
-                    Arc::new(move |row: &agora_sql::OutboxMessage| {
-                        let message = agora_messaging::Message {
-                            id: row.id.clone(),
-                            subject: row.subject.clone(),
-                            payload: row.payload.clone(),
-                            headers: row.headers.clone(),
-                        };
-                        messaging.check(&message).map_err(|err| match err {
-                            agora_messaging::MessagingError::Invalid(reason)
-                            | agora_messaging::MessagingError::Unavailable(reason) => reason,
-                        })
-                    }),
-                )
-            }
-            None => SqlCtx::denied(),
-        }
-    }
-
-    /// The messaging context of one store.
-    pub fn messaging_ctx(&self) -> MessagingCtx {
-        if self.publish.is_empty() {
-            MessagingCtx::denied()
-        } else {
-            MessagingCtx::granted(self.messaging.clone(), &self.name, self.publish.clone())
-        }
-    }
-
-    /// Whether the component may publish to `subject`.
-    pub fn may_publish(&self, subject: &str) -> bool {
-        (self.may_publish)(subject)
-    }
 }
 
 /// Why a component could not be loaded. The message is one line naming component and file.
@@ -397,6 +334,17 @@ pub async fn load(
 }
 
 impl LoadedComponent {
+    /// What a store of this component is made of.
+    pub fn store_spec(&self) -> crate::state::StoreSpec<'_> {
+        crate::state::StoreSpec {
+            name: &self.name,
+            engine: &self.engine,
+            limits: &self.limits,
+            capabilities: &self.capabilities,
+            config: &self.config,
+        }
+    }
+
     /// Another version of this component: `code` with everything else — grants, database
     /// namespace, configuration, policies, limits and the concurrency gate — shared, so a swap
     /// changes the code and nothing else.

@@ -20,9 +20,10 @@
 //! A rate limiter that cannot be reached lets requests through (with a warning): a Redis
 //! outage must not take the shop down with it. Token checks fail closed.
 
+use crate::calls::Caller;
 use crate::component::LoadedComponent;
 use crate::policy::{self, Access};
-use crate::triggers::http::{ResponseBody, error_response};
+use crate::response::{ResponseBody, error_response};
 use agora_auth::{Identity, Verifier, VerifyError};
 use agora_ratelimit::{Decision, Rate, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -55,27 +56,6 @@ pub const REQUEST_ID_HEADER: &str = "x-agora-request-id";
 pub const PARENT_REQUEST_ID_HEADER: &str = "x-agora-parent-request-id";
 /// Prefix of the headers only the host may write.
 pub const RESERVED_PREFIX: &str = "x-agora-";
-
-/// Where a request comes from.
-#[derive(Debug, Clone)]
-pub enum Caller {
-    /// A client over the network.
-    External {
-        /// The TCP peer.
-        peer: IpAddr,
-    },
-    /// Another component, through `http://NAME.agora.internal`.
-    Internal {
-        /// The calling component.
-        component: Arc<str>,
-        /// The client of the request the caller is serving, when it has one.
-        client_ip: Option<IpAddr>,
-        /// How many in-process calls deep this one is (1 for a call from a request).
-        depth: u32,
-        /// The id of the request the caller was serving, when it was serving one.
-        parent_request_id: Option<Arc<str>>,
-    },
-}
 
 /// What the edge learnt about an admitted request.
 #[derive(Debug, Clone, Default)]

@@ -16,16 +16,19 @@
 //! ```
 
 pub mod admin;
+pub mod calls;
 pub mod capabilities;
 pub mod compile_cache;
 pub mod component;
 pub mod edge;
 pub mod engine;
 pub mod fleet;
+pub mod granted;
 pub mod manifest;
 pub mod outbox;
 pub mod policy;
 pub mod replica;
+pub mod response;
 pub mod router;
 pub mod server;
 pub mod state;
@@ -230,7 +233,7 @@ async fn startup(trigger: &HttpTrigger, name: &str, path: &str) -> Result<(), St
                 .boxed_unsync(),
         )
         .map_err(|err| format!("startup `{path}`: {err}"))?;
-    let caller = edge::Caller::Internal {
+    let caller = calls::Caller::Internal {
         component: Arc::from("agora"),
         client_ip: None,
         depth: 1,
@@ -305,7 +308,7 @@ impl Host {
             )),
             None => None,
         };
-        let internal = state::InternalCalls::default();
+        let internal = calls::InternalCalls::default();
         let capabilities = component::Capabilities {
             cache: cache_backend,
             sql: agora_sql::connect(config.database_url.as_deref(), &config.data_dir)
@@ -367,7 +370,8 @@ impl Host {
             manifest.edge.trusted_proxy_hops,
         );
         let trigger = Arc::new(HttpTrigger::new(router, edge).with_body_rate(config.body_rate));
-        let _ = internal.set(Arc::downgrade(&trigger));
+        let handler: Arc<dyn calls::InternalHandler> = trigger.clone();
+        let _ = internal.set(Arc::downgrade(&handler));
         let epoch = engine.start_epoch_ticker();
         let components = Arc::new(Components::new(
             slots,

@@ -12,7 +12,7 @@
 //! Shutdown order: stop accepting, let every in-flight request finish (idle keep-alive
 //! connections are closed at once), and give up after the drain timeout.
 
-use crate::edge::Caller;
+use crate::calls::Caller;
 use crate::triggers::http::HttpTrigger;
 use http::Request;
 use http_body_util::BodyExt as _;

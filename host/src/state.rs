@@ -4,19 +4,18 @@
 //! A store lives exactly as long as one request: it is created before instantiation and dropped
 //! with the instance, so nothing a guest does survives into the next request.
 
-use crate::component::LoadedComponent;
-use crate::edge::Caller;
+use crate::calls::{CallContext, Caller, InternalCalls};
+use crate::granted::Granted;
 use crate::manifest::INTERNAL_DOMAIN;
-use crate::triggers::http::HttpTrigger;
+use crate::manifest::Limits;
 use agora_auth::AuthCtx;
 use agora_cache::CacheCtx;
 use agora_capability::{Slots, StoreData, StoreInfo};
 use agora_logging::LoggingCtx;
 use agora_messaging::MessagingCtx;
 use agora_sql::{SqlCtx, SqlView};
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::AsyncWrite;
@@ -28,6 +27,21 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
+
+/// What a store is made of: one component's name, engine, limits, capabilities and
+/// configuration (`LoadedComponent::store_spec`).
+pub struct StoreSpec<'a> {
+    /// The manifest name.
+    pub name: &'a Arc<str>,
+    /// The engine its code was compiled for.
+    pub engine: &'a wasmtime::Engine,
+    /// Its per-instance limits.
+    pub limits: &'a Limits,
+    /// Its share of the host's capabilities.
+    pub capabilities: &'a Granted,
+    /// Its wasi:config/store values.
+    pub config: &'a Arc<WasiConfigVariables>,
+}
 
 /// The data of a per-request store.
 pub struct InstanceState {
@@ -53,14 +67,14 @@ pub struct InstanceState {
     pub messaging: MessagingCtx,
     /// agora:platform/auth: token issuing (or denied).
     pub auth: AuthCtx,
-    /// The capability units' state (`crate::capabilities`), one value per unit.
+    /// The capability units' state, one value per unit.
     slots: Slots,
 }
 
 impl InstanceState {
     /// A fresh state for one instance of `component`, due by `deadline`.
-    pub fn new(component: &LoadedComponent, deadline: Instant) -> InstanceState {
-        let name = &component.name;
+    pub fn new(component: &StoreSpec<'_>, deadline: Instant) -> InstanceState {
+        let name = component.name;
         let mut slots = Slots::default();
         let store = StoreInfo { deadline };
         for (_, part) in component.capabilities.units.iter() {
@@ -125,8 +139,8 @@ impl InstanceState {
 /// A store for one request or event of `component`: its limits, and a deadline enforced by
 /// epoch interruption (a guest computing past it is interrupted; before it, the guest yields at
 /// every epoch tick so other tasks on the thread run).
-pub fn new_store(component: &LoadedComponent, deadline: Instant) -> Store<InstanceState> {
-    let mut store = Store::new(&component.engine, InstanceState::new(component, deadline));
+pub fn new_store(component: &StoreSpec<'_>, deadline: Instant) -> Store<InstanceState> {
+    let mut store = Store::new(component.engine, InstanceState::new(component, deadline));
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
@@ -167,23 +181,6 @@ impl WasiHttpView for InstanceState {
             hooks: &mut self.outbound,
         }
     }
-}
-
-/// The host's HTTP trigger, as the in-process calls of components reach it. Set once the
-/// trigger exists (it holds the components, which hold this): a weak reference, so a host
-/// that is dropped is not kept alive by its own components.
-pub type InternalCalls = Arc<OnceLock<Weak<HttpTrigger>>>;
-
-/// Where the request an instance serves came from.
-#[derive(Debug, Clone, Default)]
-pub struct CallContext {
-    /// The client's address, passed on to the components this one calls (for their per-IP
-    /// rate limits).
-    pub client_ip: Option<IpAddr>,
-    /// 0 for a client's request or an event; N for the N-th nested in-process call.
-    pub depth: u32,
-    /// The id of the request the instance serves (none for an event).
-    pub request_id: Option<Arc<str>>,
 }
 
 /// Outbound wasi:http, limited to the origins the manifest grants (`grants.http`). A request
@@ -230,7 +227,7 @@ impl WasiHttpHooks for OutboundHttp {
             .and_then(|host| host.strip_suffix(INTERNAL_DOMAIN))
         {
             let target = target.to_owned();
-            let trigger = self.internal.get().and_then(Weak::upgrade);
+            let handler = self.internal.get().and_then(Weak::upgrade);
             let caller = Caller::Internal {
                 component: self.component.clone(),
                 client_ip: self.context.client_ip,
@@ -238,10 +235,10 @@ impl WasiHttpHooks for OutboundHttp {
                 parent_request_id: self.context.request_id.clone(),
             };
             return Box::new(async move {
-                let Some(trigger) = trigger else {
+                let Some(handler) = handler else {
                     return Err(wasmtime_wasi_http::Error::ConnectionRefused);
                 };
-                let response = trigger.handle_internal(request, caller, &target).await;
+                let response = handler.handle_internal(request, caller, target).await;
                 Ok((
                     response,
                     Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

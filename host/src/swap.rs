@@ -304,7 +304,7 @@ impl Components {
 /// would do first. A version whose instantiation traps or exceeds its memory never serves.
 async fn probe(candidate: &LoadedComponent) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_millis(candidate.limits.deadline_ms);
-    let mut store = state::new_store(candidate, deadline);
+    let mut store = state::new_store(&candidate.store_spec(), deadline);
     let instantiated = if let Some(proxy) = &candidate.proxy {
         proxy.instantiate_async(&mut store).await.map(drop)
     } else if let Some(subscriber) = &candidate.subscriber {

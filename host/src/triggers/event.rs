@@ -103,7 +103,7 @@ async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), Stri
         .await
         .map_err(|_| "the component is shutting down".to_owned())?;
     let deadline = Instant::now() + Duration::from_millis(component.limits.deadline_ms);
-    let mut store = state::new_store(component, deadline);
+    let mut store = state::new_store(&component.store_spec(), deadline);
     let message = Message {
         id: delivery.message.id,
         subject: delivery.message.subject,

@@ -10,14 +10,15 @@
 //! - The guest runs in its own task so it can keep streaming the body after the response head
 //!   has gone out; the concurrency permit and the deadline cover that whole task.
 
+use crate::calls::{Caller, InternalHandler};
 use crate::component::LoadedComponent;
-use crate::edge::{Caller, Edge};
+use crate::edge::Edge;
+use crate::response::{REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::router::Router;
 use crate::state;
 use crate::swap::Slot;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future as _;
 use std::pin::Pin;
@@ -27,14 +28,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
-
-/// The body type of every response the host sends.
-pub type ResponseBody = HyperOutgoingBody;
-
-/// Header carrying the request id on every response.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// How deep in-process calls may nest (a component calling a component calling …) before the
 /// host answers 508 instead of recursing.
@@ -231,7 +225,7 @@ impl HttpTrigger {
                     if let Some(identity) = &admitted.identity {
                         span.record("subject", identity.subject.as_str());
                     }
-                    let context = state::CallContext {
+                    let context = crate::calls::CallContext {
                         client_ip: admitted.client_ip,
                         depth,
                         request_id: Some(Arc::from(request_id)),
@@ -265,6 +259,18 @@ impl HttpTrigger {
     }
 }
 
+impl InternalHandler for HttpTrigger {
+    fn handle_internal(
+        &self,
+        request: Request<WasiBody>,
+        caller: Caller,
+        target: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResponseBody>> + Send + '_>>
+    {
+        Box::pin(async move { HttpTrigger::handle_internal(self, request, caller, &target).await })
+    }
+}
+
 /// Marks a response the component itself gave (it had the request body to read).
 #[derive(Debug, Clone, Copy)]
 struct FromGuest;
@@ -279,7 +285,7 @@ struct TaskEnd {
 async fn invoke(
     component: &LoadedComponent,
     request: Request<WasiBody>,
-    context: state::CallContext,
+    context: crate::calls::CallContext,
     body_rate: Option<BodyRate>,
     request_id: &str,
 ) -> Response<ResponseBody> {
@@ -317,7 +323,7 @@ async fn invoke(
         pace: body_rate.map(|rate| Pace::new(rate, body_slow.clone())),
     });
 
-    let mut store = state::new_store(component, deadline);
+    let mut store = state::new_store(&component.store_spec(), deadline);
     store.data_mut().set_call_context(context);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -505,35 +511,6 @@ fn body_too_large(limit: u64, request_id: &str) -> Response<ResponseBody> {
         &format!("the request body exceeds the limit of {limit} bytes"),
         request_id,
     )
-}
-
-/// A JSON error: `{"error": {"code", "message", "request_id"}}`. The `x-request-id` header is
-/// added by [`HttpTrigger::handle`], as on every answer.
-pub fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    request_id: &str,
-) -> Response<ResponseBody> {
-    let body = serde_json::json!({
-        "error": { "code": code, "message": message, "request_id": request_id }
-    });
-    json_response(status, &body)
-}
-
-/// A JSON answer with `status`.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
-    let mut response = Response::new(
-        http_body_util::Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 /// Request ids: a random per-process prefix and a counter — unique across replicas without a
