@@ -9,9 +9,9 @@ use std::time::Duration;
 /// Cache TTL when `cache_ttl_s` is not configured.
 const DEFAULT_CACHE_TTL_S: u64 = 60;
 
-/// The cache key of product `id`.
+/// The cache key of product `id` (a UUID: one key whatever the case of its digits).
 pub fn key(id: &str) -> String {
-    format!("product:{id}")
+    format!("product:{}", id.to_ascii_lowercase())
 }
 
 /// How long a product stays cached; `None` when `cache_ttl_s` is 0 (no caching).
@@ -54,7 +54,7 @@ pub fn read(id: &str) -> Option<Product> {
     }
 }
 
-/// Caches `product` under `id` (as the client wrote it) for `ttl`; a failure is logged (the
+/// Caches `product` under `id` for `ttl`; a failure is logged (the
 /// next read misses).
 pub fn write(id: &str, product: &Product, ttl: Duration) {
     let key = key(id);

@@ -109,20 +109,36 @@ async fn route(request: &mut Request<Body>, request_id: &str) -> handlers::Answe
                 _ => Err(ApiError::not_found(format!("no route {path}"))),
             }
         }
-        ["api", "products", id] => match method {
-            Method::GET => handlers::get(id, request_id),
-            Method::PATCH => {
-                require_admin(request)?;
-                let body = json_object(request).await?;
-                handlers::patch(id, body)
-            }
-            Method::DELETE => {
-                require_admin(request)?;
-                handlers::delete(id)
-            }
-            _ => Err(method_not_allowed(&method, &path)),
-        },
+        ["api", "products", id] => {
+            // Ids are UUIDs, whose hex digits carry no case: one spelling for the database
+            // and the cache, so an update through any spelling drops the one cached copy.
+            let id = &id.to_ascii_lowercase();
+            product_route(request, request_id, method, &path, id).await
+        }
         _ => Err(ApiError::not_found(format!("no route {path}"))),
+    }
+}
+
+/// `/api/products/{id}`, `id` in lower case.
+async fn product_route(
+    request: &mut Request<Body>,
+    request_id: &str,
+    method: Method,
+    path: &str,
+    id: &str,
+) -> handlers::Answer {
+    match method {
+        Method::GET => handlers::get(id, request_id),
+        Method::PATCH => {
+            require_admin(request)?;
+            let body = json_object(request).await?;
+            handlers::patch(id, body)
+        }
+        Method::DELETE => {
+            require_admin(request)?;
+            handlers::delete(id)
+        }
+        _ => Err(method_not_allowed(&method, path)),
     }
 }
 
