@@ -19,6 +19,7 @@ mod common;
 
 use agora_sql::{SqlBackend, Value};
 use common::process::Agora;
+use common::shop::ShopManifest;
 use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -364,67 +365,19 @@ impl Servers {
 // ---------------------------------------------------------------------------------------------
 // The shop.
 
-/// agora.toml's shop components: absolute paths, no rate limits (the load comes from one
-/// address and one user), the first admin and a cheap argon2 in the config, a deadline of
-/// [`DEADLINE_MS`].
+/// agora.toml's shop components as the shop harness adjusts them for a test (no rate limits:
+/// the load comes from one address and one user), the first admin in the config, the test
+/// cards, and a deadline of [`DEADLINE_MS`].
 fn write_manifest(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("agora.toml")).unwrap();
-    let mut blocks: Vec<String> = vec![String::new()];
-    for line in text.lines() {
-        if line.starts_with("[[component]]") {
-            blocks.push(String::new());
-        }
-        let line = line
-            .replace(
-                "source = \"target/",
-                &format!("source = \"{}/target/", root.display()),
-            )
-            .replace(
-                "migrations = \"components/",
-                &format!("migrations = \"{}/components/", root.display()),
-            );
-        if line.starts_with("rate_limit") || line.starts_with('#') {
-            continue;
-        }
-        let block = blocks.last_mut().unwrap();
-        match line.split('=').next().map(str::trim) {
-            Some("[component.config_env]") => block.push_str(&format!(
-                "[component.config]\nargon2_memory_kib = \"1024\"\nargon2_iterations = \"1\"\n\
-                 admin_email = {ADMIN_EMAIL:?}\nadmin_password = {ADMIN_PASSWORD:?}\n"
-            )),
-            Some("admin_email") | Some("admin_password") => {}
-            _ => {
-                block.push_str(&line);
-                block.push('\n');
-            }
-        }
+    let mut manifest = ShopManifest::load()
+        .only(&SHOP)
+        .first_admin(ADMIN_EMAIL, ADMIN_PASSWORD)
+        // `tok_trap_once`: the first delivery of the order's event traps.
+        .config("payment", "test_payment_methods", "true");
+    for name in SHOP {
+        manifest = manifest.set(name, "limits.deadline_ms", DEADLINE_MS as i64);
     }
-    let mut manifest = blocks.remove(0);
-    for block in blocks {
-        let name = block
-            .lines()
-            .find_map(|line| line.strip_prefix("name = "))
-            .map(|name| name.trim_matches('"').to_owned())
-            .unwrap_or_default();
-        if SHOP.contains(&name.as_str()) {
-            manifest.push_str(&block);
-            if name == "payment" {
-                // `tok_trap_once`: the first delivery of the order's event traps.
-                manifest.push_str("\n[component.config]\ntest_payment_methods = \"true\"\n");
-            }
-            manifest.push_str(&format!(
-                "\n[component.limits]\ndeadline_ms = {DEADLINE_MS}\n\n"
-            ));
-        }
-    }
-    assert!(
-        manifest.contains(ADMIN_EMAIL),
-        "the account table was not adjusted"
-    );
-    let path = dir.join("agora.toml");
-    std::fs::write(&path, manifest).unwrap();
-    path
+    manifest.write(dir)
 }
 
 /// What every host of a scenario shares: the manifest, the signing keys, the backends.

@@ -12,81 +12,36 @@
 mod common;
 
 use agora_auth::Keys;
-use agora_host::{Drained, Host, HostConfig, HostError};
 use agora_messaging::{Delivery, MessageHandler, MessagingBackend, Subscription, SubscriptionSpec};
-use agora_sql::{Namespace, Value as SqlValue};
-use common::{Backends, component, unique_name};
+use agora_sql::Value as SqlValue;
+use common::shop::{Answer, Setup, Shop, ShopManifest};
+use common::{Backends, unique_name};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-
-/// The account's route policies, as documented at the top of components/account/src/main.rs.
-const POLICIES: &str = r#"
-[[component.policy]]
-routes = ["/api/accounts/me/..."]
-access = "authenticated"
-
-[[component.policy]]
-routes = ["/api/accounts"]
-methods = ["GET"]
-roles = ["ADMIN"]
-
-[[component.policy]]
-routes = ["/api/accounts/*/role"]
-methods = ["PUT"]
-roles = ["ADMIN"]
-
-[[component.policy]]
-routes = ["/api/accounts/internal/..."]
-access = "internal"
-"#;
+use tokio::sync::mpsc;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// The manifest: `account` with cheap argon2 parameters (unless `config` names others) and
-/// `config` (the first admin, in
-/// tests given as config rather than environment variables, which are process-wide); with
-/// `edge`, also the edge fixture at `/edge/...`, which can issue a token for any subject.
-fn manifest(config: &[(&str, &str)], edge: bool) -> String {
-    let source = component("account").display().to_string();
-    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../components/account/migrations")
-        .display()
-        .to_string();
-    let mut values: Vec<String> = [("argon2_memory_kib", "1024"), ("argon2_iterations", "1")]
-        .into_iter()
-        .filter(|(key, _)| !config.iter().any(|(given, _)| given == key))
-        .chain(config.iter().copied())
-        .map(|(key, value)| format!("{key} = {value:?}"))
-        .collect();
-    values.sort();
-    let mut text = format!(
-        r#"
-[[component]]
-name = "account"
-source = {source:?}
-routes = ["/api/accounts", "/api/accounts/..."]
-migrations = {migrations:?}
-startup = "/api/accounts/internal/bootstrap"
-grants = {{ sql = true, auth = true, publish = ["account.registered"] }}
-config = {{ {} }}
-{POLICIES}
-"#,
-        values.join(", ")
-    );
+/// agora.toml's `account` alone, with `config` (the first admin, in tests given as config
+/// rather than environment variables, which are process-wide; another argon2 cost than the
+/// harness's cheap one); with `edge`, also the edge fixture at `/edge/...`, which can issue a
+/// token for any subject.
+fn manifest(config: &[(&str, &str)], edge: bool) -> ShopManifest {
+    let mut manifest = ShopManifest::load().only(&["account"]);
+    for (key, value) in config {
+        manifest = manifest.config("account", key, value);
+    }
     if edge {
-        text.push_str(&common::component_table(
+        manifest = manifest.with(&common::component_table(
             "edge",
             "fixture-edge",
             &["/edge/..."],
             "grants = { auth = true }",
         ));
     }
-    text
+    manifest
 }
 
 /// One signing key for every host of this test binary.
@@ -99,130 +54,27 @@ fn keys() -> Keys {
     .clone()
 }
 
-/// A host serving the shop's account component until dropped.
-struct Shop {
-    addr: SocketAddr,
-    /// The host's own message backend, to observe what the component publishes.
-    messaging: Arc<dyn MessagingBackend>,
-    /// The component's database, to look at what it stores.
-    sql: Arc<dyn Namespace>,
-    http: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<Drained, HostError>>>,
+/// A shop on `backends`, signing with `keys`.
+fn setup(backends: &Backends, keys: Keys) -> Setup {
+    Setup::new(backends.clone()).keys(keys)
 }
 
 impl Shop {
-    async fn start(manifest: &str, backends: &Backends) -> Shop {
-        Shop::try_start(manifest, backends)
-            .await
-            .unwrap_or_else(|err| panic!("host failed to load: {err}"))
-    }
-
-    /// Loads the host (which sends the bootstrap request) and serves it; the load error as
-    /// text when it fails.
-    async fn try_start(manifest: &str, backends: &Backends) -> Result<Shop, String> {
-        Shop::try_start_with_keys(manifest, backends, keys()).await
-    }
-
-    /// Like [`Shop::try_start`], signing and verifying with `keys`.
-    async fn try_start_with_keys(
-        manifest: &str,
-        backends: &Backends,
-        keys: Keys,
-    ) -> Result<Shop, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agora.toml");
-        std::fs::write(&path, manifest).unwrap();
-        let mut config = HostConfig::new(&path);
-        config.data_dir = common::shared_data_dir();
-        config.database_url = backends.database_url.clone();
-        config.redis_url = backends.redis_url.clone();
-        config.nats_url = backends.nats_url.clone();
-        config.auth_keys = Some(keys);
-        let host = Host::load(&config).await.map_err(|err| err.to_string())?;
-        let messaging = host.components()[0].capabilities.messaging.clone();
-        let sql = host.components()[0].capabilities.sql.clone().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(host.serve(listener, async {
-            let _ = signal.await;
-        }));
-        Ok(Shop {
-            addr,
-            messaging,
-            sql,
-            http: reqwest::Client::new(),
-            shutdown: Some(shutdown),
-            task: Some(task),
-        })
-    }
-
-    async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> reqwest::Response {
-        let mut request = self
-            .http
-            .request(method, format!("http://{}{path}", self.addr));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.send(Method::POST, path, None, Some(body)).await
-    }
-
-    async fn get(&self, path: &str, token: &str) -> reqwest::Response {
-        self.send(Method::GET, path, Some(token), None).await
-    }
-
-    /// Registers `email` with [`PASSWORD`]; the 201 answer.
-    async fn register(&self, email: &str, name: &str) -> Value {
-        let response = self
-            .post(
-                "/api/accounts/register",
-                json!({ "email": email, "password": PASSWORD, "name": name }),
-            )
-            .await;
-        ok(response, 201).await
-    }
-
-    /// Signs in; the 200 answer.
-    async fn login(&self, email: &str, password: &str) -> Value {
-        let response = self
-            .post(
-                "/api/accounts/login",
-                json!({ "email": email, "password": password }),
-            )
-            .await;
-        ok(response, 200).await
-    }
-
     /// `GET /api/accounts/me`; the user.
     async fn me(&self, token: &str) -> Value {
-        ok(self.get("/api/accounts/me", token).await, 200).await
+        ok(self.get("/api/accounts/me", Some(token)).await, 200)
     }
 
     /// The password hash stored for the live account `email`.
     async fn stored_hash(&self, email: &str) -> String {
-        let rows = self
+        let sql = self
+            .host
+            .component("account")
+            .capabilities
             .sql
+            .clone()
+            .unwrap();
+        let rows = sql
             .query(
                 "select password_hash from users where email = $1 and deleted_at is null",
                 vec![SqlValue::Text(email.to_owned())],
@@ -238,12 +90,17 @@ impl Shop {
         }
     }
 
-    /// Starts observing `account.registered` on the host's message backend.
+    /// Starts observing `account.registered` on the host's own message backend.
     async fn observe(&self) -> Observer {
+        let messaging = self
+            .host
+            .component("account")
+            .capabilities
+            .messaging
+            .clone();
         let name = unique_name("observer");
         let (sender, events) = mpsc::unbounded_channel();
-        let subscription = self
-            .messaging
+        let subscription = messaging
             .subscribe(
                 SubscriptionSpec::new(name.clone(), "account.registered"),
                 Arc::new(Collect(sender)),
@@ -254,15 +111,7 @@ impl Shop {
             name,
             subscription,
             events,
-            messaging: self.messaging.clone(),
-        }
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+            messaging,
         }
     }
 }
@@ -315,25 +164,20 @@ impl Observer {
 }
 
 /// The JSON of a successful answer with `status`.
-async fn ok(response: reqwest::Response, status: u16) -> Value {
-    let actual = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    assert_eq!(actual, status, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+fn ok(answer: Answer, status: u16) -> Value {
+    answer.ok(status).clone()
 }
 
 /// Checks agora's error shape (the body's request id is the `x-request-id` header's) and
 /// returns the `error` object.
-async fn error(response: reqwest::Response, status: u16) -> Value {
-    let header_id = response
-        .headers()
-        .get("x-request-id")
-        .map(|id| id.to_str().unwrap().to_owned())
+fn error(answer: Answer, status: u16) -> Value {
+    let header_id = answer
+        .request_id()
+        .map(str::to_owned)
         .expect("x-request-id header");
-    let actual = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    assert_eq!(actual, status, "{text}");
-    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    let text = &answer.text;
+    assert_eq!(answer.status, status, "{text}");
+    let body = answer.json();
     let error = body["error"].clone();
     assert_eq!(error["request_id"], json!(header_id), "{text}");
     assert!(!header_id.is_empty());
@@ -345,8 +189,8 @@ async fn error(response: reqwest::Response, status: u16) -> Value {
 }
 
 /// The error's `(code, field)`.
-async fn code_and_field(response: reqwest::Response, status: u16) -> (String, Option<String>) {
-    let error = error(response, status).await;
+fn code_and_field(answer: Answer, status: u16) -> (String, Option<String>) {
+    let error = error(answer, status);
     (
         error["code"].as_str().unwrap().to_owned(),
         error["field"].as_str().map(str::to_owned),
@@ -354,19 +198,18 @@ async fn code_and_field(response: reqwest::Response, status: u16) -> (String, Op
 }
 
 /// The host's own 401: a JSON error with a Bearer challenge, before the component ran.
-async fn refused_by_host(response: reqwest::Response) {
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+fn refused_by_host(answer: Answer) {
+    let challenge = answer
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .to_owned();
     assert!(challenge.starts_with("Bearer"), "challenge: {challenge:?}");
-    assert_eq!(error(response, 401).await["code"], "unauthorized");
+    assert_eq!(error(answer, 401)["code"], "unauthorized");
 }
 
 /// The host's own 403: the policy's role is missing, so the component never ran.
-async fn forbidden_by_host(response: reqwest::Response) {
-    let error = error(response, 403).await;
+fn forbidden_by_host(answer: Answer) {
+    let error = error(answer, 403);
     assert_eq!(error["code"], "forbidden");
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("needs the role ADMIN"), "{message}");
@@ -421,13 +264,14 @@ fn assert_user_shape(user: &Value) {
 
 /// Register → `account.registered` → sign in → me → refresh → logout, on `backends`.
 async fn main_flow(backends: Backends) {
-    let shop = Shop::start(&manifest(&[], false), &backends).await;
+    let shop = Shop::start(&manifest(&[], false), setup(&backends, keys())).await;
     let mut observer = shop.observe().await;
     let email = unique_email("ada");
 
     let registered = shop
         .post(
             "/api/accounts/register",
+            None,
             json!({
                 "email": format!("  {}  ", email.to_uppercase()),
                 "password": PASSWORD,
@@ -436,7 +280,7 @@ async fn main_flow(backends: Backends) {
             }),
         )
         .await;
-    let registered = ok(registered, 201).await;
+    let registered = ok(registered, 201);
     let user = &registered["user"];
     assert_user_shape(user);
     assert_eq!(user["email"], json!(email), "stored trimmed and lowercased");
@@ -483,12 +327,13 @@ async fn main_flow(backends: Backends) {
     let again = shop
         .post(
             "/api/accounts/register",
+            None,
             json!({ "email": email, "password": PASSWORD, "name": "Imposter" }),
         )
         .await;
-    assert_eq!(code_and_field(again, 409).await.0, "email_taken");
+    assert_eq!(code_and_field(again, 409).0, "email_taken");
     let other = unique_email("grace");
-    shop.register(&other, "Grace Hopper").await;
+    shop.register(&other, PASSWORD, "Grace Hopper").await;
     let (_, event) = observer.next_about(&[&email, &other]).await;
     assert_eq!(event["data"]["email"], json!(other));
     observer.finish().await;
@@ -497,10 +342,11 @@ async fn main_flow(backends: Backends) {
     let refreshed = shop
         .post(
             "/api/accounts/refresh",
+            None,
             json!({ "refresh_token": token(&session, "refresh_token") }),
         )
         .await;
-    let refreshed = ok(refreshed, 200).await;
+    let refreshed = ok(refreshed, 200);
     assert_ne!(
         token(&refreshed, "access_token"),
         token(&session, "access_token")
@@ -512,15 +358,15 @@ async fn main_flow(backends: Backends) {
     let logout = shop
         .post(
             "/api/accounts/logout",
+            None,
             json!({ "refresh_token": token(&refreshed, "refresh_token") }),
         )
         .await;
-    assert_eq!(logout.status(), 204);
+    assert_eq!(logout.status, 204);
     refused_by_host(
-        shop.get("/api/accounts/me", token(&refreshed, "access_token"))
+        shop.get("/api/accounts/me", Some(token(&refreshed, "access_token")))
             .await,
-    )
-    .await;
+    );
     // The registration's session is another one: still signed in.
     shop.me(token(&registered, "access_token")).await;
     shop.stop().await;
@@ -542,7 +388,11 @@ async fn register_login_me_refresh_logout_on_postgres_redis_and_nats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn registration_validates_every_field() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
+    let shop = Shop::start(
+        &manifest(&[], false),
+        setup(&Backends::embedded(data.path()), keys()),
+    )
+    .await;
     let valid = || {
         json!({
             "email": unique_email("val"),
@@ -583,9 +433,9 @@ async fn registration_validates_every_field() {
         } else {
             body[field] = value;
         }
-        let response = shop.post("/api/accounts/register", body).await;
+        let response = shop.post("/api/accounts/register", None, body).await;
         assert_eq!(
-            code_and_field(response, 400).await,
+            code_and_field(response, 400),
             ("validation_failed".into(), Some(field.into())),
             "{field}: {what}"
         );
@@ -597,61 +447,73 @@ async fn registration_validates_every_field() {
     longest["password"] = json!("p".repeat(256));
     longest["name"] = json!("n".repeat(200));
     longest["phone"] = json!("1".repeat(32));
-    ok(shop.post("/api/accounts/register", longest).await, 201).await;
+    ok(
+        shop.post("/api/accounts/register", None, longest).await,
+        201,
+    );
     let mut shortest = valid();
     shortest["password"] = json!("12345678");
     shortest.as_object_mut().unwrap().remove("phone");
-    let created = ok(shop.post("/api/accounts/register", shortest).await, 201).await;
+    let created = ok(
+        shop.post("/api/accounts/register", None, shortest).await,
+        201,
+    );
     assert_eq!(created["user"]["phone"], Value::Null);
 
     // A role in the body is not a way to become an admin.
     let mut sneaky = valid();
     sneaky["role"] = json!("ADMIN");
-    let created = ok(shop.post("/api/accounts/register", sneaky).await, 201).await;
+    let created = ok(shop.post("/api/accounts/register", None, sneaky).await, 201);
     assert_eq!(created["user"]["role"], "USER");
 
     // Uniqueness ignores case and surrounding spaces.
     let taken = valid();
     ok(
-        shop.post("/api/accounts/register", taken.clone()).await,
+        shop.post("/api/accounts/register", None, taken.clone())
+            .await,
         201,
-    )
-    .await;
+    );
     let mut shouting = valid();
     shouting["email"] = json!(format!(
         " {} ",
         taken["email"].as_str().unwrap().to_uppercase()
     ));
-    let response = shop.post("/api/accounts/register", shouting).await;
-    let conflict = error(response, 409).await;
+    let response = shop.post("/api/accounts/register", None, shouting).await;
+    let conflict = error(response, 409);
     assert_eq!(conflict["code"], "email_taken");
 
     // Bodies that are not a JSON object, and a wrong method.
     let response = shop
         .send(Method::POST, "/api/accounts/register", None, None)
         .await;
-    assert_eq!(code_and_field(response, 400).await.0, "invalid_json");
-    let response = shop.post("/api/accounts/register", json!(["a list"])).await;
-    assert_eq!(code_and_field(response, 400).await.0, "invalid_json");
+    assert_eq!(code_and_field(response, 400).0, "invalid_json");
+    let response = shop
+        .post("/api/accounts/register", None, json!(["a list"]))
+        .await;
+    assert_eq!(code_and_field(response, 400).0, "invalid_json");
     let response = shop
         .send(Method::GET, "/api/accounts/register", None, None)
         .await;
-    assert_eq!(code_and_field(response, 405).await.0, "method_not_allowed");
+    assert_eq!(code_and_field(response, 405).0, "method_not_allowed");
     let response = shop
         .send(Method::GET, "/api/accounts/nothing", None, None)
         .await;
-    assert_eq!(code_and_field(response, 404).await.0, "not_found");
+    assert_eq!(code_and_field(response, 404).0, "not_found");
     shop.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_sign_in_says_the_same_whatever_the_reason() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
+    let shop = Shop::start(
+        &manifest(&[], false),
+        setup(&Backends::embedded(data.path()), keys()),
+    )
+    .await;
     let email = unique_email("same");
-    shop.register(&email, "Same Answer").await;
+    shop.register(&email, PASSWORD, "Same Answer").await;
     let gone = unique_email("gone");
-    let session = shop.register(&gone, "Gone Soon").await;
+    let session = shop.register(&gone, PASSWORD, "Gone Soon").await;
     let deleted = shop
         .send(
             Method::DELETE,
@@ -660,7 +522,7 @@ async fn a_failed_sign_in_says_the_same_whatever_the_reason() {
             None,
         )
         .await;
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(deleted.status, 204);
 
     let mut answers = Vec::new();
     for (who, password) in [
@@ -671,10 +533,11 @@ async fn a_failed_sign_in_says_the_same_whatever_the_reason() {
         let response = shop
             .post(
                 "/api/accounts/login",
+                None,
                 json!({ "email": who, "password": password }),
             )
             .await;
-        let mut answer = error(response, 401).await;
+        let mut answer = error(response, 401);
         assert_eq!(answer["code"], "invalid_credentials", "{who}");
         answer.as_object_mut().unwrap().remove("request_id");
         answers.push(answer);
@@ -684,10 +547,10 @@ async fn a_failed_sign_in_says_the_same_whatever_the_reason() {
 
     // A missing field is the client's mistake, not a failed sign-in.
     let response = shop
-        .post("/api/accounts/login", json!({ "email": email }))
+        .post("/api/accounts/login", None, json!({ "email": email }))
         .await;
     assert_eq!(
-        code_and_field(response, 400).await,
+        code_and_field(response, 400),
         ("validation_failed".into(), Some("password".into()))
     );
     shop.login(&email, PASSWORD).await;
@@ -697,44 +560,48 @@ async fn a_failed_sign_in_says_the_same_whatever_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
+    let shop = Shop::start(
+        &manifest(&[], false),
+        setup(&Backends::embedded(data.path()), keys()),
+    )
+    .await;
     let email = unique_email("rotate");
-    shop.register(&email, "Ro Tate").await;
+    shop.register(&email, PASSWORD, "Ro Tate").await;
     let session = shop.login(&email, PASSWORD).await;
     let first_refresh = token(&session, "refresh_token");
 
     let refresh = |refresh_token: String| {
         shop.post(
             "/api/accounts/refresh",
+            None,
             json!({ "refresh_token": refresh_token }),
         )
     };
-    let rotated = ok(refresh(first_refresh.to_owned()).await, 200).await;
+    let rotated = ok(refresh(first_refresh.to_owned()).await, 200);
     assert_eq!(rotated["token_type"], "Bearer");
     assert_ne!(token(&rotated, "refresh_token"), first_refresh);
     let access = token(&rotated, "access_token");
     assert_eq!(shop.me(access).await["email"], json!(email));
 
     // The used refresh token again: refused, and the whole session ends with it.
-    let reuse = error(refresh(first_refresh.to_owned()).await, 401).await;
+    let reuse = error(refresh(first_refresh.to_owned()).await, 401);
     assert_eq!(reuse["code"], "invalid_refresh_token");
-    refused_by_host(shop.get("/api/accounts/me", access).await).await;
+    refused_by_host(shop.get("/api/accounts/me", Some(access)).await);
     let after = error(
         refresh(token(&rotated, "refresh_token").to_owned()).await,
         401,
-    )
-    .await;
+    );
     assert_eq!(after["code"], "invalid_refresh_token");
 
     // Not a token at all, an access token in its place, and none.
-    let garbage = error(refresh("not-a-token".into()).await, 401).await;
+    let garbage = error(refresh("not-a-token".into()).await, 401);
     assert_eq!(garbage["code"], "invalid_refresh_token");
     let fresh = shop.login(&email, PASSWORD).await;
-    let wrong_kind = error(refresh(token(&fresh, "access_token").to_owned()).await, 401).await;
+    let wrong_kind = error(refresh(token(&fresh, "access_token").to_owned()).await, 401);
     assert_eq!(wrong_kind["code"], "invalid_refresh_token");
-    let response = shop.post("/api/accounts/refresh", json!({})).await;
+    let response = shop.post("/api/accounts/refresh", None, json!({})).await;
     assert_eq!(
-        code_and_field(response, 400).await,
+        code_and_field(response, 400),
         ("validation_failed".into(), Some("refresh_token".into()))
     );
     shop.stop().await;
@@ -743,35 +610,40 @@ async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
 #[tokio::test(flavor = "multi_thread")]
 async fn logout_ends_that_session_only() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
+    let shop = Shop::start(
+        &manifest(&[], false),
+        setup(&Backends::embedded(data.path()), keys()),
+    )
+    .await;
     let email = unique_email("logout");
-    let phone = shop.register(&email, "Log Out").await;
+    let phone = shop.register(&email, PASSWORD, "Log Out").await;
     let laptop = shop.login(&email, PASSWORD).await;
 
     let logout = |refresh_token: &str| {
         shop.post(
             "/api/accounts/logout",
+            None,
             json!({ "refresh_token": refresh_token }),
         )
     };
-    assert_eq!(logout(token(&laptop, "refresh_token")).await.status(), 204);
+    assert_eq!(logout(token(&laptop, "refresh_token")).await.status, 204);
     refused_by_host(
-        shop.get("/api/accounts/me", token(&laptop, "access_token"))
+        shop.get("/api/accounts/me", Some(token(&laptop, "access_token")))
             .await,
-    )
-    .await;
+    );
     let refresh = shop
         .post(
             "/api/accounts/refresh",
+            None,
             json!({ "refresh_token": token(&laptop, "refresh_token") }),
         )
         .await;
-    assert_eq!(error(refresh, 401).await["code"], "invalid_refresh_token");
+    assert_eq!(error(refresh, 401)["code"], "invalid_refresh_token");
     // Logging out twice is fine; the other session goes on.
-    assert_eq!(logout(token(&laptop, "refresh_token")).await.status(), 204);
+    assert_eq!(logout(token(&laptop, "refresh_token")).await.status, 204);
     shop.me(token(&phone, "access_token")).await;
 
-    let garbage = error(logout("garbage").await, 401).await;
+    let garbage = error(logout("garbage").await, 401);
     assert_eq!(garbage["code"], "invalid_refresh_token");
     shop.stop().await;
 }
@@ -779,7 +651,11 @@ async fn logout_ends_that_session_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_me_routes_need_a_token() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
+    let shop = Shop::start(
+        &manifest(&[], false),
+        setup(&Backends::embedded(data.path()), keys()),
+    )
+    .await;
     for (method, path) in [
         (Method::GET, "/api/accounts/me"),
         (Method::PATCH, "/api/accounts/me"),
@@ -787,37 +663,41 @@ async fn the_me_routes_need_a_token() {
         (Method::POST, "/api/accounts/me/password"),
     ] {
         let response = shop.send(method, path, None, Some(json!({}))).await;
-        refused_by_host(response).await;
+        refused_by_host(response);
     }
-    refused_by_host(shop.get("/api/accounts/me", "not.a.token").await).await;
+    refused_by_host(shop.get("/api/accounts/me", Some("not.a.token")).await);
     // The internal bootstrap route does not exist from outside.
     let response = shop
-        .post("/api/accounts/internal/bootstrap", json!({}))
+        .post("/api/accounts/internal/bootstrap", None, json!({}))
         .await;
-    assert_eq!(code_and_field(response, 404).await.0, "not_found");
+    assert_eq!(code_and_field(response, 404).0, "not_found");
     shop.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_changes_only_the_given_fields() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
+    let shop = Shop::start(
+        &manifest(&[], false),
+        setup(&Backends::embedded(data.path()), keys()),
+    )
+    .await;
     let email = unique_email("patch");
     let registered = ok(
         shop.post(
             "/api/accounts/register",
+            None,
             json!({ "email": email, "password": PASSWORD, "name": "Pat Ch", "phone": "555 0100" }),
         )
         .await,
         201,
-    )
-    .await;
+    );
     let access = token(&registered, "access_token");
     let before = registered["user"].clone();
     let patch =
         |body: Value| shop.send(Method::PATCH, "/api/accounts/me", Some(access), Some(body));
 
-    let renamed = ok(patch(json!({ "name": "  Patricia Ch  " })).await, 200).await;
+    let renamed = ok(patch(json!({ "name": "  Patricia Ch  " })).await, 200);
     assert_user_shape(&renamed);
     assert_eq!(renamed["name"], "Patricia Ch");
     assert_eq!(renamed["phone"], "555 0100", "untouched");
@@ -828,15 +708,15 @@ async fn patch_changes_only_the_given_fields() {
         "{renamed}"
     );
 
-    let rephoned = ok(patch(json!({ "phone": "+1 (555) 010-0199" })).await, 200).await;
+    let rephoned = ok(patch(json!({ "phone": "+1 (555) 010-0199" })).await, 200);
     assert_eq!(rephoned["phone"], "+1 (555) 010-0199");
     assert_eq!(rephoned["name"], "Patricia Ch", "untouched");
 
-    let cleared = ok(patch(json!({ "phone": null })).await, 200).await;
+    let cleared = ok(patch(json!({ "phone": null })).await, 200);
     assert_eq!(cleared["phone"], Value::Null);
     assert_eq!(cleared["name"], "Patricia Ch");
 
-    let same = ok(patch(json!({})).await, 200).await;
+    let same = ok(patch(json!({})).await, 200);
     assert_eq!(
         (&same["name"], &same["phone"]),
         (&cleared["name"], &Value::Null)
@@ -852,7 +732,7 @@ async fn patch_changes_only_the_given_fields() {
         (json!({ "role": "ADMIN" }), "role"),
     ] {
         assert_eq!(
-            code_and_field(patch(body.clone()).await, 400).await,
+            code_and_field(patch(body.clone()).await, 400),
             ("validation_failed".into(), Some(field.into())),
             "{body}"
         );
@@ -866,9 +746,13 @@ async fn patch_changes_only_the_given_fields() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_change_ends_every_session() {
     let data = tempfile::tempdir().unwrap();
-    let shop = Shop::start(&manifest(&[], false), &Backends::embedded(data.path())).await;
+    let shop = Shop::start(
+        &manifest(&[], false),
+        setup(&Backends::embedded(data.path()), keys()),
+    )
+    .await;
     let email = unique_email("pw");
-    let first = shop.register(&email, "Pass Word").await;
+    let first = shop.register(&email, PASSWORD, "Pass Word").await;
     let second = shop.login(&email, PASSWORD).await;
     let change = |body: Value| {
         shop.send(
@@ -883,8 +767,7 @@ async fn a_password_change_ends_every_session() {
     let wrong = error(
         change(json!({ "old_password": "not it at all", "new_password": new_password })).await,
         401,
-    )
-    .await;
+    );
     assert_eq!(wrong["code"], "invalid_credentials");
     for (body, field) in [
         (
@@ -899,7 +782,7 @@ async fn a_password_change_ends_every_session() {
         (json!({ "new_password": new_password }), "old_password"),
     ] {
         assert_eq!(
-            code_and_field(change(body.clone()).await, 400).await,
+            code_and_field(change(body.clone()).await, 400),
             ("validation_failed".into(), Some(field.into())),
             "{body}"
         );
@@ -908,28 +791,29 @@ async fn a_password_change_ends_every_session() {
     shop.me(token(&second, "access_token")).await;
 
     let changed = change(json!({ "old_password": PASSWORD, "new_password": new_password })).await;
-    assert_eq!(changed.status(), 204);
+    assert_eq!(changed.status, 204);
     for session in [&first, &second] {
         refused_by_host(
-            shop.get("/api/accounts/me", token(session, "access_token"))
+            shop.get("/api/accounts/me", Some(token(session, "access_token")))
                 .await,
-        )
-        .await;
+        );
         let refresh = shop
             .post(
                 "/api/accounts/refresh",
+                None,
                 json!({ "refresh_token": token(session, "refresh_token") }),
             )
             .await;
-        assert_eq!(error(refresh, 401).await["code"], "invalid_refresh_token");
+        assert_eq!(error(refresh, 401)["code"], "invalid_refresh_token");
     }
     let old = shop
         .post(
             "/api/accounts/login",
+            None,
             json!({ "email": email, "password": PASSWORD }),
         )
         .await;
-    assert_eq!(error(old, 401).await["code"], "invalid_credentials");
+    assert_eq!(error(old, 401)["code"], "invalid_credentials");
     let session = shop.login(&email, new_password).await;
     shop.me(token(&session, "access_token")).await;
     shop.stop().await;
@@ -944,11 +828,11 @@ async fn a_deleted_account_is_gone_but_listed_for_admins() {
             &[("admin_email", &admin_email), ("admin_password", PASSWORD)],
             true,
         ),
-        &Backends::embedded(data.path()),
+        setup(&Backends::embedded(data.path()), keys()),
     )
     .await;
     let email = unique_email("leaving");
-    let first = shop.register(&email, "Lea Ving").await;
+    let first = shop.register(&email, PASSWORD, "Lea Ving").await;
     let second = shop.login(&email, PASSWORD).await;
     let user_id = first["user"]["id"].as_str().unwrap().to_owned();
 
@@ -960,38 +844,36 @@ async fn a_deleted_account_is_gone_but_listed_for_admins() {
             None,
         )
         .await;
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(deleted.status, 204);
     for session in [&first, &second] {
         refused_by_host(
-            shop.get("/api/accounts/me", token(session, "access_token"))
+            shop.get("/api/accounts/me", Some(token(session, "access_token")))
                 .await,
-        )
-        .await;
+        );
     }
     let login = shop
         .post(
             "/api/accounts/login",
+            None,
             json!({ "email": email, "password": PASSWORD }),
         )
         .await;
-    assert_eq!(error(login, 401).await["code"], "invalid_credentials");
+    assert_eq!(error(login, 401)["code"], "invalid_credentials");
 
     // A token that still passes (here minted by another component with the auth grant)
     // finds no account.
     let minted = ok(
         shop.post(
             "/edge/issue",
+            None,
             json!({ "subject": user_id, "roles": ["USER"] }),
         )
         .await,
         200,
-    )
-    .await;
+    );
     let minted = token(&minted, "access_token");
     assert_eq!(
-        code_and_field(shop.get("/api/accounts/me", minted).await, 404)
-            .await
-            .0,
+        code_and_field(shop.get("/api/accounts/me", Some(minted)).await, 404).0,
         "not_found"
     );
     let patch = shop
@@ -1002,20 +884,19 @@ async fn a_deleted_account_is_gone_but_listed_for_admins() {
             Some(json!({ "name": "Back" })),
         )
         .await;
-    assert_eq!(code_and_field(patch, 404).await.0, "not_found");
+    assert_eq!(code_and_field(patch, 404).0, "not_found");
     let again = shop
         .send(Method::DELETE, "/api/accounts/me", Some(minted), None)
         .await;
-    assert_eq!(code_and_field(again, 404).await.0, "not_found");
+    assert_eq!(code_and_field(again, 404).0, "not_found");
 
     // Admins still see it, with when it was deleted; its address may register again.
     let admin = shop.login(&admin_email, PASSWORD).await;
     let list = ok(
-        shop.get("/api/accounts", token(&admin, "access_token"))
+        shop.get("/api/accounts", Some(token(&admin, "access_token")))
             .await,
         200,
-    )
-    .await;
+    );
     let item = list["items"]
         .as_array()
         .unwrap()
@@ -1027,7 +908,7 @@ async fn a_deleted_account_is_gone_but_listed_for_admins() {
         item["deleted_at"].as_str().unwrap().ends_with('Z'),
         "{item}"
     );
-    let again = shop.register(&email, "Lea Ving Again").await;
+    let again = shop.register(&email, PASSWORD, "Lea Ving Again").await;
     assert_ne!(again["user"]["id"], json!(user_id));
     shop.stop().await;
 }
@@ -1041,7 +922,7 @@ async fn admins_list_accounts_and_change_roles() {
             &[("admin_email", &admin_email), ("admin_password", PASSWORD)],
             false,
         ),
-        &Backends::embedded(data.path()),
+        setup(&Backends::embedded(data.path()), keys()),
     )
     .await;
     let admin = shop.login(&admin_email, PASSWORD).await;
@@ -1050,7 +931,11 @@ async fn admins_list_accounts_and_change_roles() {
     let mut ids = Vec::new();
     for n in 1..=5 {
         let session = shop
-            .register(&unique_email(&format!("u{n}")), &format!("User {n}"))
+            .register(
+                &unique_email(&format!("u{n}")),
+                PASSWORD,
+                &format!("User {n}"),
+            )
             .await;
         ids.push(session["user"]["id"].as_str().unwrap().to_owned());
     }
@@ -1060,7 +945,7 @@ async fn admins_list_accounts_and_change_roles() {
     let mut seen = Vec::new();
     for (n, expected) in [(1, 2), (2, 2), (3, 2), (4, 0)] {
         let path = format!("/api/accounts?page={n}&page_size=2");
-        let list = ok(shop.get(&path, admin_token).await, 200).await;
+        let list = ok(shop.get(&path, Some(admin_token)).await, 200);
         assert_eq!(list["total"], 6, "{list}");
         assert_eq!(
             (list["page"].as_u64(), list["page_size"].as_u64()),
@@ -1077,7 +962,7 @@ async fn admins_list_accounts_and_change_roles() {
     let mut newest_first: Vec<String> = ids.iter().rev().cloned().collect();
     newest_first.push(admin_id.clone());
     assert_eq!(seen, newest_first);
-    let defaults = ok(shop.get("/api/accounts", admin_token).await, 200).await;
+    let defaults = ok(shop.get("/api/accounts", Some(admin_token)).await, 200);
     assert_eq!(
         (defaults["page"].as_u64(), defaults["page_size"].as_u64()),
         (Some(1), Some(20))
@@ -1088,18 +973,18 @@ async fn admins_list_accounts_and_change_roles() {
         "/api/accounts?page_size=101",
         "/api/accounts?page=x",
     ] {
-        let (code, field) = code_and_field(shop.get(query, admin_token).await, 400).await;
+        let (code, field) = code_and_field(shop.get(query, Some(admin_token)).await, 400);
         assert_eq!(code, "validation_failed", "{query}");
         assert!(field.is_some(), "{query}");
     }
 
     // A user is refused by the host: 403 with a token, 401 without.
     let user_email = unique_email("climber");
-    let user = shop.register(&user_email, "Clim Ber").await;
+    let user = shop.register(&user_email, PASSWORD, "Clim Ber").await;
     let user_id = user["user"]["id"].as_str().unwrap().to_owned();
     let role_path = format!("/api/accounts/{user_id}/role");
     let user_token = token(&user, "access_token");
-    forbidden_by_host(shop.get("/api/accounts", user_token).await).await;
+    forbidden_by_host(shop.get("/api/accounts", Some(user_token)).await);
     let promote_self = shop
         .send(
             Method::PUT,
@@ -1108,7 +993,7 @@ async fn admins_list_accounts_and_change_roles() {
             Some(json!({ "role": "ADMIN" })),
         )
         .await;
-    forbidden_by_host(promote_self).await;
+    forbidden_by_host(promote_self);
     let anonymous = shop
         .send(
             Method::PUT,
@@ -1117,7 +1002,7 @@ async fn admins_list_accounts_and_change_roles() {
             Some(json!({ "role": "ADMIN" })),
         )
         .await;
-    refused_by_host(anonymous).await;
+    refused_by_host(anonymous);
 
     // The admin: bad roles, unknown ids, then a promotion that ends the user's sessions.
     let shop_ref = &shop;
@@ -1129,46 +1014,43 @@ async fn admins_list_accounts_and_change_roles() {
     };
     for role in [json!("SUPERUSER"), json!("admin"), json!(null), json!(1)] {
         assert_eq!(
-            code_and_field(put_role(role_path.clone(), role.clone()).await, 400).await,
+            code_and_field(put_role(role_path.clone(), role.clone()).await, 400),
             ("validation_failed".into(), Some("role".into())),
             "{role}"
         );
     }
     for unknown in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".to_owned()] {
         let response = put_role(format!("/api/accounts/{unknown}/role"), json!("ADMIN")).await;
-        assert_eq!(code_and_field(response, 404).await.0, "not_found");
+        assert_eq!(code_and_field(response, 404).0, "not_found");
     }
-    let promoted = ok(put_role(role_path.clone(), json!("ADMIN")).await, 200).await;
+    let promoted = ok(put_role(role_path.clone(), json!("ADMIN")).await, 200);
     assert_user_shape(&promoted);
     assert_eq!(
         (&promoted["id"], &promoted["role"]),
         (&json!(user_id), &json!("ADMIN"))
     );
-    refused_by_host(shop.get("/api/accounts/me", user_token).await).await;
+    refused_by_host(shop.get("/api/accounts/me", Some(user_token)).await);
     let user = shop.login(&user_email, PASSWORD).await;
     assert_eq!(user["user"]["role"], "ADMIN");
     let list = ok(
-        shop.get("/api/accounts", token(&user, "access_token"))
+        shop.get("/api/accounts", Some(token(&user, "access_token")))
             .await,
         200,
-    )
-    .await;
+    );
     assert_eq!(list["total"], 7);
 
     // And back: demoted, signed out, a user again at the next sign-in.
-    let demoted = ok(put_role(role_path.clone(), json!("USER")).await, 200).await;
+    let demoted = ok(put_role(role_path.clone(), json!("USER")).await, 200);
     assert_eq!(demoted["role"], "USER");
     refused_by_host(
-        shop.get("/api/accounts", token(&user, "access_token"))
+        shop.get("/api/accounts", Some(token(&user, "access_token")))
             .await,
-    )
-    .await;
+    );
     let user = shop.login(&user_email, PASSWORD).await;
     forbidden_by_host(
-        shop.get("/api/accounts", token(&user, "access_token"))
+        shop.get("/api/accounts", Some(token(&user, "access_token")))
             .await,
-    )
-    .await;
+    );
     shop.stop().await;
 }
 
@@ -1178,9 +1060,9 @@ async fn the_first_admin_comes_from_the_configuration() {
     let backends = Backends::embedded(data.path());
 
     // Without the settings nobody is created; a user registers.
-    let shop = Shop::start(&manifest(&[], false), &backends).await;
+    let shop = Shop::start(&manifest(&[], false), setup(&backends, keys())).await;
     let user_email = unique_email("early");
-    shop.register(&user_email, "Early Bird").await;
+    shop.register(&user_email, PASSWORD, "Early Bird").await;
     shop.stop().await;
 
     // With them, the admin is created (email normalised like any other).
@@ -1193,7 +1075,7 @@ async fn the_first_admin_comes_from_the_configuration() {
             ],
             false,
         ),
-        &backends,
+        setup(&backends, keys()),
     )
     .await;
     let admin = shop.login(&boss, PASSWORD).await;
@@ -1204,11 +1086,10 @@ async fn the_first_admin_comes_from_the_configuration() {
         json!(boss)
     );
     let list = ok(
-        shop.get("/api/accounts", token(&admin, "access_token"))
+        shop.get("/api/accounts", Some(token(&admin, "access_token")))
             .await,
         200,
-    )
-    .await;
+    );
     assert_eq!(list["total"], 2);
     shop.stop().await;
 
@@ -1224,30 +1105,30 @@ async fn the_first_admin_comes_from_the_configuration() {
             ],
             false,
         ),
-        &backends,
+        setup(&backends, keys()),
     )
     .await;
     let early = shop.login(&user_email, PASSWORD).await;
     assert_eq!(early["user"]["role"], "USER");
     let denied = shop
-        .get("/api/accounts", token(&early, "access_token"))
+        .get("/api/accounts", Some(token(&early, "access_token")))
         .await;
-    assert_eq!(error(denied, 403).await["code"], "forbidden");
+    assert_eq!(error(denied, 403)["code"], "forbidden");
     let refused = shop
         .post(
             "/api/accounts/login",
+            None,
             json!({ "email": user_email, "password": "another password" }),
         )
         .await;
-    assert_eq!(error(refused, 401).await["code"], "invalid_credentials");
+    assert_eq!(error(refused, 401)["code"], "invalid_credentials");
     let admin = shop.login(&boss, PASSWORD).await;
     assert_eq!(admin["user"]["role"], "ADMIN");
     let list = ok(
-        shop.get("/api/accounts", token(&admin, "access_token"))
+        shop.get("/api/accounts", Some(token(&admin, "access_token")))
             .await,
         200,
-    )
-    .await;
+    );
     assert_eq!(list["total"], 2);
     shop.stop().await;
 
@@ -1270,7 +1151,9 @@ async fn the_first_admin_comes_from_the_configuration() {
         ),
         (vec![("admin_password", PASSWORD)], "admin_email is not"),
     ] {
-        let Err(message) = Shop::try_start(&manifest(&config, false), &backends).await else {
+        let Err(message) =
+            Shop::try_start(&manifest(&config, false), setup(&backends, keys())).await
+        else {
             panic!("{config:?} must stop the start");
         };
         assert!(message.contains("startup"), "{message}");
@@ -1286,9 +1169,9 @@ async fn the_first_admin_comes_from_the_configuration() {
 async fn passwords_are_argon2id_and_rehashed_when_the_cost_changes() {
     let data = tempfile::tempdir().unwrap();
     let backends = Backends::embedded(data.path());
-    let shop = Shop::start(&manifest(&[], false), &backends).await;
+    let shop = Shop::start(&manifest(&[], false), setup(&backends, keys())).await;
     let email = unique_email("cost");
-    shop.register(&email, "Cos T").await;
+    shop.register(&email, PASSWORD, "Cos T").await;
     let cheap = shop.stored_hash(&email).await;
     assert!(
         cheap.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"),
@@ -1301,14 +1184,15 @@ async fn passwords_are_argon2id_and_rehashed_when_the_cost_changes() {
         &[("argon2_memory_kib", "2048"), ("argon2_iterations", "2")],
         false,
     );
-    let shop = Shop::start(&dearer, &backends).await;
+    let shop = Shop::start(&dearer, setup(&backends, keys())).await;
     let wrong = shop
         .post(
             "/api/accounts/login",
+            None,
             json!({ "email": email, "password": "not the password" }),
         )
         .await;
-    assert_eq!(error(wrong, 401).await["code"], "invalid_credentials");
+    assert_eq!(error(wrong, 401)["code"], "invalid_credentials");
     assert_eq!(
         shop.stored_hash(&email).await,
         cheap,
@@ -1324,14 +1208,19 @@ async fn passwords_are_argon2id_and_rehashed_when_the_cost_changes() {
     assert_eq!(shop.stored_hash(&email).await, rehashed, "rehashed once");
 
     // A cost argon2 cannot use is a clear error, not a crash.
-    let broken = Shop::start(&manifest(&[("argon2_memory_kib", "1")], false), &backends).await;
+    let broken = Shop::start(
+        &manifest(&[("argon2_memory_kib", "1")], false),
+        setup(&backends, keys()),
+    )
+    .await;
     let response = broken
         .post(
             "/api/accounts/login",
+            None,
             json!({ "email": email, "password": PASSWORD }),
         )
         .await;
-    let failure = error(response, 500).await;
+    let failure = error(response, 500);
     assert!(
         failure["message"]
             .as_str()
@@ -1365,17 +1254,17 @@ async fn a_key_rotation_keeps_earlier_tokens_valid_until_the_old_key_is_dropped(
     let new = Keys::ed25519_from_pem(new_private.as_bytes(), new_public.as_bytes()).unwrap();
     assert_ne!(old.kid(), new.kid());
 
-    let shop = Shop::try_start_with_keys(&manifest(&[], false), &backends, old.clone())
+    let shop = Shop::try_start(&manifest(&[], false), setup(&backends, old.clone()))
         .await
         .unwrap();
     let email = unique_email("rotation");
-    shop.register(&email, "Rita Rotation").await;
+    shop.register(&email, PASSWORD, "Rita Rotation").await;
     let before = shop.login(&email, PASSWORD).await;
     assert_eq!(kid(token(&before, "access_token")), old.kid());
     shop.stop().await;
 
     let rotated = new.clone().with_previous_pem(&old_public).unwrap();
-    let shop = Shop::try_start_with_keys(&manifest(&[], false), &backends, rotated)
+    let shop = Shop::try_start(&manifest(&[], false), setup(&backends, rotated))
         .await
         .unwrap();
     assert_eq!(
@@ -1386,13 +1275,13 @@ async fn a_key_rotation_keeps_earlier_tokens_valid_until_the_old_key_is_dropped(
     assert_eq!(kid(token(&after, "access_token")), new.kid());
     shop.stop().await;
 
-    let shop = Shop::try_start_with_keys(&manifest(&[], false), &backends, new)
+    let shop = Shop::try_start(&manifest(&[], false), setup(&backends, new))
         .await
         .unwrap();
     let refused = shop
-        .get("/api/accounts/me", token(&before, "access_token"))
+        .get("/api/accounts/me", Some(token(&before, "access_token")))
         .await;
-    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.status, 401);
     assert_eq!(
         shop.me(token(&after, "access_token")).await["email"],
         json!(email)

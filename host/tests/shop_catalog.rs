@@ -15,88 +15,53 @@
 
 mod common;
 
-use agora_host::HostConfig;
-use common::{Backends, TestHost, TestKeys, component, json_error};
+use common::shop::{Answer, Setup, ShopManifest};
+use common::{Backends, json_error};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const ISSUER: &str = "agora-test";
-const AUDIENCE: &str = "shop";
 const ADMIN_API_TOKEN: &str = "catalog-tests-admin-api-token";
 
-/// The catalog's route policies, as its main.rs documents them.
-const POLICIES: &str = r#"
-[[component.policy]]
-routes = ["/api/products/..."]
-methods = ["POST", "PATCH", "PUT", "DELETE"]
-roles = ["ADMIN"]
-
-[[component.policy]]
-routes = ["/api/products/internal/..."]
-access = "internal"
-"#;
-
-fn manifest() -> String {
-    let catalog = component("catalog").display().to_string();
-    let caller = component("fixture-catalog-caller").display().to_string();
-    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../components/catalog/migrations")
-        .display()
-        .to_string();
-    format!(
-        r#"[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-
-[[component]]
-name = "catalog"
-source = {catalog:?}
-routes = ["/api/products/..."]
-migrations = {migrations:?}
-grants = {{ sql = true, cache = true }}
-config = {{ cache_ttl_s = "60" }}
-{POLICIES}
-[[component]]
-name = "catalog-caller"
-source = {caller:?}
-routes = ["/call/..."]
-grants = {{ http = ["http://catalog.agora.internal"] }}
-"#
-    )
+/// agora.toml's catalog without its sample products (a test counts what it lists), and the
+/// caller fixture at `/call/...`, which forwards to `http://catalog.agora.internal`.
+fn manifest() -> ShopManifest {
+    ShopManifest::load()
+        .only(&["catalog"])
+        .config("catalog", "sample_products", "false")
+        .with(&common::component_table(
+            "catalog-caller",
+            "fixture-catalog-caller",
+            &["/call/..."],
+            r#"grants = { http = ["http://catalog.agora.internal"] }"#,
+        ))
 }
 
 /// A running shop with the catalog, tokens for an admin and a user, and a tag unique to the
 /// test for SKUs, names and categories.
 struct Shop {
-    host: TestHost,
-    http: reqwest::Client,
+    shop: common::shop::Shop,
     admin: String,
     user: String,
     tag: String,
     /// `x-cache` values seen by [`Shop::product`].
     hits: AtomicU64,
     misses: AtomicU64,
-    _sql_dir: tempfile::TempDir,
 }
 
-/// An answer: status, headers, body (JSON, `null` when empty).
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+impl std::ops::Deref for Shop {
+    type Target = common::shop::Shop;
+    fn deref(&self) -> &common::shop::Shop {
+        &self.shop
+    }
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
     /// Asserts the status and agora's error shape (`request_id` = the `x-request-id` header)
     /// and returns the error object.
     fn error(&self, status: u16, code: &str) -> &Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        let error = &self.body["error"];
+        assert_eq!(self.status, status, "{}", self.text);
+        let error = &self.json()["error"];
         assert_eq!(error["code"], code, "{}", self.body);
         assert!(
             !error["message"].as_str().unwrap().is_empty(),
@@ -122,72 +87,22 @@ impl Answer {
 
 impl Shop {
     async fn start(backends: &Backends) -> Shop {
-        let signer = TestKeys::new();
-        let keys = signer.keys.clone();
-        let sql_dir = tempfile::tempdir().unwrap();
-        let database_url = backends
-            .database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", sql_dir.path().join("sql").display()));
-        let redis_url = backends.redis_url.clone();
-        let host = TestHost::start_full(
-            &manifest(),
-            move |config: &mut HostConfig| {
-                config.auth_keys = Some(keys);
-                config.database_url = Some(database_url);
-                config.redis_url = redis_url;
-            },
-            Some(ADMIN_API_TOKEN),
-        )
-        .await;
-        let sign = |roles: &[&str]| {
-            let subject = uuid::Uuid::new_v4().to_string();
-            signer.sign(&common::access_claims(&subject, roles, ISSUER, AUDIENCE))
+        // The catalog publishes and subscribes to nothing: no NATS.
+        let backends = Backends {
+            nats_url: None,
+            ..backends.clone()
         };
+        let setup = Setup::new(backends).admin_api(ADMIN_API_TOKEN);
+        let shop = common::shop::Shop::start(&manifest(), setup).await;
+        let sign = |roles: &[&str]| shop.token(&uuid::Uuid::new_v4().to_string(), roles);
         Shop {
             admin: sign(&["USER", "ADMIN"]),
             user: sign(&["USER"]),
-            host,
-            http: reqwest::Client::new(),
+            shop,
             tag: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            _sql_dir: sql_dir,
         }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Answer {
-        let mut request = self.http.request(method, self.host.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.send(Method::GET, path, None, None).await
     }
 
     /// As the admin.
@@ -221,7 +136,7 @@ impl Shop {
 
     /// `GET /api/products/{id}`: the answer and its `x-cache`.
     async fn product(&self, id: &str) -> (Answer, String) {
-        let answer = self.get(&format!("/api/products/{id}")).await;
+        let answer = self.get(&format!("/api/products/{id}"), None).await;
         let cache = answer
             .header("x-cache")
             .unwrap_or_else(|| panic!("no x-cache header: {}", answer.body))
@@ -465,8 +380,7 @@ async fn admin_writes(backends: Backends) {
         .await;
     refused.error(401, "unauthorized");
     assert!(refused.header("www-authenticate").is_some());
-    let response = shop
-        .http
+    let response = reqwest::Client::new()
         .post(shop.host.url("/api/products"))
         .bearer_auth(&shop.user)
         .json(&body)
@@ -558,7 +472,7 @@ async fn lists(backends: Backends) {
 
     let shop = &shop;
     let list = |query: String| async move {
-        let answer = shop.get(&format!("/api/products?{query}")).await;
+        let answer = shop.get(&format!("/api/products?{query}"), None).await;
         assert_eq!(answer.status, 200, "{query}: {}", answer.body);
         answer.body
     };
@@ -645,7 +559,7 @@ async fn lists(backends: Backends) {
         ("page=0", "page"),
         ("page=x", "page"),
     ] {
-        shop.get(&format!("/api/products?category={category}&{query}"))
+        shop.get(&format!("/api/products?category={category}&{query}"), None)
             .await
             .invalid(field);
     }
@@ -730,8 +644,7 @@ async fn cache(backends: Backends) {
         "http://{}/admin/components/catalog",
         shop.host.admin_addr.unwrap()
     );
-    let described: Value = shop
-        .http
+    let described: Value = reqwest::Client::new()
         .get(admin_api)
         .bearer_auth(ADMIN_API_TOKEN)
         .send()

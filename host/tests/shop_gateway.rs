@@ -12,199 +12,52 @@
 
 mod common;
 
-use agora_auth::Keys;
+use common::shop::{Setup, ShopManifest};
 use common::{TestHost, component, json_error};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const ISSUER: &str = "agora-test";
-const AUDIENCE: &str = "shop";
 const PASSWORD: &str = "correct horse battery";
 const ADMIN_EMAIL: &str = "boss@shop.test";
 
 /// How long an order may take to become PAID through the events.
 const PAID_WITHIN: Duration = Duration::from_secs(20);
 
-/// `components/NAME/migrations`, absolute.
-fn migrations(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../components")
-        .join(name)
-        .join("migrations")
-        .display()
-        .to_string()
+/// The whole shop, agora.toml as it is (for a test), with a first admin and no sample products.
+fn manifest() -> ShopManifest {
+    ShopManifest::load()
+        .first_admin(ADMIN_EMAIL, PASSWORD)
+        .config("catalog", "sample_products", "false")
 }
 
-/// The gateway's table, as its main.rs documents it.
-fn gateway_table() -> String {
-    format!(
-        r#"
-[[component]]
-name = "gateway"
-source = {:?}
-routes = ["/graphql"]
-grants = {{ http = ["http://account.agora.internal", "http://catalog.agora.internal", "http://order.agora.internal", "http://notification.agora.internal"] }}
-
-[[component.policy]]
-access = "public"
-rate_limit = {{ per_ip = "50/s" }}
-
-[component.limits]
-body_kib = 64
-deadline_ms = 10000
-"#,
-        component("gateway").display().to_string()
-    )
-}
-
-/// The whole shop: the gateway and the five components it fronts or that react to events,
-/// with the tables their main.rs document (account with cheap argon2 and a first admin).
-fn manifest() -> String {
-    let source = |name: &str| format!("{:?}", component(name).display().to_string());
-    let migrations = |name: &str| format!("{:?}", migrations(name));
-    let mut text = format!("[auth]\nissuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n");
-    text.push_str(&gateway_table());
-    text.push_str(&format!(
-        r#"
-[[component]]
-name = "account"
-source = {}
-routes = ["/api/accounts", "/api/accounts/..."]
-migrations = {}
-startup = "/api/accounts/internal/bootstrap"
-grants = {{ sql = true, auth = true, publish = ["account.registered"] }}
-config = {{ argon2_memory_kib = "1024", argon2_iterations = "1", admin_email = {ADMIN_EMAIL:?}, admin_password = {PASSWORD:?} }}
-
-[[component.policy]]
-routes = ["/api/accounts/me/..."]
-access = "authenticated"
-
-[[component.policy]]
-routes = ["/api/accounts"]
-methods = ["GET"]
-roles = ["ADMIN"]
-
-[[component.policy]]
-routes = ["/api/accounts/*/role"]
-methods = ["PUT"]
-roles = ["ADMIN"]
-
-[[component.policy]]
-routes = ["/api/accounts/internal/..."]
-access = "internal"
-
-[[component]]
-name = "catalog"
-source = {}
-routes = ["/api/products/..."]
-migrations = {}
-grants = {{ sql = true, cache = true }}
-config = {{ cache_ttl_s = "60" }}
-
-[[component.policy]]
-routes = ["/api/products/..."]
-methods = ["POST", "PATCH", "PUT", "DELETE"]
-roles = ["ADMIN"]
-
-[[component.policy]]
-routes = ["/api/products/internal/..."]
-access = "internal"
-
-[[component]]
-name = "order"
-source = {}
-routes = ["/api/orders/..."]
-migrations = {}
-grants = {{ sql = true, publish = ["order.*"], http = ["http://catalog.agora.internal"] }}
-
-[[component.policy]]
-access = "authenticated"
-
-[component.messaging]
-subscribe = ["payment.succeeded", "payment.failed"]
-
-[[component]]
-name = "payment"
-source = {}
-routes = ["/api/payments/..."]
-migrations = {}
-grants = {{ sql = true, publish = ["payment.*"] }}
-
-[[component.policy]]
-access = "authenticated"
-
-[component.messaging]
-subscribe = ["order.created"]
-
-[[component]]
-name = "notification"
-source = {}
-routes = ["/api/notifications", "/api/notifications/..."]
-migrations = {}
-grants = {{ sql = true }}
-
-[[component.policy]]
-access = "authenticated"
-
-[component.messaging]
-subscribe = ["account.registered", "order.created", "order.paid", "payment.failed"]
-"#,
-        source("account"),
-        migrations("account"),
-        source("catalog"),
-        migrations("catalog"),
-        source("order"),
-        migrations("order"),
-        source("payment"),
-        migrations("payment"),
-        source("notification"),
-        migrations("notification"),
-    ));
-    text
-}
-
-/// A host serving the shop, with databases of its own (SQLite files in `_data`); the compile
-/// cache is the one the tests share.
+/// A host serving the shop, with databases of its own; the compile cache is the one the tests
+/// share.
 struct Shop {
-    host: TestHost,
-    _data: tempfile::TempDir,
-    http: reqwest::Client,
+    shop: common::shop::Shop,
+}
+
+impl std::ops::Deref for Shop {
+    type Target = common::shop::Shop;
+    fn deref(&self) -> &common::shop::Shop {
+        &self.shop
+    }
 }
 
 impl Shop {
     async fn start() -> Shop {
-        let data = tempfile::tempdir().unwrap();
-        let database_url = format!("sqlite://{}", data.path().join("sql").display());
-        let (private, public) = Keys::generate_ed25519_pem().unwrap();
-        let keys = Keys::ed25519_from_pem(private.as_bytes(), public.as_bytes()).unwrap();
-        let host = TestHost::start_with(&manifest(), move |config| {
-            config.database_url = Some(database_url);
-            config.auth_keys = Some(keys);
-        })
-        .await;
         Shop {
-            host,
-            _data: data,
-            http: reqwest::Client::new(),
+            shop: common::shop::Shop::start(&manifest(), Setup::embedded()).await,
         }
     }
 
     /// POSTs a GraphQL request to /graphql (with a bearer token when given); expects 200 and
     /// returns the answer `{data, errors?}`.
     async fn graphql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
-        let mut request = self
-            .http
-            .post(self.host.url("/graphql"))
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        body
+        let body = json!({ "query": query, "variables": variables });
+        let answer = self.shop.post("/graphql", token, body).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.json().clone()
     }
 
     /// Like [`Shop::graphql`], and the answer must have no errors; returns `data`.
@@ -476,7 +329,7 @@ async fn the_shop_through_graphql_from_registration_to_a_paid_order_and_its_noti
         "the admin sees another user's notification: {theirs}"
     );
 
-    shop.host.stop().await;
+    shop.shop.stop().await;
 }
 
 #[tokio::test]
@@ -594,7 +447,7 @@ async fn callee_errors_become_graphql_errors_with_code_and_status_and_keep_parti
         .await;
     single_error(&answer, "not_found", 404);
 
-    shop.host.stop().await;
+    shop.shop.stop().await;
 }
 
 #[tokio::test]
@@ -645,7 +498,12 @@ async fn queries_are_limited_and_bad_requests_refused() {
     );
 
     // Not a GraphQL request: 400 with the error in agora's shape and as a GraphQL error.
-    let response = shop.http.post(&url).body("not json").send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(&url)
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
     let request_id = response.headers()["x-request-id"]
         .to_str()
@@ -661,8 +519,7 @@ async fn queries_are_limited_and_bad_requests_refused() {
 
     // Over the host's body limit (64 KiB): 413 before the gateway runs.
     let padding = " ".repeat(70 * 1024);
-    let response = shop
-        .http
+    let response = reqwest::Client::new()
         .post(&url)
         .json(&json!({ "query": format!("{{ __typename {padding}}}") }))
         .send()
@@ -672,13 +529,13 @@ async fn queries_are_limited_and_bad_requests_refused() {
     assert_eq!(code, "body_too_large");
 
     // Other methods.
-    let response = shop.http.delete(&url).send().await.unwrap();
+    let response = reqwest::Client::new().delete(&url).send().await.unwrap();
     assert_eq!(response.headers()["allow"], "GET, HEAD, POST");
     let (code, _, _) = json_error(response, 405).await;
     assert_eq!(code, "method_not_allowed");
 
     // GET serves the GraphiQL page.
-    let response = shop.http.get(&url).send().await.unwrap();
+    let response = reqwest::Client::new().get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -693,7 +550,7 @@ async fn queries_are_limited_and_bad_requests_refused() {
     assert!(page.contains("<title>GraphiQL"), "{page}");
     assert!(page.contains("<noscript>"), "{page}");
 
-    shop.host.stop().await;
+    shop.shop.stop().await;
 }
 
 /// The Chromium binary, if one is installed.

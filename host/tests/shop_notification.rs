@@ -7,59 +7,50 @@
 
 mod common;
 
-use common::{TestHost, TestKeys, component, json_error, unique_name};
+use common::shop::{Setup, ShopManifest};
+use common::{json_error, unique_name};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn manifest() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
-    format!(
-        r#"
-[[component]]
-name = "notification"
-source = {notification:?}
-routes = ["/api/notifications", "/api/notifications/..."]
-migrations = {notification_migrations:?}
-grants = {{ sql = true }}
-[component.messaging]
-subscribe = ["account.registered", "order.created", "order.paid", "payment.failed"]
-backoff_ms = 50
-[[component.policy]]
-access = "authenticated"
-
-[[component]]
-name = "publisher"
-source = {example:?}
-routes = ["/publisher/..."]
-migrations = {example_migrations:?}
-grants = {{ sql = true, cache = true, publish = ["account.*", "order.*", "payment.*"] }}
-"#,
-        notification = component("notification").display().to_string(),
-        notification_migrations = dir.join("notification/migrations").display().to_string(),
-        example = component("example").display().to_string(),
-        example_migrations = dir.join("example/migrations").display().to_string(),
-    )
+/// agora.toml's notification, redelivering quickly, and components/example as the publisher
+/// of the events (its `POST /publisher/publish/{subject}` route).
+fn manifest() -> ShopManifest {
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components/example/migrations");
+    ShopManifest::load()
+        .only(&["notification"])
+        .set("notification", "messaging.backoff_ms", 50)
+        .with(&common::component_table(
+            "publisher",
+            "example",
+            &["/publisher/..."],
+            &format!(
+                "migrations = {:?}\ngrants = {{ sql = true, cache = true, publish = [\"account.*\", \"order.*\", \"payment.*\"] }}",
+                migrations.display().to_string()
+            ),
+        ))
 }
 
 struct Shop {
-    host: TestHost,
-    keys: TestKeys,
+    shop: common::shop::Shop,
+}
+
+impl std::ops::Deref for Shop {
+    type Target = common::shop::Shop;
+    fn deref(&self) -> &common::shop::Shop {
+        &self.shop
+    }
 }
 
 impl Shop {
     async fn start() -> Shop {
-        let keys = TestKeys::new();
-        let host_keys = keys.keys.clone();
-        let host = TestHost::start_with(&manifest(), move |config| {
-            config.auth_keys = Some(host_keys);
-        })
-        .await;
-        Shop { host, keys }
+        Shop {
+            shop: common::shop::Shop::start(&manifest(), Setup::embedded()).await,
+        }
     }
 
     fn token(&self, user: &str) -> String {
-        self.keys.token(user, &["USER"])
+        self.shop.token(user, &["USER"])
     }
 
     /// Publishes `event` (an envelope) on its type's subject through the example component.
@@ -75,14 +66,10 @@ impl Shop {
     }
 
     async fn notifications(&self, user: &str, query: &str) -> Value {
-        let response = reqwest::Client::new()
-            .get(self.host.url(&format!("/api/notifications{query}")))
-            .bearer_auth(self.token(user))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
+        let path = format!("/api/notifications{query}");
+        let answer = self.shop.get(&path, Some(&self.token(user))).await;
+        assert_eq!(answer.status, 200);
+        answer.body
     }
 
     /// Waits (up to 20 s) until `user` has `count` notifications.
@@ -233,5 +220,5 @@ async fn each_event_becomes_one_notification_for_its_user_only() {
         .await
         .unwrap();
     json_error(anonymous, 401).await;
-    shop.host.stop().await;
+    shop.shop.stop().await;
 }

@@ -19,16 +19,12 @@
 
 mod common;
 
-use agora_auth::Keys;
-use agora_host::HostConfig;
-use common::{Backends, TestHost, TestKeys, component};
+use common::Backends;
+use common::shop::{Answer, Setup, ShopManifest};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const ISSUER: &str = "agora-test";
-const AUDIENCE: &str = "shop";
 
 /// How long an order may take to reach its final state.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -59,90 +55,32 @@ const NO_PAYMENT: Parts = Parts {
     payment: false,
 };
 
-fn migrations(name: &str) -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../components/{name}/migrations"))
-        .display()
-        .to_string()
-}
-
-/// The manifest: the tables documented in each component's main.rs, with quick redeliveries.
-fn manifest(parts: Parts) -> String {
-    let mut text = format!("[auth]\nissuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n");
+/// agora.toml's order, with `parts`' catalog and payment, redelivering quickly; the payment
+/// takes the test cards (`tok_trap_once`).
+fn manifest(parts: Parts) -> ShopManifest {
+    let mut manifest = ShopManifest::load()
+        .only(&["catalog", "order", "payment"])
+        .config("catalog", "sample_products", "false")
+        .config("payment", "test_payment_methods", "true");
+    for quick in ["order", "payment"] {
+        manifest = manifest.set(quick, "messaging.backoff_ms", 100).set(
+            quick,
+            "messaging.backoff_max_ms",
+            1000,
+        );
+    }
     if parts.catalog == Catalog::Trapping {
-        text.push_str(&format!(
-            "\n[[component]]\nname = \"catalog\"\nsource = {:?}\nroutes = [\"/api/products/...\"]\n",
-            component("fixture-trap").display().to_string()
+        manifest = manifest.without("catalog").with(&common::component_table(
+            "catalog",
+            "fixture-trap",
+            &["/api/products/..."],
+            "",
         ));
     }
-    if parts.catalog == Catalog::Real {
-        text.push_str(&format!(
-            r#"
-[[component]]
-name = "catalog"
-source = {source:?}
-routes = ["/api/products/..."]
-migrations = {migrations:?}
-grants = {{ sql = true, cache = true }}
-config = {{ cache_ttl_s = "60" }}
-
-[[component.policy]]
-routes = ["/api/products/..."]
-methods = ["POST", "PATCH", "PUT", "DELETE"]
-roles = ["ADMIN"]
-
-[[component.policy]]
-routes = ["/api/products/internal/..."]
-access = "internal"
-"#,
-            source = component("catalog").display().to_string(),
-            migrations = migrations("catalog"),
-        ));
+    if !parts.payment {
+        manifest = manifest.without("payment");
     }
-    text.push_str(&format!(
-        r#"
-[[component]]
-name = "order"
-source = {source:?}
-routes = ["/api/orders/..."]
-migrations = {migrations:?}
-grants = {{ sql = true, publish = ["order.*"], http = ["http://catalog.agora.internal"] }}
-
-[[component.policy]]
-access = "authenticated"
-
-[component.messaging]
-subscribe = ["payment.succeeded", "payment.failed"]
-backoff_ms = 100
-backoff_max_ms = 1000
-"#,
-        source = component("order").display().to_string(),
-        migrations = migrations("order"),
-    ));
-    if parts.payment {
-        text.push_str(&format!(
-            r#"
-[[component]]
-name = "payment"
-source = {source:?}
-routes = ["/api/payments/..."]
-migrations = {migrations:?}
-grants = {{ sql = true, publish = ["payment.*"] }}
-config = {{ test_payment_methods = "true" }}
-
-[[component.policy]]
-access = "authenticated"
-
-[component.messaging]
-subscribe = ["order.created"]
-backoff_ms = 100
-backoff_max_ms = 1000
-"#,
-            source = component("payment").display().to_string(),
-            migrations = migrations("payment"),
-        ));
-    }
-    text
+    manifest
 }
 
 /// A signed-in user: the id (the token's subject) and an access token.
@@ -152,19 +90,11 @@ struct User {
     token: String,
 }
 
-/// An answer: status and body (JSON, `null` when empty).
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    request_id: Option<String>,
-    body: Value,
-}
-
 impl Answer {
     /// Asserts the status and agora's error shape, and returns the error object.
     fn error(&self, status: u16, code: &str) -> &Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        let error = &self.body["error"];
+        assert_eq!(self.status, status, "{}", self.text);
+        let error = &self.json()["error"];
         assert_eq!(error["code"], code, "{}", self.body);
         assert!(
             !error["message"].as_str().unwrap().is_empty(),
@@ -173,7 +103,7 @@ impl Answer {
         );
         assert_eq!(
             error["request_id"].as_str(),
-            self.request_id.as_deref(),
+            self.request_id(),
             "the body and the x-request-id header carry the same id: {}",
             self.body
         );
@@ -185,83 +115,44 @@ impl Answer {
         let error = self.error(400, "validation_failed");
         assert_eq!(error["field"], field, "{}", self.body);
     }
-
-    fn ok(&self, status: u16) -> &Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        &self.body
-    }
 }
 
 /// A running shop, tokens for an admin, and a tag unique to the test for SKUs.
 struct Shop {
-    host: TestHost,
-    http: reqwest::Client,
-    signer: TestKeys,
+    shop: common::shop::Shop,
     admin: User,
     tag: String,
-    backends: Backends,
-    database_url: String,
-    sql_dir: tempfile::TempDir,
 }
 
 impl Shop {
     async fn start(backends: &Backends, parts: Parts) -> Shop {
-        let signer = TestKeys::new();
-        let sql_dir = tempfile::tempdir().unwrap();
-        let database_url = backends
-            .database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", sql_dir.path().join("sql").display()));
-        let host = Shop::host(backends, &database_url, &signer.keys, parts).await;
+        let shop = common::shop::Shop::start(&manifest(parts), Setup::new(backends.clone())).await;
         let mut shop = Shop {
-            host,
-            http: reqwest::Client::new(),
-            signer,
+            shop,
             admin: User {
                 id: String::new(),
                 token: String::new(),
             },
             tag: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
-            backends: backends.clone(),
-            database_url,
-            sql_dir,
         };
         shop.admin = shop.user(&["USER", "ADMIN"]);
         shop
     }
 
-    async fn host(backends: &Backends, database_url: &str, keys: &Keys, parts: Parts) -> TestHost {
-        let (keys, db, redis_url, nats_url) = (
-            keys.clone(),
-            database_url.to_owned(),
-            backends.redis_url.clone(),
-            backends.nats_url.clone(),
-        );
-        TestHost::start_with(&manifest(parts), move |config: &mut HostConfig| {
-            config.auth_keys = Some(keys);
-            config.database_url = Some(db);
-            config.redis_url = redis_url;
-            config.nats_url = nats_url;
-        })
-        .await
-    }
-
     /// Stops the host and starts another one with `parts` on the same data and keys.
     async fn restart(mut self, parts: Parts) -> Shop {
-        let next = Shop::host(&self.backends, &self.database_url, &self.signer.keys, parts).await;
-        std::mem::replace(&mut self.host, next).stop().await;
+        self.shop = self.shop.restart(&manifest(parts)).await;
         self
     }
 
     /// A new user with `roles` and a signed access token.
     fn user(&self, roles: &[&str]) -> User {
         let id = uuid::Uuid::new_v4().to_string();
-        let token = self
-            .signer
-            .sign(&common::access_claims(&id, roles, ISSUER, AUDIENCE));
+        let token = self.shop.token(&id, roles);
         User { id, token }
     }
 
+    /// `method path` as `user`, with a JSON `body`.
     async fn send(
         &self,
         method: Method,
@@ -269,31 +160,10 @@ impl Shop {
         user: Option<&User>,
         body: Option<Value>,
     ) -> Answer {
-        let mut request = self.http.request(method, self.host.url(path));
-        if let Some(user) = user {
-            request = request.bearer_auth(&user.token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
-        };
-        Answer {
-            status,
-            request_id,
-            body,
-        }
+        let token = user.map(|user| user.token.as_str());
+        let answer = self.shop.send(method, path, token, body).await;
+        answer.json();
+        answer
     }
 
     /// Creates a product priced `price_cents` with `stock` units; returns its id.
@@ -385,7 +255,7 @@ impl Shop {
 
     /// The payment component's own database (the same one the host uses).
     async fn payment_db(&self) -> Arc<dyn agora_sql::Namespace> {
-        let backend = agora_sql::connect(Some(&self.database_url), self.sql_dir.path())
+        let backend = agora_sql::connect(Some(&self.shop.database_url), self.shop.data_dir())
             .await
             .unwrap();
         backend.namespace("payment").await.unwrap()
@@ -553,9 +423,8 @@ async fn unknown_products_short_stock_and_invalid_orders_are_refused() {
             .await;
         answer.invalid(field);
     }
-    let answer = shop
-        .http
-        .post(shop.host.url("/api/orders"))
+    let answer = reqwest::Client::new()
+        .post(shop.shop.host.url("/api/orders"))
         .bearer_auth(&alice.token)
         .body("{not json")
         .send()

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod process;
+pub mod shop;
 
 use agora_host::{Drained, Host, HostConfig};
 use std::net::SocketAddr;
@@ -68,15 +69,24 @@ impl TestHost {
         adjust: impl FnOnce(&mut HostConfig),
         admin_token: Option<&str>,
     ) -> TestHost {
+        TestHost::try_start_full(manifest, adjust, admin_token)
+            .await
+            .unwrap_or_else(|err| panic!("host failed to load: {err}"))
+    }
+
+    /// Like [`TestHost::start_full`]; the load error as text when the host does not load.
+    pub async fn try_start_full(
+        manifest: &str,
+        adjust: impl FnOnce(&mut HostConfig),
+        admin_token: Option<&str>,
+    ) -> Result<TestHost, String> {
         let dir = tempfile::tempdir().unwrap();
         let manifest_path = dir.path().join("agora.toml");
         std::fs::write(&manifest_path, manifest).unwrap();
         let mut config = HostConfig::new(&manifest_path);
         config.data_dir = shared_data_dir();
         adjust(&mut config);
-        let host = Host::load(&config)
-            .await
-            .unwrap_or_else(|err| panic!("host failed to load: {err}"));
+        let host = Host::load(&config).await.map_err(|err| err.to_string())?;
         let mut admin_addr = None;
         let host = match admin_token {
             Some(token) => {
@@ -93,14 +103,22 @@ impl TestHost {
         let task = tokio::spawn(host.serve(listener, async {
             let _ = signal.await;
         }));
-        TestHost {
+        Ok(TestHost {
             addr,
             admin_addr,
             dir,
             shutdown: Some(shutdown),
             task: Some(task),
             registry,
-        }
+        })
+    }
+
+    /// The version of `component` serving now (its granted capabilities, to look behind it).
+    pub fn component(&self, component: &str) -> Arc<agora_host::component::LoadedComponent> {
+        self.registry
+            .get(component)
+            .unwrap_or_else(|| panic!("no component `{component}`"))
+            .current()
     }
 
     /// Instances of `component` running right now (requests and events holding one of its
