@@ -613,6 +613,25 @@ async fn cache(backends: Backends) {
     let (read, cache) = shop.product(&id).await;
     assert_eq!((cache.as_str(), &read.body), ("hit", &patched.body));
 
+    // An id is a UUID: its upper-case spelling is the same product and the same cache entry,
+    // and a change through either spelling drops that one entry.
+    let upper = id.to_ascii_uppercase();
+    let (read, cache) = shop.product(&upper).await;
+    assert_eq!((read.status, cache.as_str()), (200, "hit"), "{}", read.body);
+    assert_eq!(read.body, patched.body);
+    let repriced = shop
+        .admin(
+            Method::PATCH,
+            &format!("/api/products/{upper}"),
+            Some(json!({"price_cents": 1234})),
+        )
+        .await;
+    assert_eq!(repriced.status, 200, "{}", repriced.body);
+    for spelling in [&id, &upper] {
+        let (read, _) = shop.product(spelling).await;
+        assert_eq!(read.body["price_cents"], json!(1234), "{spelling}: {}", read.body);
+    }
+
     // So do stock changes by reserve and release.
     let reservation = new_id();
     let reserved = shop
