@@ -629,7 +629,12 @@ async fn cache(backends: Backends) {
     assert_eq!(repriced.status, 200, "{}", repriced.body);
     for spelling in [&id, &upper] {
         let (read, _) = shop.product(spelling).await;
-        assert_eq!(read.body["price_cents"], json!(1234), "{spelling}: {}", read.body);
+        assert_eq!(
+            read.body["price_cents"],
+            json!(1234),
+            "{spelling}: {}",
+            read.body
+        );
     }
 
     // So do stock changes by reserve and release.
