@@ -202,6 +202,54 @@ impl From<String> for RelayError {
     }
 }
 
+/// What one relay pass decided for the outbox rows it read, in order: the rows to delete
+/// (published, or refused for good) and, among them, those to keep in `_agora_outbox_dead`
+/// with their reason. Both backends relay through [`relay_rows`] and only write its plan.
+#[derive(Debug, Default)]
+pub(crate) struct RelayPlan {
+    /// The `seq` of every row done with.
+    pub done: Vec<i64>,
+    /// The rows refused for good: `seq` and why.
+    pub dead: Vec<(i64, String)>,
+}
+
+/// Publishes `rows` (their `seq`, and the row as a message or why it cannot be read as one)
+/// in order. A row published is done; a row refused for good ([`RelayError::Reject`], or
+/// unreadable) is done and dead; the first retryable failure stops the pass, leaving that row
+/// and the ones after it for the next — order is kept. `place` names the outbox in logs.
+pub(crate) async fn relay_rows(
+    rows: Vec<(i64, Result<OutboxMessage, String>)>,
+    publish: &PublishFn,
+    place: &str,
+) -> RelayPlan {
+    let mut plan = RelayPlan::default();
+    for (seq, row) in rows {
+        let rejected = match row {
+            Ok(message) => match publish(&message).await {
+                Ok(()) => None,
+                Err(RelayError::Retry(err)) => {
+                    tracing::warn!(outbox = %place, id = %message.id,
+                        subject = %message.subject, error = %err,
+                        "outbox relay stopped: publish failed, the message stays");
+                    break;
+                }
+                Err(RelayError::Reject(reason)) => Some(format!(
+                    "message {} to {}: {reason}",
+                    message.id, message.subject
+                )),
+            },
+            Err(err) => Some(format!("the row cannot be read as a message: {err}")),
+        };
+        if let Some(reason) = rejected {
+            tracing::error!(outbox = %place, seq, %reason,
+                "outbox row moved to _agora_outbox_dead: it can never be published");
+            plan.dead.push((seq, reason));
+        }
+        plan.done.push(seq);
+    }
+    plan
+}
+
 /// The publish callback of [`Namespace::relay_outbox`]: publishes one message, or says why not.
 pub type PublishFn =
     dyn for<'a> Fn(&'a OutboxMessage) -> BoxFuture<'a, Result<(), RelayError>> + Send + Sync;

@@ -43,7 +43,7 @@
 //!   `agora-host`: migrations, set-up, the outbox relay).
 
 use crate::backend::{
-    Bounds, Namespace, OutboxMessage, PublishFn, RelayError, ResultBudget, SqlBackend, Tx,
+    Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx, relay_rows,
 };
 use crate::migrate::{failed, pending};
 use crate::value::{
@@ -1060,40 +1060,22 @@ impl Namespace for PgNamespace {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await?;
-        let mut done: Vec<i64> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: i64 = row.try_get(0)?;
-            let rejected = match outbox_message(row) {
-                Ok(message) => match publish(&message).await {
-                    Ok(()) => None,
-                    Err(RelayError::Retry(err)) => {
-                        tracing::warn!(schema = %self.schema, id = %message.id,
-                            subject = %message.subject, error = %err,
-                            "outbox relay stopped: publish failed, the message stays");
-                        break;
-                    }
-                    Err(RelayError::Reject(reason)) => Some(format!(
-                        "message {} to {}: {reason}",
-                        message.id, message.subject
-                    )),
-                },
-                Err(err) => Some(format!("the row cannot be read as a message: {err}")),
-            };
-            if let Some(reason) = rejected {
-                tracing::error!(schema = %self.schema, seq, %reason,
-                    "outbox row moved to _agora_outbox_dead: it can never be published");
-                sqlx::query(AssertSqlSafe(self.sql.outbox_dead.as_str()))
-                    .bind(seq)
-                    .bind(&reason)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            done.push(seq);
+        let rows = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>(0)?, outbox_message(row))))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let plan = relay_rows(rows, publish, &self.schema).await;
+        for (seq, reason) in &plan.dead {
+            sqlx::query(AssertSqlSafe(self.sql.outbox_dead.as_str()))
+                .bind(seq)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
         }
-        let relayed = done.len();
-        if !done.is_empty() {
+        let relayed = plan.done.len();
+        if !plan.done.is_empty() {
             sqlx::query(AssertSqlSafe(self.sql.outbox_delete.as_str()))
-                .bind(&done)
+                .bind(&plan.done)
                 .execute(&mut *tx)
                 .await?;
         }

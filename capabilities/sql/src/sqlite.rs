@@ -15,7 +15,7 @@
 //! time and counted against the cap. A connection returned to the pool gets both reset.
 
 use crate::backend::{
-    Bounds, Namespace, OutboxMessage, PublishFn, RelayError, ResultBudget, SqlBackend, Tx,
+    Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx, relay_rows,
 };
 use crate::migrate::{failed, pending};
 use crate::value::{check_decimal, rfc3339};
@@ -533,44 +533,30 @@ impl Namespace for SqliteNamespace {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
-        let mut relayed = 0;
-        for row in &rows {
-            let seq: i64 = row.try_get(0)?;
-            let rejected = match outbox_message(row) {
-                Ok(message) => match publish(&message).await {
-                    Ok(()) => None,
-                    Err(RelayError::Retry(err)) => {
-                        tracing::warn!(id = %message.id, subject = %message.subject, error = %err,
-                            "outbox relay stopped: publish failed, the message stays");
-                        break;
-                    }
-                    Err(RelayError::Reject(reason)) => Some(format!(
-                        "message {} to {}: {reason}",
-                        message.id, message.subject
-                    )),
-                },
-                Err(err) => Some(format!("the row cannot be read as a message: {err}")),
-            };
-            if let Some(reason) = rejected {
-                tracing::error!(seq, %reason,
-                    "outbox row moved to _agora_outbox_dead: it can never be published");
-                sqlx::query(
-                    "insert into _agora_outbox_dead \
-                     (id, subject, payload, headers, created_at, reason) \
-                     select id, subject, payload, headers, created_at, $2 from _agora_outbox \
-                     where seq = $1",
-                )
-                .bind(seq)
-                .bind(&reason)
-                .execute(&mut *tx)
-                .await?;
-            }
+        let rows = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>(0)?, outbox_message(row))))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let plan = relay_rows(rows, publish, "sqlite").await;
+        for (seq, reason) in &plan.dead {
+            sqlx::query(
+                "insert into _agora_outbox_dead \
+                 (id, subject, payload, headers, created_at, reason) \
+                 select id, subject, payload, headers, created_at, $2 from _agora_outbox \
+                 where seq = $1",
+            )
+            .bind(seq)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for seq in &plan.done {
             sqlx::query("delete from _agora_outbox where seq = $1")
                 .bind(seq)
                 .execute(&mut *tx)
                 .await?;
-            relayed += 1;
         }
+        let relayed = plan.done.len();
         tx.commit().await?;
         Ok(relayed)
     }
