@@ -432,7 +432,7 @@ fn swap_refusal(
 fn describe(component: &LoadedComponent, previous: Option<&LoadedComponent>) -> Value {
     let spec = &component.spec;
     let grants = &spec.grants;
-    json!({
+    let mut described = json!({
         "name": &*component.name,
         "digest": format!("sha256:{}", component.digest),
         "compiled": matches!(component.origin, crate::Origin::Compiled),
@@ -453,24 +453,8 @@ fn describe(component: &LoadedComponent, previous: Option<&LoadedComponent>) -> 
                 "per_subject": p.rate_limit.per_subject.map(|r| r.to_string()),
             },
         })).collect::<Vec<_>>(),
-        "grants": {
-            "cache": grants.cache,
-            "sql": grants.sql,
-            "auth": grants.auth,
-            "publish": grants.publish,
-            "http": grants.http,
-            "units": component.capabilities.units.iter().map(|(name, part)| {
-                (name.to_string(), json!({
-                    "grant": grants.units.get(*name).map(toml_to_json),
-                    "state": part.describe(),
-                }))
-            }).collect::<serde_json::Map<String, Value>>(),
-        },
+        "grants": grants_json(grants),
         "subscribe": spec.messaging.subscribe,
-        "cache": {
-            "hits": component.capabilities.cache.stats().hits(),
-            "misses": component.capabilities.cache.stats().misses(),
-        },
         "limits": {
             "memory_mib": spec.limits.memory_bytes >> 20,
             "deadline_ms": spec.limits.deadline_ms,
@@ -479,7 +463,18 @@ fn describe(component: &LoadedComponent, previous: Option<&LoadedComponent>) -> 
             "cache_keys": spec.limits.cache_keys,
             "cache_value_kib": spec.limits.cache_value_bytes >> 10,
         },
-    })
+    });
+    // Each capability unit's report of the component, under the unit's name (`cache`: its
+    // hits and misses, `keyvalue`: its buckets).
+    if let Some(object) = described.as_object_mut() {
+        for (name, part) in component.capabilities.units.iter() {
+            let state = part.describe();
+            if !state.is_null() {
+                object.insert((*name).to_owned(), state);
+            }
+        }
+    }
+    described
 }
 
 /// Serves the admin API on `listener` until `stop` turns true.
@@ -525,6 +520,19 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// A component's grants as JSON: the built-in ones, then each unit's grant as written.
+fn grants_json(grants: &crate::manifest::Grants) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert("sql".into(), json!(grants.sql));
+    object.insert("auth".into(), json!(grants.auth));
+    object.insert("publish".into(), json!(grants.publish));
+    object.insert("http".into(), json!(grants.http));
+    for (name, value) in &grants.units {
+        object.insert(name.clone(), toml_to_json(value));
+    }
+    Value::Object(object)
 }
 
 /// A grant's TOML value as JSON (the admin API's language).

@@ -5,9 +5,9 @@
 //! that imports a unit's interface without the grant (at load), and puts each store's state in
 //! its [`agora_capability::Slots`] (the default, denied, when the grant is absent).
 //!
-//! The capabilities older than the unit trait (cache, sql, messaging, auth, logging, config)
-//! are still wired by hand in `component.rs` and `state.rs`; docs/architecture.md says how a
-//! unit is added and which of them move next.
+//! Units: cache, keyvalue. The capabilities older than the unit trait (sql, messaging, auth,
+//! logging, config) are still wired by hand in `component.rs` and `state.rs`;
+//! docs/architecture.md says how a unit is added and which of them move next.
 
 use crate::manifest::{ComponentSpec, Manifest, ManifestError};
 use crate::state::InstanceState;
@@ -21,7 +21,7 @@ pub type Unit = Arc<dyn Capability<InstanceState>>;
 pub type Units = Arc<[Unit]>;
 
 /// The grant keys the host wires itself (not units).
-const BUILT_IN_GRANTS: &[&str] = &["cache", "sql", "publish", "http", "auth"];
+const BUILT_IN_GRANTS: &[&str] = &["sql", "publish", "http", "auth"];
 
 /// The shared backends a unit may be built on.
 pub struct Backends {
@@ -31,9 +31,10 @@ pub struct Backends {
 
 /// Every capability unit of the host: one line each.
 pub fn units(backends: &Backends) -> Units {
-    let units: Vec<Unit> = vec![Arc::new(agora_keyvalue::KeyValue::new(
-        backends.cache.clone(),
-    ))];
+    let units: Vec<Unit> = vec![
+        Arc::new(agora_cache::Cache::new(backends.cache.clone())),
+        Arc::new(agora_keyvalue::KeyValue::new(backends.cache.clone())),
+    ];
     units.into()
 }
 

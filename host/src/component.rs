@@ -12,7 +12,7 @@ use crate::manifest::{ComponentSpec, Limits, one_line};
 use crate::policy::Policy;
 use crate::state::InstanceState;
 use agora_auth::{AuthCtx, Authority};
-use agora_cache::{CacheBackend, CacheCtx};
+use agora_cache::CacheBackend;
 use agora_messaging::MessagingBackend;
 use agora_messaging::bindings::subscriber::SubscriberPre;
 use agora_sql::{Migration, Namespace, SqlBackend};
@@ -92,7 +92,6 @@ pub fn host_linker(engine: &Engine, units: &[Unit]) -> anyhow::Result<Linker<Ins
     let mut linker = Linker::<InstanceState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    agora_cache::add_to_linker(&mut linker, |state| &mut state.cache)?;
     agora_sql::add_to_linker(&mut linker, InstanceState::sql_view)?;
     agora_messaging::add_to_linker(&mut linker, |state| &mut state.messaging)?;
     agora_logging::add_to_linker(&mut linker, |state| &mut state.logging)?;
@@ -296,19 +295,6 @@ pub async fn load(
         permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
         capabilities: Granted {
             name,
-            cache: if spec.grants.cache {
-                CacheCtx::granted_with(
-                    capabilities.cache.clone(),
-                    &spec.name,
-                    agora_cache::CacheLimits {
-                        max_keys: spec.limits.cache_keys,
-                        max_value_bytes: usize::try_from(spec.limits.cache_value_bytes)
-                            .unwrap_or(usize::MAX),
-                    },
-                )
-            } else {
-                CacheCtx::denied()
-            },
             sql,
             publish,
             messaging: capabilities.messaging.clone(),
@@ -438,11 +424,6 @@ fn check_grants(
     for (name, _) in component.component_type().imports(engine) {
         let interface = name.split('@').next().unwrap_or(name);
         crate::capabilities::check_import(spec, units, interface)?;
-        if interface == agora_cache::INTERFACE && !spec.grants.cache {
-            return Err(format!(
-                "imports {interface} but the manifest grants no cache (add `grants = {{ cache = true }}`)"
-            ));
-        }
         if interface == agora_sql::INTERFACE && !spec.grants.sql {
             return Err(format!(
                 "imports {interface} but the manifest grants no sql (add `grants = {{ sql = true }}`)"

@@ -3,7 +3,6 @@
 
 use crate::calls::InternalCalls;
 use agora_auth::AuthCtx;
-use agora_cache::CacheCtx;
 use agora_capability::Prepared;
 use agora_messaging::{MessagingBackend, MessagingCtx};
 use agora_sql::{Namespace, SqlCtx};
@@ -13,8 +12,6 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Granted {
     pub(crate) name: Arc<str>,
-    /// Its cache namespace, or denied.
-    pub cache: CacheCtx,
     /// Its database namespace, when granted.
     pub sql: Option<Arc<dyn Namespace>>,
     /// The subject patterns it may publish to (empty: none).

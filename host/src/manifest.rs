@@ -202,9 +202,6 @@ impl Default for Messaging {
 /// that imports a capability it is not granted fails to load.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Grants {
-    /// `agora:platform/cache`, namespaced to the component.
-    #[serde(default)]
-    pub cache: bool,
     /// `agora:platform/sql`: the component's own schema (PostgreSQL) or file (SQLite).
     #[serde(default)]
     pub sql: bool,
@@ -219,7 +216,8 @@ pub struct Grants {
     /// `agora:platform/auth`: issue, rotate and revoke tokens.
     #[serde(default)]
     pub auth: bool,
-    /// The grants of capability units (`keyvalue = true`, …), by unit name; the host checks
+    /// The grants of capability units (`cache = true`, `keyvalue = true`, …), by unit name;
+    /// the host checks
     /// each against its unit (an unknown key is an error there, naming the known ones).
     #[serde(flatten)]
     pub units: std::collections::BTreeMap<String, toml::Value>,
@@ -891,7 +889,7 @@ mod tests {
         )
         .expect("valid manifest");
         let order = &manifest.components[0];
-        assert!(order.grants.sql && !order.grants.cache);
+        assert!(order.grants.sql && !order.grants.units.contains_key("cache"));
         assert_eq!(order.grants.publish, ["order.*", "audit.>"]);
         assert_eq!(
             order.migrations.as_deref(),

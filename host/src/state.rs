@@ -9,7 +9,6 @@ use crate::granted::Granted;
 use crate::manifest::INTERNAL_DOMAIN;
 use crate::manifest::Limits;
 use agora_auth::AuthCtx;
-use agora_cache::CacheCtx;
 use agora_capability::{Slots, StoreData, StoreInfo};
 use agora_logging::LoggingCtx;
 use agora_messaging::MessagingCtx;
@@ -55,8 +54,6 @@ pub struct InstanceState {
     pub deadline: Instant,
     /// Set by the epoch callback when it interrupted the guest for its deadline.
     pub deadline_hit: bool,
-    /// agora:platform/cache: the backend and this component's namespace (or denied).
-    pub cache: CacheCtx,
     /// wasi:config/store: this component's resolved configuration.
     pub config: Arc<WasiConfigVariables>,
     /// wasi:logging: tags the guest's log calls with the component.
@@ -101,7 +98,6 @@ impl InstanceState {
             },
             deadline,
             deadline_hit: false,
-            cache: component.capabilities.cache.clone(),
             config: component.config.clone(),
             logging: LoggingCtx::new(name.clone()),
             // The store's sql calls end with its request or event, and read at most the

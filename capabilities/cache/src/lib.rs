@@ -72,7 +72,7 @@ impl Default for CacheLimits {
     }
 }
 
-/// The cache state of one store.
+/// The cache state of one store. The default denies every call.
 #[derive(Clone)]
 pub struct CacheCtx {
     /// The backend and the key prefix; cloned into every store, so both are shared.
@@ -235,6 +235,84 @@ impl Host for CacheCtx {
         };
         let quota = self.quota();
         Ok(backend.incr(&key, delta, quota).await.map_err(to_guest))
+    }
+}
+
+impl Default for CacheCtx {
+    /// Denied: a store of a component without the grant.
+    fn default() -> Self {
+        CacheCtx::denied()
+    }
+}
+
+/// The capability unit: `grants = { cache = true }` gives a component its namespace of the
+/// host's cache backend, held to its `limits.cache_keys` and `limits.cache_value_kib`.
+pub struct Cache {
+    backend: Arc<dyn CacheBackend>,
+}
+
+impl Cache {
+    /// The cache capability on `backend` (Redis or in-memory).
+    pub fn new(backend: Arc<dyn CacheBackend>) -> Cache {
+        Cache { backend }
+    }
+}
+
+impl agora_capability::Prepared for CacheCtx {
+    fn instance(&self, _store: &agora_capability::StoreInfo) -> Box<dyn std::any::Any + Send> {
+        Box::new(self.clone())
+    }
+
+    /// The hits and misses of the component's `get` calls (shared by all its stores).
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "hits": self.stats.hits(), "misses": self.stats.misses() })
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: agora_capability::StoreData> agora_capability::Capability<S> for Cache {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn interfaces(&self) -> &'static [&'static str] {
+        &[INTERFACE]
+    }
+
+    fn grant_hint(&self) -> &'static str {
+        "cache = true"
+    }
+
+    fn check_grant(&self, value: &toml::Value) -> Result<bool, String> {
+        value
+            .as_bool()
+            .ok_or_else(|| "grants.cache must be true or false".to_owned())
+    }
+
+    fn link(&self, linker: &mut Linker<S>) -> wasmtime::Result<()> {
+        fn ctx<S: agora_capability::StoreData>(state: &mut S) -> &mut CacheCtx {
+            state.slots().get_mut::<CacheCtx>()
+        }
+        add_to_linker(linker, ctx::<S>)
+    }
+
+    async fn prepare(
+        &self,
+        component: &agora_capability::ComponentInfo<'_>,
+    ) -> Result<Arc<dyn agora_capability::Prepared>, String> {
+        Ok(Arc::new(CacheCtx::granted_with(
+            self.backend.clone(),
+            component.name,
+            CacheLimits {
+                max_keys: component.cache_keys,
+                max_value_bytes: usize::try_from(component.cache_value_bytes)
+                    .unwrap_or(usize::MAX),
+            },
+        )))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "backend": self.backend.kind() })
     }
 }
 
