@@ -23,10 +23,8 @@ use crate::swap::{Components, Outcome, SwapError, Version};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -482,44 +480,13 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     limits: crate::server::ConnectionLimits,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let gate = crate::server::ConnectionGate::new(limits);
-    let builder = crate::server::http1_builder(&limits);
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(target: "agora::admin", %addr, "admin API listening");
-    }
-    loop {
-        let (stream, permit) = tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match gate.admit(peer.ip()) {
-                    Ok(permit) => (stream, permit),
-                    Err(why) => {
-                        crate::server::refuse(stream, peer.ip(), why);
-                        continue;
-                    }
-                },
-                Err(err) => {
-                    tracing::warn!(target: "agora::admin", error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    crate::server::serve_internal(listener, "admin", limits, stop, move |request| {
         let state = state.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(state.handle(request).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(err) = connection.await {
-                tracing::debug!(target: "agora::admin", error = %err, "admin connection ended with an error");
-            }
-        });
-    }
+        async move { state.handle(request).await }
+    })
+    .await;
 }
 
 /// A component's grants as JSON: the built-in ones, then each unit's grant as written.

@@ -97,8 +97,10 @@ pub async fn prepare(
         let Some(grant) = granted(spec, unit) else {
             continue;
         };
+        let meter = crate::metrics::capability_meter(&spec.name, unit.name());
         let info = ComponentInfo {
             name: &spec.name,
+            meter: &meter,
             grant,
             cache_keys: spec.limits.cache_keys,
             cache_value_bytes: spec.limits.cache_value_bytes,

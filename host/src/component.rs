@@ -54,6 +54,8 @@ pub struct LoadedComponent {
     pub spec: Arc<ComponentSpec>,
     /// When it was loaded.
     pub loaded_at: std::time::SystemTime,
+    /// Its metric series used on every request (resolved once).
+    pub series: Arc<crate::metrics::ComponentSeries>,
 }
 
 /// The capabilities a host offers, shared by every component it loads.
@@ -305,6 +307,7 @@ pub async fn load(
                 _ => AuthCtx::denied(),
             },
             units: units.into(),
+            meters: crate::granted::Meters::of(&spec.name),
             may_publish: Arc::new(move |subject| {
                 agora_messaging::validate_subject(subject).is_ok()
                     && patterns
@@ -316,6 +319,7 @@ pub async fn load(
         policies: spec.policies.clone().into(),
         spec: Arc::new(spec.clone()),
         loaded_at: std::time::SystemTime::now(),
+        series: Arc::new(crate::metrics::ComponentSeries::of(&spec.name)),
     })
 }
 
@@ -350,6 +354,7 @@ impl LoadedComponent {
             policies: self.policies.clone(),
             spec: self.spec.clone(),
             loaded_at: std::time::SystemTime::now(),
+            series: self.series.clone(),
         }
     }
 }

@@ -140,7 +140,8 @@ impl Edge {
         if let (Some(rate), Some(ip)) = (policy.rate_limit.per_ip, client_ip) {
             let key = format!("{}/{index}/ip/{ip}", component.name);
             self.limit(&key, rate, &format!("client {ip}"), request_id)
-                .await?;
+                .await
+                .inspect_err(|_| component.series.rate_limited.inc())?;
         }
         let token = bearer(&parts.headers);
         let identity = if policy.needs_token() {
@@ -148,6 +149,7 @@ impl Edge {
             if !policy.roles.is_empty() && !policy.roles.iter().any(|r| identity.roles.contains(r))
             {
                 tracing::info!(subject = %identity.subject, required = ?policy.roles, "role missing");
+                auth_failure("role_missing");
                 return Err(error_response(
                     StatusCode::FORBIDDEN,
                     "forbidden",
@@ -173,7 +175,9 @@ impl Edge {
         };
         if let (Some(rate), Some(identity)) = (policy.rate_limit.per_subject, &identity) {
             let key = format!("{}/{index}/sub/{}", component.name, identity.subject);
-            self.limit(&key, rate, "this subject", request_id).await?;
+            self.limit(&key, rate, "this subject", request_id)
+                .await
+                .inspect_err(|_| component.series.rate_limited.inc())?;
         }
         if let Some(identity) = &identity {
             insert(&mut parts.headers, SUBJECT_HEADER, &identity.subject);
@@ -225,6 +229,7 @@ impl Edge {
         let token = match token {
             Ok(Some(token)) => token,
             Ok(None) => {
+                auth_failure("missing");
                 let mut response = unauthorized("this route needs a bearer token");
                 response.headers_mut().insert(
                     http::header::WWW_AUTHENTICATE,
@@ -232,9 +237,13 @@ impl Edge {
                 );
                 return Err(response);
             }
-            Err(message) => return Err(unauthorized(message)),
+            Err(message) => {
+                auth_failure("bad_header");
+                return Err(unauthorized(message));
+            }
         };
         let Some(verifier) = &self.verifier else {
+            auth_failure("no_keys");
             return Err(error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "auth_not_configured",
@@ -245,6 +254,7 @@ impl Edge {
         match verifier.verify_access(token).await {
             Ok(identity) => Ok(identity),
             Err(VerifyError::Unavailable(reason)) => {
+                auth_failure("unavailable");
                 tracing::warn!(%reason, "token revocation store unavailable");
                 let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -258,6 +268,7 @@ impl Edge {
                 Err(response)
             }
             Err(err) => {
+                auth_failure(verify_reason(&err));
                 tracing::info!(reason = %err, "token refused");
                 Err(unauthorized(&format!("invalid bearer token: {err}")))
             }
@@ -341,6 +352,28 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     // Subjects and roles are checked at issue time (no control characters), so this holds.
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
+    }
+}
+
+/// Counts a refused credential in `agora_auth_failures_total{reason}`.
+fn auth_failure(reason: &'static str) {
+    crate::metrics::metrics().auth_failures.with([reason]).inc();
+}
+
+/// The metrics' reason label of a token refusal (a short fixed list).
+fn verify_reason(err: &VerifyError) -> &'static str {
+    match err {
+        VerifyError::Missing => "missing",
+        VerifyError::Malformed(_) => "malformed",
+        VerifyError::BadSignature => "bad_signature",
+        VerifyError::Algorithm { .. } => "algorithm",
+        VerifyError::Expired => "expired",
+        VerifyError::NotYetValid => "not_yet_valid",
+        VerifyError::WrongAudience => "wrong_audience",
+        VerifyError::WrongIssuer => "wrong_issuer",
+        VerifyError::WrongType { .. } => "wrong_type",
+        VerifyError::Revoked => "revoked",
+        VerifyError::Unavailable(_) => "unavailable",
     }
 }
 

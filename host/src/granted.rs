@@ -3,7 +3,7 @@
 
 use crate::calls::InternalCalls;
 use agora_auth::AuthCtx;
-use agora_capability::Prepared;
+use agora_capability::{Meter, Prepared};
 use agora_messaging::{MessagingBackend, MessagingCtx};
 use agora_sql::{Namespace, SqlCtx};
 use std::sync::Arc;
@@ -28,6 +28,27 @@ pub struct Granted {
     /// with their state.
     pub units: Arc<[(&'static str, Arc<dyn Prepared>)]>,
     pub(crate) may_publish: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Where its sql calls and publishes are reported (the metrics).
+    pub(crate) meters: Meters,
+}
+
+/// The meters of the capabilities the host wires itself, for one component.
+#[derive(Clone, Default)]
+pub struct Meters {
+    /// sql statements, `begin` and `commit`.
+    pub sql: Meter,
+    /// Direct publishes (not those through a transaction's outbox).
+    pub publish: Meter,
+}
+
+impl Meters {
+    /// The meters of component `name`.
+    pub fn of(name: &str) -> Meters {
+        Meters {
+            sql: crate::metrics::capability_meter(name, "sql"),
+            publish: crate::metrics::capability_meter(name, "publish"),
+        }
+    }
 }
 
 impl Granted {
@@ -36,8 +57,8 @@ impl Granted {
         match &self.sql {
             Some(namespace) => {
                 let messaging = self.messaging.clone();
-                SqlCtx::granted(namespace.clone(), self.may_publish.clone()).with_publish_check(
-                    Arc::new(move |row: &agora_sql::OutboxMessage| {
+                SqlCtx::granted(namespace.clone(), self.may_publish.clone())
+                    .with_publish_check(Arc::new(move |row: &agora_sql::OutboxMessage| {
                         let message = agora_messaging::Message {
                             id: row.id.clone(),
                             subject: row.subject.clone(),
@@ -48,8 +69,8 @@ impl Granted {
                             agora_messaging::MessagingError::Invalid(reason)
                             | agora_messaging::MessagingError::Unavailable(reason) => reason,
                         })
-                    }),
-                )
+                    }))
+                    .metered(self.meters.sql.clone())
             }
             None => SqlCtx::denied(),
         }
@@ -61,6 +82,7 @@ impl Granted {
             MessagingCtx::denied()
         } else {
             MessagingCtx::granted(self.messaging.clone(), &self.name, self.publish.clone())
+                .metered(self.meters.publish.clone())
         }
     }
 

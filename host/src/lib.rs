@@ -25,6 +25,8 @@ pub mod engine;
 pub mod fleet;
 pub mod granted;
 pub mod manifest;
+pub mod metrics;
+pub mod ops;
 pub mod outbox;
 pub mod policy;
 pub mod replica;
@@ -270,6 +272,7 @@ pub struct Host {
     drain_timeout: Duration,
     connections: server::ConnectionLimits,
     admin: Option<(TcpListener, admin::AdminToken)>,
+    ops: Option<TcpListener>,
     watch: bool,
     replica: Option<(Arc<replica::Replica>, replica::Updates)>,
     started: std::time::SystemTime,
@@ -429,6 +432,7 @@ impl Host {
             drain_timeout: config.drain_timeout,
             connections,
             admin: None,
+            ops: None,
             watch: config.watch,
             replica,
             started: std::time::SystemTime::now(),
@@ -457,6 +461,54 @@ impl Host {
         self
     }
 
+    /// Serves the metrics and the probes (`/metrics`, `/healthz`, `/readyz`) on `listener`
+    /// too, from [`Host::serve`] on, without a token.
+    pub fn with_metrics(mut self, listener: TcpListener) -> Host {
+        self.ops = Some(listener);
+        self
+    }
+
+    /// The readiness checks of the backends: the cache, the broker, and each component's
+    /// database (a `select 1` on its own pool).
+    fn probes(&self) -> Vec<(String, ops::Probe)> {
+        let mut probes: Vec<(String, ops::Probe)> = Vec::new();
+        let cache = self.capabilities.cache.clone();
+        probes.push((
+            format!("cache ({})", cache.kind()),
+            Arc::new(move || {
+                let cache = cache.clone();
+                Box::pin(async move { cache.ping().await.map_err(|err| err.to_string()) })
+            }),
+        ));
+        let messaging = self.capabilities.messaging.clone();
+        probes.push((
+            format!("messaging ({})", messaging.kind()),
+            Arc::new(move || {
+                let messaging = messaging.clone();
+                Box::pin(async move { messaging.ping().await.map_err(|err| err.to_string()) })
+            }),
+        ));
+        for slot in self.components.slots() {
+            let Some(namespace) = slot.current().capabilities.sql.clone() else {
+                continue;
+            };
+            probes.push((
+                format!("sql of `{}`", slot.name()),
+                Arc::new(move || {
+                    let namespace = namespace.clone();
+                    Box::pin(async move {
+                        namespace
+                            .query("select 1", Vec::new())
+                            .await
+                            .map(drop)
+                            .map_err(|err| err.to_string())
+                    })
+                }),
+            ));
+        }
+        probes
+    }
+
     /// How instances are allocated on this machine.
     pub fn allocation(&self) -> engine::Allocation {
         self.engine.allocation
@@ -471,6 +523,33 @@ impl Host {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Drained, HostError> {
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ops_stop, ops_stopped) = tokio::sync::watch::channel(false);
+        let probes = self.probes();
+        let ops = self.ops.map(|listener| {
+            let state = ops::OpsState::new(
+                self.components.clone(),
+                probes,
+                serving.clone(),
+                draining.clone(),
+            );
+            tokio::spawn(ops::serve(
+                listener,
+                Arc::new(state),
+                self.connections,
+                ops_stopped,
+            ))
+        });
+        // Not ready from the moment the host is asked to stop: load balancers stop sending
+        // while in-flight work drains.
+        let shutdown = {
+            let draining = draining.clone();
+            async move {
+                shutdown.await;
+                draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
         let mut subscriptions = Vec::new();
         for (spec, slot) in self.manifest.components.iter().zip(self.components.slots()) {
             let started = triggers::event::subscribe(spec, slot, &self.capabilities.messaging)
@@ -500,6 +579,7 @@ impl Host {
         let replica = self
             .replica
             .map(|(replica, updates)| replica.spawn(updates, stopped.clone()));
+        serving.store(true, std::sync::atomic::Ordering::Relaxed);
         let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
         let admin = self.admin.map(|(listener, token)| {
             let state = admin::AdminState::new(
@@ -570,6 +650,10 @@ impl Host {
         // What is still unhandled (a relay's last pass, a message waiting out its backoff)
         // goes back to an outbox, relayed on the next start.
         outbox::keep_unhandled(&components, messaging).await;
+        let _ = ops_stop.send(true);
+        if let Some(ops) = ops {
+            let _ = ops.await;
+        }
         Ok(drained)
     }
 }

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the components of a manifest over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make FILE the version of component NAME on every replica of a fleet.
     Deploy(DeployArgs),
     /// Show the fleet's desired versions and what each replica runs.
@@ -98,6 +98,10 @@ struct ServeArgs {
     /// Also serve the admin API on this address (off unless given); needs AGORA_ADMIN_TOKEN.
     #[arg(long, env = "AGORA_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Also serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, without
+    /// a token (off unless given): bind it where only the operator's network reaches.
+    #[arg(long, env = "AGORA_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Swap a component in when its .wasm file changes (validated first; debounced).
     #[arg(long, env = "AGORA_WATCH")]
     watch: bool,
@@ -111,7 +115,7 @@ struct ServeArgs {
 /// Bounds on what clients hold: connections, time to send a request head, body pace.
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// Connections each listener (public, admin) holds open at once; past it a new one is
+    /// Connections each listener (public, admin, metrics) holds open at once; past it a new one is
     /// answered 503 and closed.
     #[arg(long, env = "AGORA_MAX_CONNECTIONS", default_value_t = agora_host::server::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
@@ -142,7 +146,7 @@ fn main() -> ExitCode {
         }
     }
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Deploy(args) => fleet_command(deploy(args)),
         Command::Status(args) => fleet_command(status(args)),
     }
@@ -236,11 +240,29 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
             _ => host,
         };
+        let mut metrics_addr = None;
+        let host = match args.metrics_listen {
+            Some(metrics_listen) => {
+                let ops = match tokio::net::TcpListener::bind(metrics_listen).await {
+                    Ok(ops) => ops,
+                    Err(err) => {
+                        eprintln!("error: cannot listen on {metrics_listen} (metrics): {err}");
+                        return ExitCode::from(2);
+                    }
+                };
+                metrics_addr = ops.local_addr().ok();
+                host.with_metrics(ops)
+            }
+            None => host,
+        };
         let addr = listener.local_addr().unwrap_or(args.listen);
         // Scripts and tests read this line to find the port (`--listen 127.0.0.1:0`).
         println!("agora listening on http://{addr}");
         if let Some(admin_addr) = admin_addr {
             println!("agora admin API on http://{admin_addr}");
+        }
+        if let Some(metrics_addr) = metrics_addr {
+            println!("agora metrics on http://{metrics_addr}/metrics");
         }
         tracing::info!(%addr, allocation = ?host.allocation(), components = host.components().len(), "serving");
         match host.serve(listener, shutdown).await {

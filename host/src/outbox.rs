@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 /// How often [`settle`] looks again while messages are still being handled.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
+/// How often the relay counts what waits in the outbox (the backlog gauges).
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Rows relayed per transaction.
 const BATCH: usize = 100;
 
@@ -43,8 +45,30 @@ pub fn spawn(
     Some(tokio::spawn(async move {
         let signal = namespace.outbox_signal();
         let dead = Arc::new(AtomicU64::new(0));
+        let pending = crate::metrics::metrics()
+            .outbox_pending
+            .with([&*component.name]);
+        let oldest = crate::metrics::metrics()
+            .outbox_oldest
+            .with([&*component.name]);
+        let mut looked: Option<std::time::Instant> = None;
         loop {
             relay_all(&component, namespace.as_ref(), &dead).await;
+            // The backlog gauges, at most once per BACKLOG_INTERVAL (a relay pass follows
+            // every commit that wrote the outbox; counting after each would double the
+            // database work of a busy component).
+            if looked.is_none_or(|at| at.elapsed() >= BACKLOG_INTERVAL) {
+                looked = Some(std::time::Instant::now());
+                match namespace.outbox_backlog().await {
+                    Ok(backlog) => {
+                        pending.set(backlog.rows as f64);
+                        oldest.set(backlog.oldest_seconds);
+                    }
+                    Err(err) => {
+                        tracing::debug!(component = %component.name, error = %err, "outbox backlog unknown");
+                    }
+                }
+            }
             if *stop.borrow() {
                 break;
             }

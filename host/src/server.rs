@@ -259,3 +259,54 @@ pub async fn serve(
         }
     }
 }
+
+/// Serves an operator's API (admin, metrics) on `listener` until `stop` turns true: each
+/// connection within `limits`, each request answered by `handle`. `name` is the listener's
+/// name in logs.
+pub async fn serve_internal<H, F>(
+    listener: TcpListener,
+    name: &'static str,
+    limits: ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    handle: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = http::Response<crate::response::ResponseBody>> + Send + 'static,
+{
+    let gate = ConnectionGate::new(limits);
+    let builder = http1_builder(&limits);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = name, %addr, "listening");
+    }
+    loop {
+        let (stream, permit) = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match gate.admit(peer.ip()) {
+                    Ok(permit) => (stream, permit),
+                    Err(why) => {
+                        refuse(stream, peer.ip(), why);
+                        continue;
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(listener = name, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let answer = handle(request);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(err) = connection.await {
+                tracing::debug!(listener = name, error = %err, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -193,7 +193,26 @@ impl Components {
 
     /// Validates `bytes` as the new version of `name` and, when every check passes, makes it
     /// current. Hashing and compiling run on a thread of their own at background priority.
+    /// Counted in `agora_swaps_total{component, outcome}` (`applied`, `unchanged`, `refused`).
     pub async fn install(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        installed: Installed,
+    ) -> Result<Outcome, SwapError> {
+        let outcome = self.install_unmetered(name, bytes, installed).await;
+        let label = match &outcome {
+            Ok(Outcome::Swapped(_)) => "applied",
+            Ok(Outcome::Unchanged(_)) => "unchanged",
+            Err(SwapError::Rejected { .. }) => "refused",
+            // No such component: not a series of its own (the name came from a caller).
+            Err(_) => return outcome,
+        };
+        crate::metrics::metrics().swaps.with([name, label]).inc();
+        outcome
+    }
+
+    async fn install_unmetered(
         &self,
         name: &str,
         bytes: Vec<u8>,
@@ -296,6 +315,10 @@ impl Components {
             to = %&previous.digest[..12],
             "component rolled back"
         );
+        crate::metrics::metrics()
+            .swaps
+            .with([name, "rolled_back"])
+            .inc();
         Ok(swapped)
     }
 }

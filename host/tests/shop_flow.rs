@@ -235,7 +235,76 @@ async fn the_shop_flow(backends: Backends, swapping: bool) {
             "every component was swapped at least once"
         );
     }
+    the_flow_shows_in_the_metrics(&shop, swapping).await;
     shop.stop().await;
+}
+
+/// What the flow did, as a scrape of the metrics listener shows it. The registry is the
+/// process's, shared with the other flows of this file running alongside: counts are lower
+/// bounds.
+async fn the_flow_shows_in_the_metrics(shop: &Shop, swapped: bool) {
+    let scrape = reqwest::get(format!("http://{}/metrics", shop.host.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in the scrape:\n{scrape}"))
+    };
+    let at_least = |series: &str, least: f64| {
+        let found = value(series);
+        assert!(
+            found >= least,
+            "{series} is {found}, expected at least {least}"
+        );
+    };
+    // Two orders reached payment; one was paid, one declined; notification saw all of them.
+    at_least(
+        "agora_events_total{component=\"payment\",subject=\"order.created\",outcome=\"handled\"}",
+        2.0,
+    );
+    at_least(
+        "agora_events_total{component=\"order\",subject=\"payment.succeeded\",outcome=\"handled\"}",
+        1.0,
+    );
+    at_least(
+        "agora_events_total{component=\"order\",subject=\"payment.failed\",outcome=\"handled\"}",
+        1.0,
+    );
+    at_least(
+        "agora_event_handling_duration_seconds_count{component=\"notification\",subject=\"order.paid\"}",
+        1.0,
+    );
+    // Their database work, the routes they answered, the edge's refusal of Carol's product.
+    at_least(
+        "agora_capability_calls_total{component=\"order\",capability=\"sql\",outcome=\"ok\"}",
+        4.0,
+    );
+    at_least(
+        "agora_capability_call_duration_seconds_count{component=\"catalog\",capability=\"sql\"}",
+        1.0,
+    );
+    at_least(
+        "agora_http_requests_total{component=\"order\",route=\"/api/orders\",method=\"POST\",status_class=\"2xx\"}",
+        2.0,
+    );
+    at_least("agora_auth_failures_total{reason=\"role_missing\"}", 1.0);
+    // The catalog reads products through the cache; the order's outbox is watched.
+    let cache_gets = value("agora_cache_hits_total{component=\"catalog\"}")
+        + value("agora_cache_misses_total{component=\"catalog\"}");
+    assert!(cache_gets >= 1.0, "no cache get counted:\n{scrape}");
+    value("agora_outbox_pending_rows{component=\"order\"}");
+    value("agora_outbox_oldest_pending_seconds{component=\"order\"}");
+    if swapped {
+        at_least(
+            "agora_swaps_total{component=\"catalog\",outcome=\"applied\"}",
+            1.0,
+        );
+    }
 }
 
 #[tokio::test]

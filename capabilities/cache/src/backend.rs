@@ -69,6 +69,10 @@ pub trait CacheBackend: Send + Sync + 'static {
     ) -> Result<(Vec<String>, bool), BackendError>;
     /// A short name for logs ("memory", "redis").
     fn kind(&self) -> &'static str;
+    /// Whether the backend answers (the readiness probe): `Err` says why not.
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// One page of `keys` out of every live key (sorted here): those starting with `prefix`

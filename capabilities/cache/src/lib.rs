@@ -27,7 +27,7 @@ pub use memory::MemoryCache;
 pub use redis::RedisCache;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 
 /// Generated bindings of the `agora:platform/cache` interface.
@@ -80,6 +80,8 @@ pub struct CacheCtx {
     limits: CacheLimits,
     /// Hits and misses of `get`, shared by every store of the component.
     stats: Arc<CacheStats>,
+    /// Where each call's time and outcome go.
+    meter: agora_capability::Meter,
 }
 
 /// How a component's `get` calls went, counted by the host.
@@ -118,7 +120,14 @@ impl CacheCtx {
             grant: Some((backend, Arc::from(format!("agora:{component}:")))),
             limits,
             stats: Arc::default(),
+            meter: agora_capability::Meter::default(),
         }
+    }
+
+    /// The same, reporting each call to `meter`.
+    pub fn metered(mut self, meter: agora_capability::Meter) -> CacheCtx {
+        self.meter = meter;
+        self
     }
 
     /// A component without a cache grant: every call answers `denied`.
@@ -127,6 +136,7 @@ impl CacheCtx {
             grant: None,
             limits: CacheLimits::default(),
             stats: Arc::default(),
+            meter: agora_capability::Meter::default(),
         }
     }
 
@@ -173,20 +183,23 @@ fn to_guest(err: BackendError) -> Error {
     }
 }
 
+impl CacheCtx {
+    /// Reports a call that started at `started` to the meter, and hands its result on.
+    fn report<T>(
+        &self,
+        started: Instant,
+        result: Result<T, Error>,
+    ) -> wasmtime::Result<Result<T, Error>> {
+        self.meter.record(result.is_ok(), started);
+        Ok(result)
+    }
+}
+
 impl Host for CacheCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let (backend, key) = match self.namespaced(&key) {
-            Ok(found) => found,
-            Err(err) => return Ok(Err(err)),
-        };
-        let result = backend.get(&key).await.map_err(to_guest);
-        let counter = match &result {
-            Ok(Some(_)) => &self.stats.hits,
-            Ok(None) => &self.stats.misses,
-            Err(_) => return Ok(result),
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(result)
+        let started = Instant::now();
+        let result = self.get_unmetered(key).await;
+        self.report(started, result)
     }
 
     async fn set(
@@ -195,46 +208,74 @@ impl Host for CacheCtx {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let (backend, key) = match self.namespaced(&key) {
-            Ok(found) => found,
-            Err(err) => return Ok(Err(err)),
-        };
-        let max_value = self.limits.max_value_bytes;
-        if value.len() > max_value {
-            return Ok(Err(Error::Invalid(format!(
-                "the value is {} bytes, over the {max_value}-byte limit",
-                value.len()
-            ))));
-        }
-        if ttl_ms == Some(0) {
-            return Ok(Err(Error::Invalid(
-                "ttl-ms must be greater than 0 (omit it for no expiry)".into(),
-            )));
-        }
-        let ttl = ttl_ms.map(Duration::from_millis);
-        let quota = self.quota();
-        Ok(backend
-            .set(&key, &value, ttl, quota)
-            .await
-            .map_err(to_guest))
+        let started = Instant::now();
+        let result = self.set_unmetered(key, value, ttl_ms).await;
+        self.report(started, result)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
-        let (backend, key) = match self.namespaced(&key) {
-            Ok(found) => found,
-            Err(err) => return Ok(Err(err)),
+        let started = Instant::now();
+        let result = match self.namespaced(&key) {
+            Ok((backend, key)) => {
+                let namespace = self.quota().namespace;
+                backend.delete(&key, namespace).await.map_err(to_guest)
+            }
+            Err(err) => Err(err),
         };
-        let namespace = self.quota().namespace;
-        Ok(backend.delete(&key, namespace).await.map_err(to_guest))
+        self.report(started, result)
     }
 
     async fn incr(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, Error>> {
-        let (backend, key) = match self.namespaced(&key) {
-            Ok(found) => found,
-            Err(err) => return Ok(Err(err)),
+        let started = Instant::now();
+        let result = match self.namespaced(&key) {
+            Ok((backend, key)) => backend
+                .incr(&key, delta, self.quota())
+                .await
+                .map_err(to_guest),
+            Err(err) => Err(err),
         };
+        self.report(started, result)
+    }
+}
+
+impl CacheCtx {
+    async fn get_unmetered(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        let (backend, key) = self.namespaced(&key)?;
+        let result = backend.get(&key).await.map_err(to_guest);
+        let counter = match &result {
+            Ok(Some(_)) => &self.stats.hits,
+            Ok(None) => &self.stats.misses,
+            Err(_) => return result,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    async fn set_unmetered(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), Error> {
+        let (backend, key) = self.namespaced(&key)?;
+        let max_value = self.limits.max_value_bytes;
+        if value.len() > max_value {
+            return Err(Error::Invalid(format!(
+                "the value is {} bytes, over the {max_value}-byte limit",
+                value.len()
+            )));
+        }
+        if ttl_ms == Some(0) {
+            return Err(Error::Invalid(
+                "ttl-ms must be greater than 0 (omit it for no expiry)".into(),
+            ));
+        }
+        let ttl = ttl_ms.map(Duration::from_millis);
         let quota = self.quota();
-        Ok(backend.incr(&key, delta, quota).await.map_err(to_guest))
+        backend
+            .set(&key, &value, ttl, quota)
+            .await
+            .map_err(to_guest)
     }
 }
 
@@ -266,6 +307,22 @@ impl agora_capability::Prepared for CacheCtx {
     /// The hits and misses of the component's `get` calls (shared by all its stores).
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "hits": self.stats.hits(), "misses": self.stats.misses() })
+    }
+
+    /// `agora_cache_hits_total` and `agora_cache_misses_total`.
+    fn counters(&self) -> Vec<agora_capability::UnitCounter> {
+        vec![
+            agora_capability::UnitCounter {
+                name: "hits",
+                help: "Cache gets that found a value.",
+                value: self.stats.hits(),
+            },
+            agora_capability::UnitCounter {
+                name: "misses",
+                help: "Cache gets that found nothing (errors are neither hits nor misses).",
+                value: self.stats.misses(),
+            },
+        ]
     }
 }
 
@@ -300,15 +357,18 @@ impl<S: agora_capability::StoreData> agora_capability::Capability<S> for Cache {
         &self,
         component: &agora_capability::ComponentInfo<'_>,
     ) -> Result<Arc<dyn agora_capability::Prepared>, String> {
-        Ok(Arc::new(CacheCtx::granted_with(
-            self.backend.clone(),
-            component.name,
-            CacheLimits {
-                max_keys: component.cache_keys,
-                max_value_bytes: usize::try_from(component.cache_value_bytes)
-                    .unwrap_or(usize::MAX),
-            },
-        )))
+        Ok(Arc::new(
+            CacheCtx::granted_with(
+                self.backend.clone(),
+                component.name,
+                CacheLimits {
+                    max_keys: component.cache_keys,
+                    max_value_bytes: usize::try_from(component.cache_value_bytes)
+                        .unwrap_or(usize::MAX),
+                },
+            )
+            .metered(component.meter.clone()),
+        ))
     }
 
     fn describe(&self) -> serde_json::Value {

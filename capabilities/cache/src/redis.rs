@@ -154,6 +154,17 @@ fn incr_error(err: redis::RedisError) -> BackendError {
 
 #[async_trait::async_trait]
 impl CacheBackend for RedisCache {
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.run(|mut c| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(drop)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         self.run(|mut c| async move { c.get(key).await.map_err(unavailable) })
             .await

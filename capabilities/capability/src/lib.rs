@@ -14,7 +14,9 @@
 //!   that holds the grant) and, from that, the **per-store state** each instance starts with
 //!   ([`Prepared::instance`]). A store of a component without the grant holds the state's
 //!   [`Default`], which must deny every call — the second check, at call time;
-//! - what it **reports** to the admin API ([`Capability::describe`], [`Prepared::describe`]).
+//! - what it **reports** to the admin API ([`Capability::describe`], [`Prepared::describe`]) and
+//!   to Prometheus: the time and outcome of each call through the [`Meter`] it is given, and
+//!   its own counters ([`Prepared::counters`]).
 //!
 //! The host keeps one list of capabilities; adding one is its crate plus one line in that list.
 //! The pattern follows Spin's factors (init → link, configure the app, prepare per instance)
@@ -24,7 +26,7 @@
 
 use std::any::{Any, TypeId};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceTable};
 
 /// The per-store state of the capabilities: one value per type.
@@ -85,6 +87,49 @@ pub struct ComponentInfo<'a> {
     pub cache_value_bytes: u64,
     /// The deadline of one request or event, in milliseconds (`limits.deadline_ms`).
     pub deadline_ms: u64,
+    /// Where the capability reports each call it serves for this component.
+    pub meter: &'a Meter,
+}
+
+/// Where a capability reports the calls it serves for one component: their time and whether
+/// they succeeded (the host's `agora_capability_calls_total` and
+/// `agora_capability_call_duration_seconds`). The default reports nowhere.
+#[derive(Clone, Default)]
+pub struct Meter(Option<Arc<dyn Fn(bool, Duration) + Send + Sync>>);
+
+impl Meter {
+    /// A meter that hands each call's outcome and time to `record`.
+    pub fn new(record: impl Fn(bool, Duration) + Send + Sync + 'static) -> Meter {
+        Meter(Some(Arc::new(record)))
+    }
+
+    /// Reports one call that started at `started`.
+    pub fn record(&self, ok: bool, started: Instant) {
+        if let Some(record) = &self.0 {
+            record(ok, started.elapsed());
+        }
+    }
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Meter(recording)"
+        } else {
+            "Meter(off)"
+        })
+    }
+}
+
+/// A count a capability keeps of one component, exposed as `agora_<capability>_<name>_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitCounter {
+    /// The counter's name within the capability, e.g. `hits` (lower case, `_` between words).
+    pub name: &'static str,
+    /// One sentence saying what it counts.
+    pub help: &'static str,
+    /// The count.
+    pub value: u64,
 }
 
 /// What a capability sees of a store it starts.
@@ -102,6 +147,11 @@ pub trait Prepared: Send + Sync + 'static {
     /// What the admin API shows of the capability for this component (`null`: nothing).
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+
+    /// The counts it keeps of this component, for the metrics listener (none by default).
+    fn counters(&self) -> Vec<UnitCounter> {
+        Vec::new()
     }
 }
 
@@ -145,6 +195,28 @@ mod tests {
 
     #[derive(Default, Debug, PartialEq)]
     struct Denied(bool);
+
+    #[test]
+    fn a_meter_reports_each_call_and_the_default_reports_nowhere() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let calls = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let meter = {
+            let (calls, failed) = (calls.clone(), failed.clone());
+            Meter::new(move |ok, _| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        meter.record(true, Instant::now());
+        meter.clone().record(false, Instant::now());
+        Meter::default().record(false, Instant::now());
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        assert_eq!(failed.load(Ordering::Relaxed), 1);
+        assert_eq!(format!("{:?}", Meter::default()), "Meter(off)");
+    }
 
     #[test]
     fn a_slot_holds_one_value_per_type_and_starts_denied() {

@@ -178,6 +178,11 @@ pub trait MessagingBackend: Send + Sync + 'static {
     /// A short name for logs ("nats", "memory").
     fn kind(&self) -> &'static str;
 
+    /// Whether the broker answers (the readiness probe): `Err` says why not.
+    async fn ping(&self) -> Result<(), MessagingError> {
+        Ok(())
+    }
+
     /// Stores the message durably and returns once the store confirmed it. A repeat of an id
     /// within 2 minutes is accepted and dropped. Bounded by a short timeout, after which the
     /// answer is [`MessagingError::Unavailable`] (the message may or may not be stored).

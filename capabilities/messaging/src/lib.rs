@@ -146,6 +146,7 @@ struct Grant {
 #[derive(Clone)]
 pub struct MessagingCtx {
     grant: Option<Grant>,
+    meter: agora_capability::Meter,
 }
 
 impl MessagingCtx {
@@ -162,12 +163,22 @@ impl MessagingCtx {
                 component: Arc::from(component),
                 patterns: publish_patterns,
             }),
+            meter: agora_capability::Meter::default(),
         }
+    }
+
+    /// The same context, reporting each publish to `meter`.
+    pub fn metered(mut self, meter: agora_capability::Meter) -> MessagingCtx {
+        self.meter = meter;
+        self
     }
 
     /// A component without a messaging grant: every publish answers `denied`.
     pub fn denied() -> MessagingCtx {
-        MessagingCtx { grant: None }
+        MessagingCtx {
+            grant: None,
+            meter: agora_capability::Meter::default(),
+        }
     }
 
     /// Whether the grant lets this component publish to `subject`.
@@ -225,7 +236,10 @@ impl Host for MessagingCtx {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<String, Error>> {
-        Ok(self.publish_checked(subject, payload, headers).await)
+        let started = std::time::Instant::now();
+        let result = self.publish_checked(subject, payload, headers).await;
+        self.meter.record(result.is_ok(), started);
+        Ok(result)
     }
 }
 

@@ -575,6 +575,15 @@ fn decode(raw: &jetstream::Message, sequence: u64) -> Message {
 
 #[async_trait::async_trait]
 impl MessagingBackend for NatsBackend {
+    async fn ping(&self) -> Result<(), MessagingError> {
+        self.inner
+            .jetstream
+            .query_account()
+            .await
+            .map(drop)
+            .map_err(|err| unavailable("jetstream account info", err))
+    }
+
     fn kind(&self) -> &'static str {
         "nats"
     }

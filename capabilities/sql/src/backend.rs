@@ -350,6 +350,18 @@ pub trait Namespace: Send + Sync {
 
     /// Signalled (`notify_one`) after every commit that wrote outbox rows.
     fn outbox_signal(&self) -> Arc<tokio::sync::Notify>;
+
+    /// How many rows wait in the outbox and how old the oldest is (the relay's lag).
+    async fn outbox_backlog(&self) -> Result<Backlog, SqlError>;
+}
+
+/// What waits in an outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Rows not yet relayed.
+    pub rows: u64,
+    /// Seconds since the oldest of them was written (0 when there is none).
+    pub oldest_seconds: f64,
 }
 
 /// An open transaction of a namespace. Dropping it without `commit` rolls it back.

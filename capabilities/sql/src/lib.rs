@@ -50,8 +50,8 @@ mod sqlite;
 mod value;
 
 pub use backend::{
-    Bounds, DEFAULT_RESULT_BYTES, Dialect, Namespace, OutboxMessage, PublishFn, RelayError,
-    SqlBackend, Tx,
+    Backlog, Bounds, DEFAULT_RESULT_BYTES, Dialect, Namespace, OutboxMessage, PublishFn,
+    RelayError, SqlBackend, Tx,
 };
 pub use bindings::agora::platform::sql::{Rows, Value};
 pub use error::SqlError;
@@ -62,6 +62,7 @@ pub use sqlite::SqliteBackend;
 use bindings::agora::platform::sql::{Error, Host, HostTransaction};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
@@ -148,6 +149,7 @@ pub(crate) fn check_component(component: &str) -> Result<(), SqlError> {
 pub struct SqlCtx {
     grant: Option<Grant>,
     bounds: Bounds,
+    meter: agora_capability::Meter,
 }
 
 #[derive(Clone)]
@@ -175,7 +177,20 @@ impl SqlCtx {
                 check: None,
             }),
             bounds: Bounds::default(),
+            meter: agora_capability::Meter::default(),
         }
+    }
+
+    /// The same context, reporting each statement, `begin` and `commit` to `meter`.
+    pub fn metered(mut self, meter: agora_capability::Meter) -> SqlCtx {
+        self.meter = meter;
+        self
+    }
+
+    /// Reports a call that started at `started`, and hands its result on.
+    fn report<T>(&self, started: Instant, result: Result<T, Error>) -> Result<T, Error> {
+        self.meter.record(result.is_ok(), started);
+        result
     }
 
     /// The same context, its calls bounded by `bounds`: the host gives each store the deadline
@@ -205,6 +220,7 @@ impl SqlCtx {
         SqlCtx {
             grant: None,
             bounds: Bounds::default(),
+            meter: agora_capability::Meter::default(),
         }
     }
 
@@ -297,14 +313,16 @@ impl Host for SqlView<'_> {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
-        let Some(grant) = &self.ctx.grant else {
-            return Ok(Err(Error::Denied));
+        let started = Instant::now();
+        let result = match &self.ctx.grant {
+            None => Err(Error::Denied),
+            Some(grant) => grant
+                .namespace
+                .query_within(&statement, params, &self.ctx.bounds)
+                .await
+                .map_err(to_guest),
         };
-        Ok(grant
-            .namespace
-            .query_within(&statement, params, &self.ctx.bounds)
-            .await
-            .map_err(to_guest))
+        Ok(self.ctx.report(started, result))
     }
 
     async fn execute(
@@ -312,24 +330,28 @@ impl Host for SqlView<'_> {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        let Some(grant) = &self.ctx.grant else {
-            return Ok(Err(Error::Denied));
+        let started = Instant::now();
+        let result = match &self.ctx.grant {
+            None => Err(Error::Denied),
+            Some(grant) => grant
+                .namespace
+                .execute_within(&statement, params, &self.ctx.bounds)
+                .await
+                .map_err(to_guest),
         };
-        Ok(grant
-            .namespace
-            .execute_within(&statement, params, &self.ctx.bounds)
-            .await
-            .map_err(to_guest))
+        Ok(self.ctx.report(started, result))
     }
 
     async fn begin(&mut self) -> wasmtime::Result<Result<Resource<Transaction>, Error>> {
         let Some(grant) = &self.ctx.grant else {
             return Ok(Err(Error::Denied));
         };
+        let started = Instant::now();
         let tx = match grant.namespace.begin_within(&self.ctx.bounds).await {
             Ok(tx) => tx,
-            Err(err) => return Ok(Err(to_guest(err))),
+            Err(err) => return Ok(self.ctx.report(started, Err(to_guest(err)))),
         };
+        self.ctx.meter.record(true, started);
         let transaction = Transaction {
             tx: Some(tx),
             wrote_outbox: false,
@@ -349,7 +371,9 @@ impl HostTransaction for SqlView<'_> {
         let Some(tx) = self.table.get_mut(&transaction)?.tx.as_mut() else {
             return Ok(Err(Error::Closed));
         };
-        Ok(tx.query(&statement, params).await.map_err(to_guest))
+        let started = Instant::now();
+        let result = tx.query(&statement, params).await.map_err(to_guest);
+        Ok(self.ctx.report(started, result))
     }
 
     async fn execute(
@@ -361,7 +385,9 @@ impl HostTransaction for SqlView<'_> {
         let Some(tx) = self.table.get_mut(&transaction)?.tx.as_mut() else {
             return Ok(Err(Error::Closed));
         };
-        Ok(tx.execute(&statement, params).await.map_err(to_guest))
+        let started = Instant::now();
+        let result = tx.execute(&statement, params).await.map_err(to_guest);
+        Ok(self.ctx.report(started, result))
     }
 
     async fn publish(
@@ -408,9 +434,11 @@ impl HostTransaction for SqlView<'_> {
         let Some(tx) = transaction.tx.take() else {
             return Ok(Err(Error::Closed));
         };
+        let started = Instant::now();
         if let Err(err) = tx.commit().await {
-            return Ok(Err(to_guest(err)));
+            return Ok(self.ctx.report(started, Err(to_guest(err))));
         }
+        self.ctx.meter.record(true, started);
         if transaction.wrote_outbox {
             transaction.signal.notify_one();
         }

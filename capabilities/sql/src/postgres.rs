@@ -43,7 +43,7 @@
 //!   `agora-host`: migrations, set-up, the outbox relay).
 
 use crate::backend::{
-    Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx, relay_rows,
+    Backlog, Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx, relay_rows,
 };
 use crate::migrate::{failed, pending};
 use crate::value::{
@@ -1085,6 +1085,20 @@ impl Namespace for PgNamespace {
 
     fn outbox_signal(&self) -> Arc<Notify> {
         self.signal.clone()
+    }
+
+    async fn outbox_backlog(&self) -> Result<Backlog, SqlError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            r#"select count(*)::int8, coalesce(extract(epoch from now() - min(created_at)), 0)::float8
+               from "{}"._agora_outbox"#,
+            self.schema
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Backlog {
+            rows: u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
+            oldest_seconds: row.try_get::<f64, _>(1)?.max(0.0),
+        })
     }
 }
 

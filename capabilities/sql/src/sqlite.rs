@@ -15,7 +15,7 @@
 //! time and counted against the cap. A connection returned to the pool gets both reset.
 
 use crate::backend::{
-    Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx, relay_rows,
+    Backlog, Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx, relay_rows,
 };
 use crate::migrate::{failed, pending};
 use crate::value::{check_decimal, rfc3339};
@@ -563,6 +563,20 @@ impl Namespace for SqliteNamespace {
 
     fn outbox_signal(&self) -> Arc<Notify> {
         self.signal.clone()
+    }
+
+    async fn outbox_backlog(&self) -> Result<Backlog, SqlError> {
+        let row = sqlx::query(
+            "select count(*), \
+             coalesce((julianday('now') - julianday(min(created_at))) * 86400.0, 0.0) \
+             from _agora_outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Backlog {
+            rows: u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
+            oldest_seconds: row.try_get::<f64, _>(1)?.max(0.0),
+        })
     }
 }
 

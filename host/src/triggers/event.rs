@@ -25,6 +25,10 @@ const ACK_GRACE: Duration = Duration::from_secs(10);
 /// Delivers one subscription's messages to a component.
 pub struct EventHandler {
     slot: Arc<Slot>,
+    /// The subscribed subject (pattern): the metrics' label, bounded by the manifest.
+    subject: String,
+    /// Deliveries of one message before the broker dead-letters it.
+    max_deliver: u32,
 }
 
 /// Starts every subscription the manifest declares for `component`.
@@ -46,7 +50,11 @@ pub async fn subscribe(
             concurrency: (spec.limits.concurrency as usize).clamp(1, 64),
             ack_wait: Duration::from_millis(spec.limits.deadline_ms) + ACK_GRACE,
         };
-        let handler = Arc::new(EventHandler { slot: slot.clone() });
+        let handler = Arc::new(EventHandler {
+            slot: slot.clone(),
+            subject: subject.clone(),
+            max_deliver: spec.messaging.max_deliver,
+        });
         let subscription = backend
             .subscribe(subscription_spec, handler)
             .await
@@ -73,19 +81,32 @@ impl MessageHandler for EventHandler {
             duration_ms = tracing::field::Empty,
         );
         let started = Instant::now();
+        let count = delivery.delivery;
         let result = run(&component, delivery).instrument(span.clone()).await;
         let _entered = span.enter();
-        span.record("duration_ms", started.elapsed().as_millis() as u64);
-        match &result {
+        let elapsed = started.elapsed();
+        span.record("duration_ms", elapsed.as_millis() as u64);
+        let outcome = match &result {
             Ok(()) => {
                 span.record("outcome", "ok");
                 tracing::info!("event handled");
+                "handled"
+            }
+            Err(reason) if count >= self.max_deliver => {
+                span.record("outcome", "dead_lettered");
+                tracing::warn!(%reason, "event failed its last delivery; the broker dead-letters it");
+                "dead_lettered"
             }
             Err(reason) => {
                 span.record("outcome", "failed");
                 tracing::warn!(%reason, "event failed; the broker will redeliver it");
+                "retried"
             }
-        }
+        };
+        let metrics = crate::metrics::metrics();
+        let labels = [&*component.name, self.subject.as_str()];
+        metrics.events.with([labels[0], labels[1], outcome]).inc();
+        metrics.event_duration.with(labels).observe(elapsed);
         result
     }
 }
@@ -112,7 +133,12 @@ async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), Stri
         delivery: delivery.delivery,
     };
     let run = async {
+        let instantiating = Instant::now();
         let instance = pre.instantiate_async(&mut store).await?;
+        component
+            .series
+            .instantiation
+            .observe(instantiating.elapsed());
         instance
             .agora_platform_handler()
             .call_handle(&mut store, &message)

@@ -166,6 +166,15 @@ impl HttpTrigger {
             .filter(|route| target.is_none_or(|target| **route.target.name() == *target));
         let Some(route) = route else {
             tracing::debug!(%request_id, %path, target, "no route");
+            crate::metrics::metrics()
+                .http_requests
+                .with([
+                    "",
+                    "",
+                    crate::metrics::method_label(request.method()),
+                    "4xx",
+                ])
+                .inc();
             let message = match target {
                 Some(target) => format!("component `{target}` serves no route {path}"),
                 None => format!("no component serves {path}"),
@@ -187,6 +196,7 @@ impl HttpTrigger {
         }
         // The version serving now answers this request to its end, whatever swaps meanwhile.
         let component = route.target.current();
+        let method = crate::metrics::method_label(request.method());
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
@@ -247,7 +257,20 @@ impl HttpTrigger {
                 }
             };
             let status = response.status().as_u16();
-            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let elapsed = started.elapsed();
+            let metrics = crate::metrics::metrics();
+            let labels = [&*component.name, &*route.pattern];
+            metrics
+                .http_requests
+                .with([
+                    labels[0],
+                    labels[1],
+                    method,
+                    crate::metrics::status_class(status),
+                ])
+                .inc();
+            metrics.http_duration.with(labels).observe(elapsed);
+            let duration_ms = elapsed.as_secs_f64() * 1000.0;
             let span = tracing::Span::current();
             span.record("status", status);
             span.record("duration_ms", duration_ms);
@@ -299,6 +322,7 @@ async fn invoke(
         return body_too_large(limits.body_bytes, request_id);
     }
     let Ok(permit) = component.permits.clone().try_acquire_owned() else {
+        component.series.refusals.inc();
         tracing::warn!(
             concurrency = limits.concurrency,
             "concurrency limit reached; refusing"
@@ -354,11 +378,14 @@ async fn invoke(
             request_id,
         );
     };
+    let instantiation = component.series.instantiation.clone();
     let task = tokio::spawn(
         async move {
             let _permit = permit;
             let run = async {
+                let instantiating = Instant::now();
                 let instance = proxy.instantiate_async(&mut store).await?;
+                instantiation.observe(instantiating.elapsed());
                 instance
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, guest_request, outparam)

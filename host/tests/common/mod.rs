@@ -45,6 +45,8 @@ pub struct TestHost {
     pub addr: SocketAddr,
     /// The admin API's address, when it was started with one.
     pub admin_addr: Option<SocketAddr>,
+    /// The metrics listener's address (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics_addr: SocketAddr,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Drained, agora_host::HostError>>>,
@@ -96,6 +98,9 @@ impl TestHost {
             }
             None => host,
         };
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let host = host.with_metrics(metrics);
         let registry = host.registry().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -106,6 +111,7 @@ impl TestHost {
         Ok(TestHost {
             addr,
             admin_addr,
+            metrics_addr,
             dir,
             shutdown: Some(shutdown),
             task: Some(task),

@@ -97,6 +97,9 @@ pub struct Agora {
     pub child: ChildGuard,
     pub addr: String,
     pub log: std::thread::JoinHandle<String>,
+    /// The lines it prints after the listening line (read on a thread of their own, so its
+    /// stdout never closes under it).
+    pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Agora {
@@ -123,9 +126,16 @@ impl Agora {
             text
         });
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let Some(addr) = line.trim().strip_prefix("agora listening on http://") else {
             let _ = child.kill();
             panic!(
@@ -134,7 +144,29 @@ impl Agora {
             );
         };
         let addr = addr.to_owned();
-        Agora { child, addr, log }
+        Agora {
+            child,
+            addr,
+            log,
+            lines,
+        }
+    }
+
+    /// The rest of the first line printed after the listening line that starts with
+    /// `prefix` (within 10 s), e.g. the address of `agora metrics on http://`.
+    pub fn line_after(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_owned();
+                    }
+                }
+                Err(_) => panic!("no line starting with {prefix:?} within 10 s"),
+            }
+        }
     }
 
     /// Sends `signal_number`, waits for the exit and returns its code and everything logged.
