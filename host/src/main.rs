@@ -98,6 +98,10 @@ struct ServeArgs {
     /// Also serve the admin API on this address (off unless given); needs AGORA_ADMIN_TOKEN.
     #[arg(long, env = "AGORA_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// How log lines are written to stderr: `text`, or `json` (one object per line, with
+    /// the request's or event's `trace_id` when spans are exported).
+    #[arg(long, env = "AGORA_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: agora_host::telemetry::LogFormat,
     /// Also serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, without
     /// a token (off unless given): bind it where only the operator's network reaches.
     #[arg(long, env = "AGORA_METRICS_LISTEN")]
@@ -139,14 +143,21 @@ struct ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Serve(_) => agora_host::telemetry::init(),
-        Command::Deploy(_) | Command::Status(_) => {
-            agora_host::telemetry::init_with(agora_host::telemetry::COMMAND_FILTER);
+    let telemetry = match &cli.command {
+        Command::Serve(args) => {
+            agora_host::telemetry::init_with(agora_host::telemetry::DEFAULT_FILTER, args.log_format)
         }
-    }
+        Command::Deploy(_) | Command::Status(_) => agora_host::telemetry::init_with(
+            agora_host::telemetry::COMMAND_FILTER,
+            agora_host::telemetry::LogFormat::Text,
+        ),
+    };
     match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => {
+            let code = serve(*args);
+            telemetry.shutdown();
+            code
+        }
         Command::Deploy(args) => fleet_command(deploy(args)),
         Command::Status(args) => fleet_command(status(args)),
     }

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 /// How often the outbox is swept when no commit signals it.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -52,8 +53,22 @@ pub fn spawn(
             .outbox_oldest
             .with([&*component.name]);
         let mut looked: Option<std::time::Instant> = None;
+        // A pass woken by a commit that wrote the outbox is a span of its own; the sweeps
+        // every SWEEP_INTERVAL, which mostly find nothing, are not.
+        let mut woken = false;
         loop {
-            relay_all(&component, namespace.as_ref(), &dead).await;
+            let pass = relay_all(&component, namespace.as_ref(), &dead);
+            if woken {
+                pass.instrument(tracing::info_span!(
+                    "outbox relay",
+                    component = %component.name,
+                    "otel.name" = "outbox relay",
+                    "otel.kind" = "producer",
+                ))
+                .await;
+            } else {
+                pass.await;
+            }
             // The backlog gauges, at most once per BACKLOG_INTERVAL (a relay pass follows
             // every commit that wrote the outbox; counting after each would double the
             // database work of a busy component).
@@ -72,8 +87,9 @@ pub fn spawn(
             if *stop.borrow() {
                 break;
             }
+            woken = false;
             tokio::select! {
-                () = signal.notified() => {}
+                () = signal.notified() => woken = true,
                 () = tokio::time::sleep(SWEEP_INTERVAL) => {}
                 changed = stop.changed() => {
                     // The host is gone without saying stop: nothing left to relay for.

@@ -207,6 +207,16 @@ impl WasiHttpHooks for OutboundHttp {
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
         drop(fut);
+        let mut request = request;
+        // The call continues this request's or event's trace (W3C trace context).
+        for (name, value) in crate::telemetry::current_headers() {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(&value),
+            ) {
+                request.headers_mut().insert(name, value);
+            }
+        }
         let uri = request.uri();
         let origin = format!(
             "{}://{}",

@@ -20,6 +20,7 @@ use crate::state::{self, InstanceState};
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
@@ -200,7 +201,16 @@ impl Components {
         bytes: Vec<u8>,
         installed: Installed,
     ) -> Result<Outcome, SwapError> {
-        let outcome = self.install_unmetered(name, bytes, installed).await;
+        let span = tracing::info_span!(
+            "swap",
+            component = name,
+            installed_by = installed.as_str(),
+            "otel.name" = %format_args!("swap {name}"),
+        );
+        let outcome = self
+            .install_unmetered(name, bytes, installed)
+            .instrument(span)
+            .await;
         let label = match &outcome {
             Ok(Outcome::Swapped(_)) => "applied",
             Ok(Outcome::Unchanged(_)) => "unchanged",

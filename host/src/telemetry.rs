@@ -1,7 +1,27 @@
-//! Logging and tracing set-up: `tracing` events to stderr, filtered `RUST_LOG`-style.
+//! Logs and traces: `tracing` events to stderr (text, or JSON with `--log-format json`),
+//! filtered `RUST_LOG`-style, and — only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set — the same spans exported over OTLP/HTTP.
+//!
+//! The exporter honours the standard variables: `OTEL_EXPORTER_OTLP_PROTOCOL`
+//! (`http/protobuf`, the default, or `http/json`), `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_SERVICE_NAME` (default `agora`), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`
+//! and its argument, `OTEL_BSP_*` for batching, `OTEL_SDK_DISABLED=true` to turn it off.
+//! Without an endpoint no OpenTelemetry layer is installed: nothing costs more than tracing.
+//!
+//! W3C trace context (`traceparent`, `tracestate`) crosses every hop: read from an incoming
+//! request ([`continue_from`]), written on in-process calls, on each message a component
+//! publishes or writes to its outbox ([`current_headers`]), and read from a delivered message.
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal as _;
+use std::sync::OnceLock;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The filter used when `RUST_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn";
@@ -10,18 +30,195 @@ pub const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn";
 /// their output is what they print, not the client libraries' chatter.
 pub const COMMAND_FILTER: &str = "warn";
 
-/// Installs the global subscriber with [`DEFAULT_FILTER`]. Calling it again is harmless (the
-/// first one stays).
-pub fn init() {
-    init_with(DEFAULT_FILTER);
+/// The W3C trace-context headers.
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, with the fields of its spans (`trace_id` among them).
+    Json,
 }
 
-/// Installs the global subscriber, filtered by `RUST_LOG` or else by `default`.
-pub fn init_with(default: &str) {
+/// Whether spans are exported (an OpenTelemetry layer is installed).
+static EXPORTING: OnceLock<bool> = OnceLock::new();
+
+/// The exporter's provider, flushed by [`Telemetry::shutdown`].
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is still buffered and stops the exporter (at exit).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(err) = provider.force_flush() {
+                eprintln!("warning: exporting the last spans failed: {err}");
+            }
+            let _ = provider.shutdown();
+        }
+    }
+
+    /// Exports what is buffered now (tests read the receiver afterwards).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+/// Installs the global subscriber with [`DEFAULT_FILTER`], text logs. Calling it again is
+/// harmless (the first one stays).
+pub fn init() -> Telemetry {
+    init_with(DEFAULT_FILTER, LogFormat::Text)
+}
+
+/// Installs the global subscriber, filtered by `RUST_LOG` or else by `default`, writing
+/// `format`, and exporting spans when the OTLP endpoint variables say where. Must run outside
+/// an async runtime (the exporter's HTTP client is a blocking one, on a thread of its own).
+pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let ansi = std::io::stderr().is_terminal();
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let provider = match exporter() {
+        Ok(provider) => provider,
+        Err(err) => {
+            eprintln!("warning: spans will not be exported: {err}");
+            None
+        }
+    };
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("agora"))
+            .with_tracked_inactivity(false)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    let exporting = installed && provider.is_some();
+    let _ = EXPORTING.set(exporting);
+    if exporting {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        agora_capability::set_trace_headers(current_headers);
+    }
+    Telemetry {
+        provider: provider.filter(|_| exporting),
+    }
+}
+
+use tracing_subscriber::Layer as _;
+
+/// The tracer provider exporting over OTLP, when an endpoint is configured.
+fn exporter() -> Result<Option<SdkTracerProvider>, String> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.eq_ignore_ascii_case("true"))
+        || !(set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|err| format!("OTLP exporter: {err}"))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("agora");
+    }
+    let resource = resource
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
+}
+
+/// Whether spans are exported.
+pub fn exporting() -> bool {
+    EXPORTING.get().copied().unwrap_or(false)
+}
+
+/// Makes `span` continue the trace whose context `headers` carry (a request's or a
+/// message's), and records its trace id in the span's `trace_id` field (which logs show).
+/// Does nothing when spans are not exported.
+pub fn continue_from<'h>(
+    span: &tracing::Span,
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+) {
+    if !exporting() {
+        return;
+    }
+    let carrier = Carrier(
+        headers
+            .into_iter()
+            .filter(|(name, _)| {
+                TRACE_HEADERS
+                    .iter()
+                    .any(|trace| name.eq_ignore_ascii_case(trace))
+            })
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
+            .collect(),
+    );
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    span.record("trace_id", tracing::field::display(trace_id));
+}
+
+/// The trace-context headers of the current span, to send with what it causes (an
+/// in-process call, a message); empty when spans are not exported.
+pub fn current_headers() -> Vec<(String, String)> {
+    if !exporting() {
+        return Vec::new();
+    }
+    let context = tracing::Span::current().context();
+    let mut carrier = Carrier(Vec::new());
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.0
+}
+
+/// Header pairs, as the propagator reads and writes them.
+struct Carrier(Vec<(String, String)>);
+
+impl Extractor for Carrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_str()).collect()
+    }
+}
+
+impl Injector for Carrier {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
 }

@@ -28,6 +28,7 @@ pub use redis::RedisCache;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 use wasmtime::component::{HasSelf, Linker};
 
 /// Generated bindings of the `agora:platform/cache` interface.
@@ -184,6 +185,17 @@ fn to_guest(err: BackendError) -> Error {
 }
 
 impl CacheCtx {
+    /// The span of one cache call (OpenTelemetry's database client conventions).
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "cache",
+            "otel.name" = %format_args!("cache {operation}"),
+            "otel.kind" = "client",
+            "db.system.name" = self.grant.as_ref().map_or("none", |(backend, _)| backend.kind()),
+            "db.operation.name" = operation,
+        )
+    }
+
     /// Reports a call that started at `started` to the meter, and hands its result on.
     fn report<T>(
         &self,
@@ -198,7 +210,8 @@ impl CacheCtx {
 impl Host for CacheCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let started = Instant::now();
-        let result = self.get_unmetered(key).await;
+        let span = self.span("get");
+        let result = self.get_unmetered(key).instrument(span).await;
         self.report(started, result)
     }
 
@@ -209,7 +222,11 @@ impl Host for CacheCtx {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let started = Instant::now();
-        let result = self.set_unmetered(key, value, ttl_ms).await;
+        let span = self.span("set");
+        let result = self
+            .set_unmetered(key, value, ttl_ms)
+            .instrument(span)
+            .await;
         self.report(started, result)
     }
 
@@ -218,7 +235,11 @@ impl Host for CacheCtx {
         let result = match self.namespaced(&key) {
             Ok((backend, key)) => {
                 let namespace = self.quota().namespace;
-                backend.delete(&key, namespace).await.map_err(to_guest)
+                backend
+                    .delete(&key, namespace)
+                    .instrument(self.span("delete"))
+                    .await
+                    .map_err(to_guest)
             }
             Err(err) => Err(err),
         };
@@ -230,6 +251,7 @@ impl Host for CacheCtx {
         let result = match self.namespaced(&key) {
             Ok((backend, key)) => backend
                 .incr(&key, delta, self.quota())
+                .instrument(self.span("incr"))
                 .await
                 .map_err(to_guest),
             Err(err) => Err(err),

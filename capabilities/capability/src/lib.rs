@@ -121,6 +121,39 @@ impl std::fmt::Debug for Meter {
     }
 }
 
+/// Gives the W3C trace context of the current call as message headers (`traceparent`,
+/// `tracestate`); installed once by the host when it exports traces.
+static TRACE_HEADERS: std::sync::OnceLock<TraceHeaders> = std::sync::OnceLock::new();
+
+/// The source of the current call's trace-context headers.
+pub type TraceHeaders = fn() -> Vec<(String, String)>;
+
+/// Installs the source of the headers [`add_trace_headers`] adds (the host, once, when it
+/// exports traces).
+pub fn set_trace_headers(source: TraceHeaders) {
+    let _ = TRACE_HEADERS.set(source);
+}
+
+/// Puts the trace context of the current call into `headers` of a message a capability sends
+/// for a guest, replacing any the guest wrote (the host's is the true one), so whoever
+/// receives the message continues the trace. Leaves `headers` alone when traces are not
+/// exported.
+pub fn add_trace_headers(headers: &mut Vec<(String, String)>) {
+    let Some(source) = TRACE_HEADERS.get() else {
+        return;
+    };
+    let trace = source();
+    if trace.is_empty() {
+        return;
+    }
+    headers.retain(|(name, _)| {
+        !trace
+            .iter()
+            .any(|(traced, _)| traced.eq_ignore_ascii_case(name))
+    });
+    headers.extend(trace);
+}
+
 /// A count a capability keeps of one component, exposed as `agora_<capability>_<name>_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnitCounter {

@@ -212,6 +212,8 @@ impl MessagingCtx {
             )));
         }
         validate_headers(&headers).map_err(Error::Invalid)?;
+        let mut headers = headers;
+        agora_capability::add_trace_headers(&mut headers);
         let message = Message::new(subject, payload, headers);
         match grant.backend.publish(&message).await {
             Ok(()) => Ok(message.id),
@@ -237,7 +239,17 @@ impl Host for MessagingCtx {
         headers: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<String, Error>> {
         let started = std::time::Instant::now();
-        let result = self.publish_checked(subject, payload, headers).await;
+        let span = tracing::info_span!(
+            "publish",
+            "otel.name" = %format_args!("send {subject}"),
+            "otel.kind" = "producer",
+            "messaging.system" = self.grant.as_ref().map_or("none", |grant| grant.backend.kind()),
+            "messaging.operation.type" = "send",
+            "messaging.destination.name" = %subject,
+        );
+        let result =
+            tracing::Instrument::instrument(self.publish_checked(subject, payload, headers), span)
+                .await;
         self.meter.record(result.is_ok(), started);
         Ok(result)
     }

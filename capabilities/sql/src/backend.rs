@@ -353,6 +353,9 @@ pub trait Namespace: Send + Sync {
 
     /// How many rows wait in the outbox and how old the oldest is (the relay's lag).
     async fn outbox_backlog(&self) -> Result<Backlog, SqlError>;
+
+    /// The database, as OpenTelemetry's `db.system.name` names it (`postgresql`, `sqlite`).
+    fn system(&self) -> &'static str;
 }
 
 /// What waits in an outbox.

@@ -64,6 +64,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 /// Generated bindings of the `agora:platform/sql` interface.
@@ -252,6 +253,19 @@ pub struct Transaction {
     /// Whether `publish` wrote to the outbox: the commit then wakes the relay.
     wrote_outbox: bool,
     signal: Arc<Notify>,
+    /// The database, for the spans.
+    system: &'static str,
+}
+
+/// The span of one call to the database (OpenTelemetry's database client conventions).
+fn span(system: &'static str, operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "sql",
+        "otel.name" = %format_args!("sql {operation}"),
+        "otel.kind" = "client",
+        "db.system.name" = system,
+        "db.operation.name" = operation,
+    )
 }
 
 /// The guest's error for `err`, logging the ones that are the host's problem.
@@ -319,6 +333,7 @@ impl Host for SqlView<'_> {
             Some(grant) => grant
                 .namespace
                 .query_within(&statement, params, &self.ctx.bounds)
+                .instrument(span(grant.namespace.system(), "query"))
                 .await
                 .map_err(to_guest),
         };
@@ -336,6 +351,7 @@ impl Host for SqlView<'_> {
             Some(grant) => grant
                 .namespace
                 .execute_within(&statement, params, &self.ctx.bounds)
+                .instrument(span(grant.namespace.system(), "execute"))
                 .await
                 .map_err(to_guest),
         };
@@ -347,7 +363,13 @@ impl Host for SqlView<'_> {
             return Ok(Err(Error::Denied));
         };
         let started = Instant::now();
-        let tx = match grant.namespace.begin_within(&self.ctx.bounds).await {
+        let system = grant.namespace.system();
+        let tx = match grant
+            .namespace
+            .begin_within(&self.ctx.bounds)
+            .instrument(span(system, "begin"))
+            .await
+        {
             Ok(tx) => tx,
             Err(err) => return Ok(self.ctx.report(started, Err(to_guest(err)))),
         };
@@ -356,6 +378,7 @@ impl Host for SqlView<'_> {
             tx: Some(tx),
             wrote_outbox: false,
             signal: grant.namespace.outbox_signal(),
+            system,
         };
         Ok(Ok(self.table.push(transaction)?))
     }
@@ -368,11 +391,17 @@ impl HostTransaction for SqlView<'_> {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
-        let Some(tx) = self.table.get_mut(&transaction)?.tx.as_mut() else {
+        let transaction = self.table.get_mut(&transaction)?;
+        let system = transaction.system;
+        let Some(tx) = transaction.tx.as_mut() else {
             return Ok(Err(Error::Closed));
         };
         let started = Instant::now();
-        let result = tx.query(&statement, params).await.map_err(to_guest);
+        let result = tx
+            .query(&statement, params)
+            .instrument(span(system, "query"))
+            .await
+            .map_err(to_guest);
         Ok(self.ctx.report(started, result))
     }
 
@@ -382,11 +411,17 @@ impl HostTransaction for SqlView<'_> {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        let Some(tx) = self.table.get_mut(&transaction)?.tx.as_mut() else {
+        let transaction = self.table.get_mut(&transaction)?;
+        let system = transaction.system;
+        let Some(tx) = transaction.tx.as_mut() else {
             return Ok(Err(Error::Closed));
         };
         let started = Instant::now();
-        let result = tx.execute(&statement, params).await.map_err(to_guest);
+        let result = tx
+            .execute(&statement, params)
+            .instrument(span(system, "execute"))
+            .await
+            .map_err(to_guest);
         Ok(self.ctx.report(started, result))
     }
 
@@ -410,6 +445,10 @@ impl HostTransaction for SqlView<'_> {
         if let Err(err) = check_message(&subject, &payload, &headers) {
             return Ok(Err(to_guest(err)));
         }
+        // The row keeps the trace context of the transaction's caller: the relay publishes
+        // it with the message, so its consumers continue this trace.
+        let mut headers = headers;
+        agora_capability::add_trace_headers(&mut headers);
         let message = OutboxMessage {
             id: uuid::Uuid::new_v4().to_string(),
             subject,
@@ -435,7 +474,11 @@ impl HostTransaction for SqlView<'_> {
             return Ok(Err(Error::Closed));
         };
         let started = Instant::now();
-        if let Err(err) = tx.commit().await {
+        if let Err(err) = tx
+            .commit()
+            .instrument(span(transaction.system, "commit"))
+            .await
+        {
             return Ok(self.ctx.report(started, Err(to_guest(err))));
         }
         self.ctx.meter.record(true, started);

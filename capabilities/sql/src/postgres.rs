@@ -1087,6 +1087,10 @@ impl Namespace for PgNamespace {
         self.signal.clone()
     }
 
+    fn system(&self) -> &'static str {
+        "postgresql"
+    }
+
     async fn outbox_backlog(&self) -> Result<Backlog, SqlError> {
         let row = sqlx::query(AssertSqlSafe(format!(
             r#"select count(*)::int8, coalesce(extract(epoch from now() - min(created_at)), 0)::float8

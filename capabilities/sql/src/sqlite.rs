@@ -565,6 +565,10 @@ impl Namespace for SqliteNamespace {
         self.signal.clone()
     }
 
+    fn system(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn outbox_backlog(&self) -> Result<Backlog, SqlError> {
         let row = sqlx::query(
             "select count(*), \

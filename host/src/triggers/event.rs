@@ -29,6 +29,8 @@ pub struct EventHandler {
     subject: String,
     /// Deliveries of one message before the broker dead-letters it.
     max_deliver: u32,
+    /// The broker's kind (`nats`, `memory`), for the spans.
+    system: &'static str,
 }
 
 /// Starts every subscription the manifest declares for `component`.
@@ -54,6 +56,7 @@ pub async fn subscribe(
             slot: slot.clone(),
             subject: subject.clone(),
             max_deliver: spec.messaging.max_deliver,
+            system: backend.kind(),
         });
         let subscription = backend
             .subscribe(subscription_spec, handler)
@@ -79,6 +82,23 @@ impl MessageHandler for EventHandler {
             digest = %&component.digest[..12],
             outcome = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            "otel.name" = %format_args!("process {}", self.subject),
+            "otel.kind" = "consumer",
+            "messaging.system" = self.system,
+            "messaging.operation.type" = "process",
+            "messaging.destination.name" = %delivery.message.subject,
+            "messaging.message.id" = %delivery.message.id,
+            "messaging.message.delivery_count" = delivery.delivery,
+        );
+        // The delivery continues the trace of whatever published the message.
+        crate::telemetry::continue_from(
+            &span,
+            delivery
+                .message
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
         );
         let started = Instant::now();
         let count = delivery.delivery;

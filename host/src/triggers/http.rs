@@ -210,6 +210,19 @@ impl HttpTrigger {
             subject = tracing::field::Empty,
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            "otel.name" = %format_args!("{method} {}", route.pattern),
+            "otel.kind" = "server",
+            "http.request.method" = method,
+            "http.route" = %route.pattern,
+            "http.response.status_code" = tracing::field::Empty,
+        );
+        crate::telemetry::continue_from(
+            &span,
+            request
+                .headers()
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
         );
         async move {
             let (mut parts, body) = request.into_parts();
@@ -273,6 +286,7 @@ impl HttpTrigger {
             let duration_ms = elapsed.as_secs_f64() * 1000.0;
             let span = tracing::Span::current();
             span.record("status", status);
+            span.record("http.response.status_code", status);
             span.record("duration_ms", duration_ms);
             tracing::info!("request served");
             response
