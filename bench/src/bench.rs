@@ -110,6 +110,11 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
     let agora = release.join("agora");
     let native = release.join("agora-native-hello");
     let data_dir = work.join("data");
+    let sink = otlp_sink()?;
+    let (agora_scraped, manifest_scraped, data_scraped) =
+        (agora.clone(), manifest.clone(), data_dir.clone());
+    let (agora_traced, manifest_traced, data_traced) =
+        (agora.clone(), manifest.clone(), data_dir.clone());
     let hello_for_wasmtime = hello.clone();
     let hello_for_tuned = hello.clone();
     let wasmtime_tuned = wasmtime.clone();
@@ -124,6 +129,38 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
                         .arg("--data-dir")
                         .arg(&data_dir)
                         .env("RUST_LOG", "warn"),
+                )
+            }),
+        },
+        Server {
+            label: "agora serve, /metrics scraped every second",
+            start: Box::new(move || {
+                let port = free_port()?;
+                let started = spawn_and_read_addr(
+                    Command::new(&agora_scraped)
+                        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+                        .arg(&manifest_scraped)
+                        .arg("--data-dir")
+                        .arg(&data_scraped)
+                        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+                        .env("RUST_LOG", "warn"),
+                )?;
+                scrape_every_second(format!("127.0.0.1:{port}"));
+                Ok(started)
+            }),
+        },
+        Server {
+            label: "agora serve, every request traced (OTLP/HTTP, 100%)",
+            start: Box::new(move || {
+                spawn_and_read_addr(
+                    Command::new(&agora_traced)
+                        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+                        .arg(&manifest_traced)
+                        .arg("--data-dir")
+                        .arg(&data_traced)
+                        .env("RUST_LOG", "warn")
+                        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink)
+                        .env("OTEL_TRACES_SAMPLER", "always_on"),
                 )
             }),
         },
@@ -204,7 +241,85 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
         "median of {rounds} rounds; {connections} connections; {seconds} s measured after 2 s warm-up; \
          fresh instance per request on both wasm servers"
     );
+    println!(
+        "observability cost: scraped metrics keep {:.1}% of agora's req/s, full tracing {:.1}% \
+         (metrics are always counted; the first row counts them too)",
+        100.0 * medians[1].0.rps() / agora_rps,
+        100.0 * medians[2].0.rps() / agora_rps
+    );
     Ok(())
+}
+
+/// Scrapes `GET /metrics` on `addr` every second until the server stops answering.
+fn scrape_every_second(addr: String) {
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        // The listener comes up with the public one; give it a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        loop {
+            let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
+                return;
+            };
+            let request =
+                format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+            if stream.write_all(request.as_bytes()).is_err() {
+                return;
+            }
+            let mut scrape = Vec::new();
+            let _ = stream.read_to_end(&mut scrape);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}
+
+/// An OTLP/HTTP receiver that accepts and drops every export (the bench measures the cost of
+/// exporting, not a collector); returns its endpoint.
+fn otlp_sink() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || drain_exports(stream));
+        }
+    });
+    Ok(endpoint)
+}
+
+/// Answers 200 to each request of one keep-alive connection, reading its body.
+fn drain_exports(stream: std::net::TcpStream) {
+    use std::io::{Read as _, Write as _};
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
 }
 
 /// Starts `wasmtime serve -Scli` on a free port with `options`.
@@ -282,7 +397,10 @@ pub fn spawn_and_read_addr(command: &mut Command) -> anyhow::Result<(Child, Stri
         .with_context(|| format!("cannot start {command:?}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut line)?;
+    // The rest of its output is read and dropped: a closed pipe must not stop it.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let Some(addr) = line
         .trim()
         .rsplit("http://")

@@ -267,13 +267,20 @@ fn serve(args: ServeArgs) -> ExitCode {
             None => host,
         };
         let addr = listener.local_addr().unwrap_or(args.listen);
-        // Scripts and tests read this line to find the port (`--listen 127.0.0.1:0`).
-        println!("agora listening on http://{addr}");
+        // Scripts and tests read these lines; a reader that went away must not stop the
+        // host (println! would panic on a closed pipe).
+        let mut lines = format!("agora listening on http://{addr}\n");
         if let Some(admin_addr) = admin_addr {
-            println!("agora admin API on http://{admin_addr}");
+            lines.push_str(&format!("agora admin API on http://{admin_addr}\n"));
         }
         if let Some(metrics_addr) = metrics_addr {
-            println!("agora metrics on http://{metrics_addr}/metrics");
+            lines.push_str(&format!("agora metrics on http://{metrics_addr}/metrics\n"));
+        }
+        {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(lines.as_bytes());
+            let _ = stdout.flush();
         }
         tracing::info!(%addr, allocation = ?host.allocation(), components = host.components().len(), "serving");
         match host.serve(listener, shutdown).await {
