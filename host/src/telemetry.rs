@@ -161,7 +161,8 @@ pub fn exporting() -> bool {
 }
 
 /// Makes `span` continue the trace whose context `headers` carry (a request's or a
-/// message's), and records its trace id in the span's `trace_id` field (which logs show).
+/// message's), and records its ids in the span's `trace_id` and `span_id` fields (which logs
+/// show).
 /// Does nothing when spans are not exported.
 pub fn continue_from<'h>(
     span: &tracing::Span,
@@ -185,8 +186,10 @@ pub fn continue_from<'h>(
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
-    let trace_id = span.context().span().span_context().trace_id();
-    span.record("trace_id", tracing::field::display(trace_id));
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    span.record("trace_id", tracing::field::display(ids.trace_id()));
+    span.record("span_id", tracing::field::display(ids.span_id()));
 }
 
 /// The trace-context headers of the current span, to send with what it causes (an

@@ -360,10 +360,18 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
         Some("nats")
     );
 
-    // The JSON log lines name the same trace.
+    // The JSON log lines name the same trace, and the span of the request they belong to.
     let logged = log
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .any(|line| line["span"]["trace_id"] == json!(trace_id));
-    assert!(logged, "no JSON log line carries trace id {trace_id}");
+        .any(|line| {
+            line["span"]["trace_id"] == json!(trace_id)
+                && line["span"]["span_id"] == json!(placed.id)
+                && line["span"]["component"] == "order"
+        });
+    assert!(
+        logged,
+        "no JSON log line carries trace id {trace_id} and span id {}",
+        placed.id
+    );
 }

@@ -83,6 +83,7 @@ impl MessageHandler for EventHandler {
             outcome = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             "otel.name" = %format_args!("process {}", self.subject),
             "otel.kind" = "consumer",
             "messaging.system" = self.system,

@@ -211,6 +211,7 @@ impl HttpTrigger {
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             "otel.name" = %format_args!("{method} {}", route.pattern),
             "otel.kind" = "server",
             "http.request.method" = method,
