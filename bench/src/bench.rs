@@ -251,7 +251,7 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
 }
 
 /// Scrapes `GET /metrics` on `addr` every second until the server stops answering.
-fn scrape_every_second(addr: String) {
+pub(crate) fn scrape_every_second(addr: String) {
     std::thread::spawn(move || {
         use std::io::{Read as _, Write as _};
         // The listener comes up with the public one; give it a moment.
@@ -274,7 +274,7 @@ fn scrape_every_second(addr: String) {
 
 /// An OTLP/HTTP receiver that accepts and drops every export (the bench measures the cost of
 /// exporting, not a collector); returns its endpoint.
-fn otlp_sink() -> anyhow::Result<String> {
+pub(crate) fn otlp_sink() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     std::thread::spawn(move || {
@@ -413,7 +413,7 @@ pub fn spawn_and_read_addr(command: &mut Command) -> anyhow::Result<(Child, Stri
     Ok((child, addr.trim_end_matches('/').to_owned()))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

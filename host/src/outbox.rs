@@ -59,7 +59,8 @@ pub fn spawn(
         loop {
             let pass = relay_all(&component, namespace.as_ref(), &dead);
             if woken {
-                pass.instrument(tracing::info_span!(
+                pass.instrument(tracing::debug_span!(
+                    target: agora_capability::SPAN_TARGET,
                     "outbox relay",
                     component = %component.name,
                     "otel.name" = "outbox relay",

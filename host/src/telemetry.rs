@@ -80,8 +80,15 @@ pub fn init() -> Telemetry {
 /// `format`, and exporting spans when the OTLP endpoint variables say where. Must run outside
 /// an async runtime (the exporter's HTTP client is a blocking one, on a thread of its own).
 pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned());
     let ansi = std::io::stderr().is_terminal();
+    // The capability calls' spans (SPAN_TARGET, `debug`) are enabled only when exported:
+    // otherwise they are disabled at their call site and cost nothing. One filter serves both
+    // layers: tracing-subscriber's per-layer filters, tried here, lost log lines and spans of
+    // events handled on other threads.
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -100,6 +107,13 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
             eprintln!("warning: spans will not be exported: {err}");
             None
         }
+    };
+    let filter = match provider {
+        Some(_) => EnvFilter::new(format!(
+            "{directives},{}=debug",
+            agora_capability::SPAN_TARGET
+        )),
+        None => EnvFilter::new(&directives),
     };
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()

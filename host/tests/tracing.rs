@@ -269,10 +269,16 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
                     && span.attributes.get("component").map(String::as_str) == Some(component)
             })
             .unwrap_or_else(|| {
+                let elsewhere: Vec<String> = all
+                    .iter()
+                    .filter(|span| span.name == name)
+                    .map(|span| format!("{} {} <- {} in {}", span.id, span.name, span.parent, span.trace))
+                    .collect();
                 panic!(
-                    "no span {name:?} of {component} in trace {trace_id} ({} spans exported in all):\n{}",
+                    "no span {name:?} of {component} in trace {trace_id} ({} spans exported in all):\n{}\nspans of that name elsewhere:\n{}",
                     all.len(),
-                    described.join("\n")
+                    described.join("\n"),
+                    elsewhere.join("\n")
                 )
             })
     };

@@ -187,7 +187,8 @@ fn to_guest(err: BackendError) -> Error {
 impl CacheCtx {
     /// The span of one cache call (OpenTelemetry's database client conventions).
     fn span(&self, operation: &'static str) -> tracing::Span {
-        tracing::info_span!(
+        tracing::debug_span!(
+            target: agora_capability::SPAN_TARGET,
             "cache",
             "otel.name" = %format_args!("cache {operation}"),
             "otel.kind" = "client",

@@ -121,6 +121,11 @@ impl std::fmt::Debug for Meter {
     }
 }
 
+/// The target of the spans of capability calls (and the host's busiest inner steps). They are
+/// `debug` spans, so that only the host's exporting layer, which enables this target, records
+/// them: without an exporter they are disabled at their call site and cost nothing.
+pub const SPAN_TARGET: &str = "agora::span";
+
 /// Gives the W3C trace context of the current call as message headers (`traceparent`,
 /// `tracestate`); installed once by the host when it exports traces.
 static TRACE_HEADERS: std::sync::OnceLock<TraceHeaders> = std::sync::OnceLock::new();

@@ -239,7 +239,8 @@ impl Host for MessagingCtx {
         headers: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<String, Error>> {
         let started = std::time::Instant::now();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
+            target: agora_capability::SPAN_TARGET,
             "publish",
             "otel.name" = %format_args!("send {subject}"),
             "otel.kind" = "producer",

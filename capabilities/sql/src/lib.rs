@@ -259,7 +259,8 @@ pub struct Transaction {
 
 /// The span of one call to the database (OpenTelemetry's database client conventions).
 fn span(system: &'static str, operation: &'static str) -> tracing::Span {
-    tracing::info_span!(
+    tracing::debug_span!(
+        target: agora_capability::SPAN_TARGET,
         "sql",
         "otel.name" = %format_args!("sql {operation}"),
         "otel.kind" = "client",
