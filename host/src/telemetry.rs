@@ -85,10 +85,8 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
         .filter(|directives| !directives.trim().is_empty())
         .unwrap_or_else(|| default.to_owned());
     let ansi = std::io::stderr().is_terminal();
-    // The capability calls' spans (SPAN_TARGET, `debug`) are enabled only when exported:
-    // otherwise they are disabled at their call site and cost nothing. One filter serves both
-    // layers: tracing-subscriber's per-layer filters, tried here, lost log lines and spans of
-    // events handled on other threads.
+    // One filter serves both layers ([`ExportFilter`]): tracing-subscriber's per-layer
+    // filters, tried here, lost log lines and spans of events handled on other threads.
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -108,12 +106,9 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
             None
         }
     };
-    let filter = match provider {
-        Some(_) => EnvFilter::new(format!(
-            "{directives},{}=debug",
-            agora_capability::SPAN_TARGET
-        )),
-        None => EnvFilter::new(&directives),
+    let filter = ExportFilter {
+        logs: EnvFilter::new(&directives),
+        exporting: provider.is_some(),
     };
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
@@ -138,6 +133,88 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
 }
 
 use tracing_subscriber::Layer as _;
+
+/// The global filter: `RUST_LOG`'s directives (for the logs), and, when traces are exported,
+/// every span of agora's own crates whatever the log level — the request and event spans
+/// (`info`) and the capability calls' (`debug`, [`agora_capability::SPAN_TARGET`]). Without
+/// an exporter those are disabled at their call site unless the log level asks for them, and
+/// cost nothing. Events (log lines) always follow `RUST_LOG` alone.
+struct ExportFilter {
+    logs: EnvFilter,
+    exporting: bool,
+}
+
+impl ExportFilter {
+    fn exported(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        self.exporting
+            && metadata.is_span()
+            && metadata.level() <= &tracing::Level::DEBUG
+            && metadata.target().starts_with("agora")
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for ExportFilter
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if self.exported(metadata) {
+            return tracing::subscriber::Interest::always();
+        }
+        <EnvFilter as tracing_subscriber::Layer<S>>::register_callsite(&self.logs, metadata)
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.exported(metadata)
+            || <EnvFilter as tracing_subscriber::Layer<S>>::enabled(&self.logs, metadata, context)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        let logs = <EnvFilter as tracing_subscriber::Layer<S>>::max_level_hint(&self.logs);
+        if self.exporting {
+            logs.map(|level| level.max(tracing::level_filters::LevelFilter::DEBUG))
+        } else {
+            logs
+        }
+    }
+
+    fn on_new_span(
+        &self,
+        attributes: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.logs.on_new_span(attributes, id, context);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.logs.on_record(id, values, context);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
+        self.logs.on_enter(id, context);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
+        self.logs.on_exit(id, context);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
+        self.logs.on_close(id, context);
+    }
+}
 
 /// The tracer provider exporting over OTLP, when an endpoint is configured.
 fn exporter() -> Result<Option<SdkTracerProvider>, String> {
