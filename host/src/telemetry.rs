@@ -14,6 +14,7 @@
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal as _;
@@ -224,8 +225,24 @@ fn exporter() -> Result<Option<SdkTracerProvider>, String> {
     {
         return Ok(None);
     }
+    // The standard default, protobuf: the crate's own default is JSON whenever its JSON
+    // support is built in (pretty-printed, and costly at a span per request).
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_default();
+    let protocol = match protocol.trim() {
+        "" | "http/protobuf" => opentelemetry_otlp::Protocol::HttpBinary,
+        "http/json" => opentelemetry_otlp::Protocol::HttpJson,
+        other => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use http/protobuf \
+                 (the default) or http/json"
+            ));
+        }
+    };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_protocol(protocol)
         .build()
         .map_err(|err| format!("OTLP exporter: {err}"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
