@@ -112,9 +112,15 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
         exporting: provider.is_some(),
     };
     let otel = provider.as_ref().map(|provider| {
+        // Per span only what a trace needs: no source location or thread attributes, no
+        // busy/idle timing, and no OpenTelemetry context activated at each poll (the host
+        // reads a span's context through tracing, not from OpenTelemetry's current context).
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("agora"))
             .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_context_activation(false)
     });
     let installed = tracing_subscriber::registry()
         .with(filter)
