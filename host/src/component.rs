@@ -285,6 +285,7 @@ pub async fn load(
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let publish: Arc<[String]> = spec.grants.publish.clone().into();
     let patterns = publish.clone();
+    let meters = crate::granted::Meters::of(&spec.name);
     Ok(LoadedComponent {
         name: name.clone(),
         digest: code.digest,
@@ -303,11 +304,13 @@ pub async fn load(
             http: spec.grants.http.clone().into(),
             internal: capabilities.internal.clone(),
             auth: match (&capabilities.auth, spec.grants.auth) {
-                (Some(authority), true) => AuthCtx::granted(authority.clone()),
+                (Some(authority), true) => {
+                    AuthCtx::granted(authority.clone()).metered(meters.auth.clone())
+                }
                 _ => AuthCtx::denied(),
             },
             units: units.into(),
-            meters: crate::granted::Meters::of(&spec.name),
+            meters,
             may_publish: Arc::new(move |subject| {
                 agora_messaging::validate_subject(subject).is_ok()
                     && patterns

@@ -39,6 +39,8 @@ pub struct Meters {
     pub sql: Meter,
     /// Direct publishes (not those through a transaction's outbox).
     pub publish: Meter,
+    /// Token issuing, refreshing and revoking.
+    pub auth: Meter,
 }
 
 impl Meters {
@@ -47,6 +49,7 @@ impl Meters {
         Meters {
             sql: crate::metrics::capability_meter(name, "sql"),
             publish: crate::metrics::capability_meter(name, "publish"),
+            auth: crate::metrics::capability_meter(name, "auth"),
         }
     }
 }

@@ -293,6 +293,11 @@ async fn the_flow_shows_in_the_metrics(shop: &Shop, swapped: bool) {
         2.0,
     );
     at_least("agora_auth_failures_total{reason=\"role_missing\"}", 1.0);
+    // Registering and signing in issued tokens through the auth capability.
+    at_least(
+        "agora_capability_calls_total{component=\"account\",capability=\"auth\",outcome=\"ok\"}",
+        2.0,
+    );
     // The catalog reads products through the cache; the order's outbox is watched.
     let cache_gets = value("agora_cache_hits_total{component=\"catalog\"}")
         + value("agora_cache_misses_total{component=\"catalog\"}");

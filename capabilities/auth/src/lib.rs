@@ -74,6 +74,7 @@ pub const INTERFACE: &str = "agora:platform/auth";
 #[derive(Clone)]
 pub struct AuthCtx {
     grant: Option<Arc<Authority>>,
+    meter: agora_capability::Meter,
 }
 
 impl std::fmt::Debug for AuthCtx {
@@ -89,16 +90,51 @@ impl AuthCtx {
     pub fn granted(authority: Arc<Authority>) -> AuthCtx {
         AuthCtx {
             grant: Some(authority),
+            meter: agora_capability::Meter::default(),
         }
+    }
+
+    /// The same context, reporting each call to `meter`.
+    pub fn metered(mut self, meter: agora_capability::Meter) -> AuthCtx {
+        self.meter = meter;
+        self
     }
 
     /// A component without an auth grant: every call answers `denied`.
     pub fn denied() -> AuthCtx {
-        AuthCtx { grant: None }
+        AuthCtx {
+            grant: None,
+            meter: agora_capability::Meter::default(),
+        }
     }
 
-    fn authority(&self) -> Result<&Authority, Error> {
-        self.grant.as_deref().ok_or(Error::Denied)
+    /// Runs `operation` on the authority (`denied` without the grant), inside its span, and
+    /// reports it to the meter.
+    async fn call<T, F>(
+        &self,
+        operation: &'static str,
+        call: impl FnOnce(Arc<Authority>) -> F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, AuthError>>,
+    {
+        let started = std::time::Instant::now();
+        let result = match &self.grant {
+            None => Err(Error::Denied),
+            Some(authority) => {
+                let span = tracing::debug_span!(
+                    target: agora_capability::SPAN_TARGET,
+                    "auth",
+                    "otel.name" = %format_args!("auth {operation}"),
+                    "auth.operation" = operation,
+                );
+                tracing::Instrument::instrument(call(authority.clone()), span)
+                    .await
+                    .map_err(to_guest)
+            }
+        };
+        self.meter.record(result.is_ok(), started);
+        result
     }
 }
 
@@ -128,46 +164,40 @@ impl Host for AuthCtx {
         subject: String,
         roles: Vec<String>,
     ) -> wasmtime::Result<Result<WitTokenPair, Error>> {
-        let authority = match self.authority() {
-            Ok(authority) => authority,
-            Err(err) => return Ok(Err(err)),
-        };
-        Ok(authority
-            .issue(&subject, &roles)
-            .await
-            .map(to_wit)
-            .map_err(to_guest))
+        let issued = self
+            .call("issue", |authority| async move {
+                authority.issue(&subject, &roles).await
+            })
+            .await;
+        Ok(issued.map(to_wit))
     }
 
     async fn refresh(
         &mut self,
         refresh_token: String,
     ) -> wasmtime::Result<Result<WitTokenPair, Error>> {
-        let authority = match self.authority() {
-            Ok(authority) => authority,
-            Err(err) => return Ok(Err(err)),
-        };
-        Ok(authority
-            .refresh(&refresh_token)
-            .await
-            .map(to_wit)
-            .map_err(to_guest))
+        let refreshed = self
+            .call("refresh", |authority| async move {
+                authority.refresh(&refresh_token).await
+            })
+            .await;
+        Ok(refreshed.map(to_wit))
     }
 
     async fn revoke(&mut self, refresh_token: String) -> wasmtime::Result<Result<(), Error>> {
-        let authority = match self.authority() {
-            Ok(authority) => authority,
-            Err(err) => return Ok(Err(err)),
-        };
-        Ok(authority.revoke(&refresh_token).await.map_err(to_guest))
+        Ok(self
+            .call("revoke", |authority| async move {
+                authority.revoke(&refresh_token).await
+            })
+            .await)
     }
 
     async fn revoke_subject(&mut self, subject: String) -> wasmtime::Result<Result<(), Error>> {
-        let authority = match self.authority() {
-            Ok(authority) => authority,
-            Err(err) => return Ok(Err(err)),
-        };
-        Ok(authority.revoke_subject(&subject).await.map_err(to_guest))
+        Ok(self
+            .call("revoke_subject", |authority| async move {
+                authority.revoke_subject(&subject).await
+            })
+            .await)
     }
 }
 
