@@ -471,40 +471,27 @@ impl Host {
     /// The readiness checks of the backends: the cache, the broker, and each component's
     /// database (a `select 1` on its own pool).
     fn probes(&self) -> Vec<(String, ops::Probe)> {
-        let mut probes: Vec<(String, ops::Probe)> = Vec::new();
         let cache = self.capabilities.cache.clone();
-        probes.push((
-            format!("cache ({})", cache.kind()),
-            Arc::new(move || {
-                let cache = cache.clone();
-                Box::pin(async move { cache.ping().await.map_err(|err| err.to_string()) })
-            }),
-        ));
         let messaging = self.capabilities.messaging.clone();
-        probes.push((
-            format!("messaging ({})", messaging.kind()),
-            Arc::new(move || {
-                let messaging = messaging.clone();
-                Box::pin(async move { messaging.ping().await.map_err(|err| err.to_string()) })
-            }),
-        ));
+        let mut probes = vec![
+            (
+                format!("cache ({})", cache.kind()),
+                ops::probe(cache, |cache| async move { cache.ping().await }),
+            ),
+            (
+                format!("messaging ({})", messaging.kind()),
+                ops::probe(messaging, |messaging| async move { messaging.ping().await }),
+            ),
+        ];
         for slot in self.components.slots() {
-            let Some(namespace) = slot.current().capabilities.sql.clone() else {
-                continue;
-            };
-            probes.push((
-                format!("sql of `{}`", slot.name()),
-                Arc::new(move || {
-                    let namespace = namespace.clone();
-                    Box::pin(async move {
-                        namespace
-                            .query("select 1", Vec::new())
-                            .await
-                            .map(drop)
-                            .map_err(|err| err.to_string())
-                    })
-                }),
-            ));
+            if let Some(namespace) = slot.current().capabilities.sql.clone() {
+                probes.push((
+                    format!("sql of `{}`", slot.name()),
+                    ops::probe(namespace, |namespace| async move {
+                        namespace.query("select 1", Vec::new()).await.map(drop)
+                    }),
+                ));
+            }
         }
         probes
     }

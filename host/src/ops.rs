@@ -30,6 +30,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A readiness check of one backend: `Err` says why it is not usable.
 pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// The probe that runs `check` on `target` each time it is asked.
+pub fn probe<T, F, Fut, E>(target: T, check: F) -> Probe
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    Arc::new(move || {
+        let checked = check(target.clone());
+        Box::pin(async move { checked.await.map_err(|err| err.to_string()) })
+    })
+}
+
 /// What the listener reads.
 pub struct OpsState {
     components: Arc<Components>,

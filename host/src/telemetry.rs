@@ -21,6 +21,7 @@ use std::io::IsTerminal as _;
 use std::sync::OnceLock;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -60,13 +61,6 @@ impl Telemetry {
                 eprintln!("warning: exporting the last spans failed: {err}");
             }
             let _ = provider.shutdown();
-        }
-    }
-
-    /// Exports what is buffered now (tests read the receiver afterwards).
-    pub fn flush(&self) {
-        if let Some(provider) = &self.provider {
-            let _ = provider.force_flush();
         }
     }
 }
@@ -138,8 +132,6 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
         provider: provider.filter(|_| exporting),
     }
 }
-
-use tracing_subscriber::Layer as _;
 
 /// The global filter: `RUST_LOG`'s directives (for the logs), and, when traces are exported,
 /// every span of agora's own crates whatever the log level — the request and event spans

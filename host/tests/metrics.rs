@@ -1,6 +1,7 @@
 //! The metrics listener of the real binary (`--metrics-listen`): what a scrape holds after
 //! requests the test made, checked by `promtool check metrics` and by a real Prometheus
-//! scraping the host; `/healthz` and `/readyz`, including readiness lost while draining.
+//! scraping the host; `/healthz` and `/readyz`, including readiness lost while draining and
+//! while a backend does not answer.
 //!
 //! promtool and prometheus come from Debian's `prometheus` package (`.ci/run` installs it):
 //! without them those checks print SKIPPED, and fail under `CI=true`.
@@ -41,6 +42,11 @@ fn tool(tool: &str) -> Option<String> {
 
 /// An echo component on `/echo` and `/echo/...`, served with a metrics listener.
 fn start(dir: &std::path::Path) -> (Agora, String) {
+    start_with(dir, &[])
+}
+
+/// [`start`] with more arguments for `agora serve`.
+fn start_with(dir: &std::path::Path, args: &[&str]) -> (Agora, String) {
     let manifest = dir.join("agora.toml");
     std::fs::write(
         &manifest,
@@ -51,7 +57,7 @@ fn start(dir: &std::path::Path) -> (Agora, String) {
         &manifest,
         &common::shared_data_dir(),
         &[],
-        &["--metrics-listen", "127.0.0.1:0"],
+        &[&["--metrics-listen", "127.0.0.1:0"], args].concat(),
     );
     let metrics = agora.line_after("agora metrics on http://");
     let metrics = metrics
@@ -210,6 +216,24 @@ fn probes_answer_without_a_token_and_readiness_ends_when_draining() {
     );
     assert_eq!(slow.join().unwrap(), 200, "the in-flight request finished");
     let (code, _) = agora.wait();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_backend_that_does_not_answer_makes_the_host_unready_but_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: the host starts (Redis is connected lazily) and serves, but
+    // its cache cannot be reached.
+    let (agora, metrics) = start_with(dir.path(), &["--redis-url", "redis://127.0.0.1:1"]);
+    assert_eq!(get(&format!("http://{}/echo", agora.addr)).0, 200);
+    assert_eq!(get(&format!("http://{metrics}/healthz")).0, 200);
+    let (status, body) = get(&format!("http://{metrics}/readyz"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cache (redis)"), "{body}");
+    let (_, scrape) = get(&format!("http://{metrics}/metrics"));
+    assert_eq!(sample(&scrape, "agora_ready"), Some(0.0));
+    assert_eq!(sample(&scrape, "agora_draining"), Some(0.0));
+    let (code, _) = agora.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
 }
 
