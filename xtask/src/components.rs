@@ -31,19 +31,36 @@ fn out_dir() -> PathBuf {
     root().join("target/components")
 }
 
+/// Where a components build shows cargo's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// On this terminal, cargo's progress included.
+    Terminal,
+    /// In target/components/build.log (its tail is shown if the build fails), with one job at a
+    /// lower CPU priority: for a build that runs beside the host's. That one holds the terminal
+    /// and spends most of its time in one chain of crates compiled one after the other, so a
+    /// core is mostly idle.
+    Beside,
+}
+
 /// Builds all components; prints one line per component with its size.
 pub fn build_all() -> anyhow::Result<Vec<Built>> {
+    build_all_with(Output::Terminal)
+}
+
+/// [`build_all`] with cargo's output shown as `output` says.
+pub fn build_all_with(output: Output) -> anyhow::Result<Vec<Built>> {
     let artifacts = component_artifacts()?;
     let what = format!(
         "building all {} components under components/ for {TARGET} (release)",
         artifacts.len()
     );
-    build(&what, &["--workspace"], artifacts)
+    build(&what, &["--workspace"], artifacts, output)
 }
 
 /// Builds the components `manifest` serves from target/components/ (sources elsewhere are
 /// served as they are); prints one line per component with its size.
-pub fn build_served(manifest: &Path) -> anyhow::Result<Vec<Built>> {
+pub fn build_served(manifest: &Path, output: Output) -> anyhow::Result<Vec<Built>> {
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let manifest_dir = manifest.parent().unwrap_or(Path::new("."));
@@ -77,7 +94,7 @@ pub fn build_served(manifest: &Path) -> anyhow::Result<Vec<Built>> {
         packages.push("--package");
         packages.push(name.as_str());
     }
-    build(&what, &packages, artifacts)
+    build(&what, &packages, artifacts, output)
 }
 
 /// Builds all components and returns the path of the one named `name`.
@@ -95,15 +112,32 @@ fn build(
     what: &str,
     selection: &[&str],
     artifacts: Vec<(String, String)>,
+    output: Output,
 ) -> anyhow::Result<Vec<Built>> {
     ensure_target()?;
-    step(what, || {
-        run(cargo()
+    let log = out_dir().join("build.log");
+    let what = match output {
+        Output::Terminal => what.to_owned(),
+        Output::Beside => format!(
+            "{what}, in the background (one job, low priority; cargo's output in \
+             target/components/build.log)"
+        ),
+    };
+    step(&what, || {
+        let mut command = match output {
+            Output::Terminal => cargo(),
+            Output::Beside => niced(cargo()),
+        };
+        command
             .args(["build", "--release", "--target", TARGET])
             .args(selection)
             .arg("--manifest-path")
             .arg(root().join("components/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", target_dir()))?;
+            .env("CARGO_TARGET_DIR", target_dir());
+        match output {
+            Output::Terminal => run(&mut command)?,
+            Output::Beside => run_logged(command.args(["--jobs", "1"]), &log)?,
+        }
         let out_dir = out_dir();
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("cannot create {}", out_dir.display()))?;
@@ -123,6 +157,48 @@ fn build(
         }
         Ok(built)
     })
+}
+
+/// `command` run at a lower CPU priority through `nice` where there is one, else as it is.
+fn niced(command: Command) -> Command {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("nice").is_file()));
+    if !cfg!(unix) || !found {
+        return command;
+    }
+    let mut niced = Command::new("nice");
+    niced.args(["-n", "10"]).arg(command.get_program());
+    niced.args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        niced.current_dir(dir);
+    }
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => niced.env(name, value),
+            None => niced.env_remove(name),
+        };
+    }
+    niced
+}
+
+/// Runs `command` with its output written to `log`; when it fails, shows the log's last lines.
+fn run_logged(command: &mut Command, log: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    command.stdout(file.try_clone()?).stderr(file);
+    let outcome = run(command);
+    if outcome.is_err() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("xtask: the last lines of {}:", log.display());
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("  {line}");
+        }
+    }
+    outcome
 }
 
 /// The component crates a manifest serves: the file stems of its `[[component]]` sources that

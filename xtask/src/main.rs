@@ -11,6 +11,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::Command;
 use xtask::{cargo, components, root, run, step, target_dir};
 
@@ -77,30 +78,17 @@ const DEV_ADMIN_EMAIL: &str = "admin@shop.local";
 const DEV_ADMIN_PASSWORD: &str = "agora-dev-admin";
 
 fn dev(listen: &str, release: bool) -> anyhow::Result<()> {
-    components::build_served(&root().join("agora.toml"))?;
-    let agora = if release {
-        step("building the host (release)", || {
-            run(cargo().args([
-                "build",
-                "--release",
-                "--package",
-                "agora-host",
-                "--bin",
-                "agora",
-            ]))
-        })?;
-        target_dir().join("release/agora")
-    } else {
-        // Features as `cargo test --workspace` resolves them, so this is the very binary the
-        // suite builds, on the same compiled dependencies (wasmtime among them): every
-        // workspace member takes part in feature resolution, and `--examples` (there are none)
-        // makes cargo count the dev-dependencies' features too, as a test build does.
-        step(
-            "building the host (dev profile, dependencies optimised; `cargo xtask test` reuses it)",
-            || run(cargo().args(["build", "--workspace", "--bin", "agora", "--examples"])),
-        )?;
-        target_dir().join("debug/agora")
-    };
+    // The components build beside the host's: that one waits on one chain of crates
+    // (cranelift, wasmtime, its WASI crates) for most of its time, with a core to spare.
+    let components = std::thread::spawn(|| {
+        components::build_served(&root().join("agora.toml"), components::Output::Beside)
+    });
+    let host = build_host(release);
+    let components = components
+        .join()
+        .map_err(|_| anyhow::anyhow!("the components build panicked"))?;
+    let agora = host?;
+    components?;
     let email = std::env::var("AGORA_ADMIN_EMAIL").unwrap_or_else(|_| DEV_ADMIN_EMAIL.into());
     let password =
         std::env::var("AGORA_ADMIN_PASSWORD").unwrap_or_else(|_| DEV_ADMIN_PASSWORD.into());
@@ -119,6 +107,32 @@ fn dev(listen: &str, release: bool) -> anyhow::Result<()> {
         .env("AGORA_ADMIN_PASSWORD", &password)
         .args(["serve", "--manifest", "agora.toml", "--listen", listen]);
     exec(serve)
+}
+
+/// Builds the host `dev` serves and returns the binary's path.
+fn build_host(release: bool) -> anyhow::Result<PathBuf> {
+    if release {
+        step("building the host (release)", || {
+            run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "agora-host",
+                "--bin",
+                "agora",
+            ]))
+        })?;
+        return Ok(target_dir().join("release/agora"));
+    }
+    // Features as `cargo test --workspace` resolves them, so this is the very binary the suite
+    // builds, on the same compiled dependencies (wasmtime among them): every workspace member
+    // takes part in feature resolution, and `--examples` (there are none) makes cargo count the
+    // dev-dependencies' features too, as a test build does.
+    step(
+        "building the host (dev profile, dependencies optimised; `cargo xtask test` reuses it)",
+        || run(cargo().args(["build", "--workspace", "--bin", "agora", "--examples"])),
+    )?;
+    Ok(target_dir().join("debug/agora"))
 }
 
 /// Replaces this process with `command` where the platform can (Ctrl-C and the exit status
@@ -149,23 +163,31 @@ const NATIVE_TESTED: &[&str] = &[
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     check_chromium()?;
-    components::build_all()?;
-    step("cargo fmt --check (host workspace and components)", || {
+    // The components build beside fmt and the host's clippy (the suite needs them only when
+    // it runs); clippy of the components waits for it, as it shares its build folder.
+    let components = std::thread::spawn(|| components::build_all_with(components::Output::Beside));
+    let checked = step("cargo fmt --check (host workspace and components)", || {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo()
             .args(["fmt", "--all", "--check", "--manifest-path"])
             .arg(root().join("components/Cargo.toml")))
-    })?;
-    step("cargo clippy (host workspace)", || {
-        run(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))
-    })?;
+    })
+    .and_then(|()| {
+        step("cargo clippy (host workspace)", || {
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })
+    });
+    components
+        .join()
+        .map_err(|_| anyhow::anyhow!("the components build panicked"))??;
+    checked?;
     step("cargo clippy (components)", || {
         run(cargo()
             .args(["clippy", "--workspace", "--release", "--manifest-path"])
