@@ -32,6 +32,8 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         if ["lib", "main", "triggers::mod"].contains(&name.as_str()) {
             continue;
         }
+        // A folder module (`fleet/mod.rs`) is the module others name (`crate::fleet`).
+        let name = name.strip_suffix("::mod").unwrap_or(&name).to_owned();
         let text = std::fs::read_to_string(&path).unwrap();
         let code = text.split("#[cfg(test)]").next().unwrap();
         let mut uses = BTreeSet::new();
