@@ -5,13 +5,15 @@
 //! that imports a unit's interface without the grant (at load), and puts each store's state in
 //! its [`agora_capability::Slots`] (the default, denied, when the grant is absent).
 //!
-//! Units: cache, keyvalue. The capabilities older than the unit trait (sql, messaging, auth,
-//! logging, config) are still wired by hand in `component.rs` and `state.rs`;
+//! Units: cache, keyvalue, logging, config. The capabilities older than the unit trait (sql,
+//! messaging, auth) are still wired by hand in `component.rs` and `state.rs`;
 //! docs/architecture.md says how a unit is added and which of them move next.
 
 use crate::manifest::{ComponentSpec, Manifest, ManifestError};
 use crate::state::InstanceState;
 use agora_capability::{Capability, ComponentInfo, Prepared};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One capability unit, for the host's store type.
@@ -34,6 +36,8 @@ pub fn units(backends: &Backends) -> Units {
     let units: Vec<Unit> = vec![
         Arc::new(agora_cache::Cache::new(backends.cache.clone())),
         Arc::new(agora_keyvalue::KeyValue::new(backends.cache.clone())),
+        Arc::new(agora_logging::Logging),
+        Arc::new(agora_config::Config),
     ];
     units.into()
 }
@@ -65,11 +69,14 @@ pub fn check_manifest(manifest: &Manifest, units: &[Unit]) -> Result<(), Manifes
     Ok(())
 }
 
-/// Whether `spec` holds a grant of `unit` that grants something.
-fn granted<'a>(spec: &'a ComponentSpec, unit: &Unit) -> Option<&'a toml::Value> {
+/// The grant `spec` holds of `unit` (written in its manifest entry, or else the unit's
+/// default), if it grants something.
+fn granted<'a>(spec: &'a ComponentSpec, unit: &Unit) -> Option<Cow<'a, toml::Value>> {
     spec.grants
         .units
         .get(unit.name())
+        .map(Cow::Borrowed)
+        .or_else(|| unit.default_grant().map(Cow::Owned))
         .filter(|value| unit.check_grant(value).unwrap_or(false))
 }
 
@@ -91,6 +98,7 @@ pub fn check_import(spec: &ComponentSpec, units: &[Unit], interface: &str) -> Re
 pub async fn prepare(
     spec: &ComponentSpec,
     units: &[Unit],
+    config: &BTreeMap<String, String>,
 ) -> Result<Vec<(&'static str, Arc<dyn Prepared>)>, String> {
     let mut prepared = Vec::new();
     for unit in units {
@@ -101,7 +109,8 @@ pub async fn prepare(
         let info = ComponentInfo {
             name: &spec.name,
             meter: &meter,
-            grant,
+            grant: &grant,
+            config,
             cache_keys: spec.limits.cache_keys,
             cache_value_bytes: spec.limits.cache_value_bytes,
             deadline_ms: spec.limits.deadline_ms,

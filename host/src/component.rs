@@ -16,12 +16,12 @@ use agora_cache::CacheBackend;
 use agora_messaging::MessagingBackend;
 use agora_messaging::bindings::subscriber::SubscriberPre;
 use agora_sql::{Migration, Namespace, SqlBackend};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
-use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// A component ready to serve: pre-linked, with its limits and its concurrency gate.
@@ -46,8 +46,6 @@ pub struct LoadedComponent {
     pub permits: Arc<Semaphore>,
     /// What its instances may use, per its grants.
     pub capabilities: Granted,
-    /// Its wasi:config/store values. Never logged: some come from secrets.
-    pub config: Arc<WasiConfigVariables>,
     /// Its route policies, in manifest order.
     pub policies: Arc<[Policy]>,
     /// Its manifest entry (routes, grants), as loaded.
@@ -96,9 +94,7 @@ pub fn host_linker(engine: &Engine, units: &[Unit]) -> anyhow::Result<Linker<Ins
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     agora_sql::add_to_linker(&mut linker, InstanceState::sql_view)?;
     agora_messaging::add_to_linker(&mut linker, |state| &mut state.messaging)?;
-    agora_logging::add_to_linker(&mut linker, |state| &mut state.logging)?;
     agora_auth::add_to_linker(&mut linker, |state| &mut state.auth)?;
-    wasmtime_wasi_config::add_to_linker(&mut linker, |state| WasiConfig::new(&state.config))?;
     for unit in units {
         unit.link(&mut linker)?;
     }
@@ -279,7 +275,7 @@ pub async fn load(
     } else {
         None
     };
-    let units = crate::capabilities::prepare(spec, &capabilities.units)
+    let units = crate::capabilities::prepare(spec, &capabilities.units, &config)
         .await
         .map_err(fail)?;
     let name: Arc<str> = Arc::from(spec.name.as_str());
@@ -318,7 +314,6 @@ pub async fn load(
                         .any(|pattern| agora_messaging::subject_matches(pattern, subject))
             }),
         },
-        config: Arc::new(config),
         policies: spec.policies.clone().into(),
         spec: Arc::new(spec.clone()),
         loaded_at: std::time::SystemTime::now(),
@@ -334,7 +329,6 @@ impl LoadedComponent {
             engine: &self.engine,
             limits: &self.limits,
             capabilities: &self.capabilities,
-            config: &self.config,
         }
     }
 
@@ -353,7 +347,6 @@ impl LoadedComponent {
             subscriber: code.subscriber,
             permits: self.permits.clone(),
             capabilities: self.capabilities.clone(),
-            config: self.config.clone(),
             policies: self.policies.clone(),
             spec: self.spec.clone(),
             loaded_at: std::time::SystemTime::now(),
@@ -400,16 +393,13 @@ async fn open_database(
 
 /// The component's configuration: manifest values plus values read from the environment.
 /// Errors name the variable, never a value.
-fn resolve_config(spec: &ComponentSpec) -> Result<WasiConfigVariables, String> {
-    let mut config = WasiConfigVariables::new();
-    for (key, value) in &spec.config {
-        config.insert(key, value);
-    }
+fn resolve_config(spec: &ComponentSpec) -> Result<BTreeMap<String, String>, String> {
+    let mut config = spec.config.clone();
     for (key, variable) in &spec.config_env {
         let name = variable.name();
         match std::env::var(name) {
             Ok(value) => {
-                config.insert(key, value);
+                config.insert(key.clone(), value);
             }
             Err(_) if variable.optional() => {}
             Err(_) => {

@@ -35,6 +35,8 @@
 //! http = ["https://api.example.com", "http://catalog.agora.internal"]  # outbound wasi:http,
 //!                                # by origin; NAME.agora.internal calls component NAME in-process
 //! auth = true                    # agora:platform/auth (issue and revoke tokens)
+//! keyvalue = true                # wasi:keyvalue store, atomics, batch (over the cache backend)
+//! logging = false                # wasi:logging and wasi:config/store are granted unless denied
 //!
 //! migrations = "migrations/hello"  # SQL migrations, applied once at load (needs sql)
 //! startup = "/hello/internal/start" # POSTed in-process once loaded; non-2xx stops the start

@@ -10,7 +10,6 @@ use crate::manifest::INTERNAL_DOMAIN;
 use crate::manifest::Limits;
 use agora_auth::AuthCtx;
 use agora_capability::{Slots, StoreData, StoreInfo};
-use agora_logging::LoggingCtx;
 use agora_messaging::MessagingCtx;
 use agora_sql::{SqlCtx, SqlView};
 use std::pin::Pin;
@@ -22,13 +21,12 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-/// What a store is made of: one component's name, engine, limits, capabilities and
-/// configuration (`LoadedComponent::store_spec`).
+/// What a store is made of: one component's name, engine, limits and capabilities
+/// (`LoadedComponent::store_spec`).
 pub struct StoreSpec<'a> {
     /// The manifest name.
     pub name: &'a Arc<str>,
@@ -38,8 +36,6 @@ pub struct StoreSpec<'a> {
     pub limits: &'a Limits,
     /// Its share of the host's capabilities.
     pub capabilities: &'a Granted,
-    /// Its wasi:config/store values.
-    pub config: &'a Arc<WasiConfigVariables>,
 }
 
 /// The data of a per-request store.
@@ -54,10 +50,6 @@ pub struct InstanceState {
     pub deadline: Instant,
     /// Set by the epoch callback when it interrupted the guest for its deadline.
     pub deadline_hit: bool,
-    /// wasi:config/store: this component's resolved configuration.
-    pub config: Arc<WasiConfigVariables>,
-    /// wasi:logging: tags the guest's log calls with the component.
-    pub logging: LoggingCtx,
     /// agora:platform/sql: this component's database namespace (or denied).
     pub sql: SqlCtx,
     /// agora:platform/messaging: the broker and the subjects granted (or denied).
@@ -98,8 +90,6 @@ impl InstanceState {
             },
             deadline,
             deadline_hit: false,
-            config: component.config.clone(),
-            logging: LoggingCtx::new(name.clone()),
             // The store's sql calls end with its request or event, and read at most the
             // component's result cap into host memory.
             sql: component.capabilities.sql_ctx().bounded(agora_sql::Bounds {

@@ -431,7 +431,7 @@ fn backend_sets() -> Vec<Backends> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ungranted_sql_and_messaging_imports_fail_to_load() {
+async fn ungranted_imports_fail_to_load() {
     let source = component("example").display().to_string();
     for (grants, interface, hint) in [
         (
@@ -443,6 +443,17 @@ async fn ungranted_sql_and_messaging_imports_fail_to_load() {
             "grants = { cache = true, sql = true }",
             "agora:platform/messaging",
             "grants no subject",
+        ),
+        // Logging and configuration are granted unless the manifest denies them.
+        (
+            r#"grants = { cache = true, sql = true, publish = ["example.*"], logging = false }"#,
+            "wasi:logging/logging",
+            "grants no logging (add `grants = { logging = true }`)",
+        ),
+        (
+            r#"grants = { cache = true, sql = true, publish = ["example.*"], config = false }"#,
+            "wasi:config/store",
+            "grants no config (add `grants = { config = true }`)",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -89,6 +89,9 @@ pub struct ComponentInfo<'a> {
     pub deadline_ms: u64,
     /// Where the capability reports each call it serves for this component.
     pub meter: &'a Meter,
+    /// Its configuration (`[component.config]`, and `[component.config_env]` read from the
+    /// environment at load), by key. Some values are secrets: never log them.
+    pub config: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// Where a capability reports the calls it serves for one component: their time and whether
@@ -211,6 +214,14 @@ pub trait Capability<S: StoreData>: Send + Sync + 'static {
     /// Checks the value of its grant: `Ok(true)` grants it, `Ok(false)` is a grant of nothing
     /// (`false`, an empty list), `Err` says what a valid value is.
     fn check_grant(&self, value: &toml::Value) -> Result<bool, String>;
+
+    /// The grant a component holds when its manifest entry names none: `None` (the default)
+    /// denies, as every capability that reaches data or the network must. A capability that
+    /// reveals nothing and reaches nothing (logging, a component's own configuration) may be
+    /// granted by default; the manifest can still deny it (`logging = false`).
+    fn default_grant(&self) -> Option<toml::Value> {
+        None
+    }
 
     /// Adds its interfaces to `linker`. Host functions find their state with
     /// [`Slots::get_mut`].

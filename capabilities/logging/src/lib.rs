@@ -3,19 +3,15 @@
 //! Every `log` call becomes a `tracing` event with target `agora::guest`, the component's name
 //! and the guest's `context` as fields, at the matching level (`critical` is logged as error
 //! with `critical = true`). The message is cut at [`MAX_MESSAGE_BYTES`], so a guest cannot flood
-//! the log with one call. Logging needs no grant: it reveals nothing and reaches nothing.
+//! the log with one call.
 //!
-//! ```no_run
-//! use agora_logging::LoggingCtx;
-//! # struct State { logging: LoggingCtx }
-//! # fn link(linker: &mut wasmtime::component::Linker<State>) -> wasmtime::Result<()> {
-//! agora_logging::add_to_linker(linker, |state: &mut State| &mut state.logging)?;
-//! let ctx = LoggingCtx::new("catalog".into());
-//! # Ok(()) }
-//! ```
+//! A capability unit ([`Logging`], grant `logging`): it reveals nothing and reaches nothing, so
+//! every component holds it unless its manifest entry says `logging = false`.
 
 #![deny(missing_docs)]
 
+use agora_capability::{Capability, ComponentInfo, Prepared, StoreData, StoreInfo};
+use std::any::Any;
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -36,16 +32,70 @@ pub const INTERFACE: &str = "wasi:logging/logging";
 /// Longest message kept, in bytes; the rest is replaced by a marker.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
-/// The logging state of one store: whose logs these are.
-#[derive(Clone)]
+/// The logging state of one store: whose logs these are. The default (a component denied
+/// logging) drops every call.
+#[derive(Clone, Default)]
 pub struct LoggingCtx {
-    component: Arc<str>,
+    component: Option<Arc<str>>,
 }
 
 impl LoggingCtx {
     /// Logs of `component`.
     pub fn new(component: Arc<str>) -> LoggingCtx {
-        LoggingCtx { component }
+        LoggingCtx {
+            component: Some(component),
+        }
+    }
+}
+
+impl Prepared for LoggingCtx {
+    fn instance(&self, _: &StoreInfo) -> Box<dyn Any + Send> {
+        Box::new(self.clone())
+    }
+}
+
+/// The capability unit: `wasi:logging/logging`, granted unless the manifest says
+/// `logging = false`.
+#[derive(Debug, Default)]
+pub struct Logging;
+
+#[async_trait::async_trait]
+impl<S: StoreData> Capability<S> for Logging {
+    fn name(&self) -> &'static str {
+        "logging"
+    }
+
+    fn interfaces(&self) -> &'static [&'static str] {
+        &[INTERFACE]
+    }
+
+    fn grant_hint(&self) -> &'static str {
+        "logging = true"
+    }
+
+    fn check_grant(&self, value: &toml::Value) -> Result<bool, String> {
+        value
+            .as_bool()
+            .ok_or_else(|| "grants.logging must be true or false".to_owned())
+    }
+
+    fn default_grant(&self) -> Option<toml::Value> {
+        Some(toml::Value::Boolean(true))
+    }
+
+    fn link(&self, linker: &mut Linker<S>) -> wasmtime::Result<()> {
+        fn ctx<S: StoreData>(state: &mut S) -> &mut LoggingCtx {
+            state.slots().get_mut::<LoggingCtx>()
+        }
+        add_to_linker(linker, ctx::<S>)
+    }
+
+    async fn prepare(&self, component: &ComponentInfo<'_>) -> Result<Arc<dyn Prepared>, String> {
+        Ok(Arc::new(LoggingCtx::new(component.name.into())))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "target": "agora::guest" })
     }
 }
 
@@ -63,7 +113,9 @@ fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 impl Host for LoggingCtx {
     fn log(&mut self, level: Level, context: String, message: String) {
-        let component = &*self.component;
+        let Some(component) = self.component.as_deref() else {
+            return;
+        };
         let context = truncated(&context, 256);
         let message = truncated(&message, MAX_MESSAGE_BYTES);
         match level {
