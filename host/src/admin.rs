@@ -493,7 +493,6 @@ pub async fn serve(
 fn grants_json(grants: &crate::manifest::Grants) -> Value {
     let mut object = serde_json::Map::new();
     object.insert("sql".into(), json!(grants.sql));
-    object.insert("auth".into(), json!(grants.auth));
     object.insert("publish".into(), json!(grants.publish));
     object.insert("http".into(), json!(grants.http));
     for (name, value) in &grants.units {

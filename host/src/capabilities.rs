@@ -5,8 +5,8 @@
 //! that imports a unit's interface without the grant (at load), and puts each store's state in
 //! its [`agora_capability::Slots`] (the default, denied, when the grant is absent).
 //!
-//! Units: cache, keyvalue, logging, config. The capabilities older than the unit trait (sql,
-//! messaging, auth) are still wired by hand in `component.rs` and `state.rs`;
+//! Units: cache, keyvalue, auth, logging, config. The capabilities older than the unit trait
+//! (sql, messaging) are still wired by hand in `component.rs` and `state.rs`;
 //! docs/architecture.md says how a unit is added and which of them move next.
 
 use crate::manifest::{ComponentSpec, Manifest, ManifestError};
@@ -23,12 +23,14 @@ pub type Unit = Arc<dyn Capability<InstanceState>>;
 pub type Units = Arc<[Unit]>;
 
 /// The grant keys the host wires itself (not units).
-const BUILT_IN_GRANTS: &[&str] = &["sql", "publish", "http", "auth"];
+const BUILT_IN_GRANTS: &[&str] = &["sql", "publish", "http"];
 
 /// The shared backends a unit may be built on.
 pub struct Backends {
     /// The cache backend (Redis or in-memory).
     pub cache: Arc<dyn agora_cache::CacheBackend>,
+    /// The host's token authority, when it has keys.
+    pub authority: Option<Arc<agora_auth::Authority>>,
 }
 
 /// Every capability unit of the host: one line each.
@@ -36,6 +38,7 @@ pub fn units(backends: &Backends) -> Units {
     let units: Vec<Unit> = vec![
         Arc::new(agora_cache::Cache::new(backends.cache.clone())),
         Arc::new(agora_keyvalue::KeyValue::new(backends.cache.clone())),
+        Arc::new(agora_auth::Auth::new(backends.authority.clone())),
         Arc::new(agora_logging::Logging),
         Arc::new(agora_config::Config),
     ];

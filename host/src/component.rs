@@ -11,7 +11,6 @@ pub use crate::granted::Granted;
 use crate::manifest::{ComponentSpec, Limits, one_line};
 use crate::policy::Policy;
 use crate::state::InstanceState;
-use agora_auth::{AuthCtx, Authority};
 use agora_cache::CacheBackend;
 use agora_messaging::MessagingBackend;
 use agora_messaging::bindings::subscriber::SubscriberPre;
@@ -65,8 +64,6 @@ pub struct Capabilities {
     pub sql: Arc<dyn SqlBackend>,
     /// The message broker (NATS JetStream or the in-process bus).
     pub messaging: Arc<dyn MessagingBackend>,
-    /// Token issuing, when the host has keys.
-    pub auth: Option<Arc<Authority>>,
     /// The HTTP trigger, for in-process calls between components.
     pub internal: InternalCalls,
     /// The capability units ([`crate::capabilities::units`]).
@@ -94,7 +91,6 @@ pub fn host_linker(engine: &Engine, units: &[Unit]) -> anyhow::Result<Linker<Ins
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     agora_sql::add_to_linker(&mut linker, InstanceState::sql_view)?;
     agora_messaging::add_to_linker(&mut linker, |state| &mut state.messaging)?;
-    agora_auth::add_to_linker(&mut linker, |state| &mut state.auth)?;
     for unit in units {
         unit.link(&mut linker)?;
     }
@@ -299,12 +295,6 @@ pub async fn load(
             messaging: capabilities.messaging.clone(),
             http: spec.grants.http.clone().into(),
             internal: capabilities.internal.clone(),
-            auth: match (&capabilities.auth, spec.grants.auth) {
-                (Some(authority), true) => {
-                    AuthCtx::granted(authority.clone()).metered(meters.auth.clone())
-                }
-                _ => AuthCtx::denied(),
-            },
             units: units.into(),
             meters,
             may_publish: Arc::new(move |subject| {
@@ -425,11 +415,6 @@ fn check_grants(
         if interface == agora_sql::INTERFACE && !spec.grants.sql {
             return Err(format!(
                 "imports {interface} but the manifest grants no sql (add `grants = {{ sql = true }}`)"
-            ));
-        }
-        if interface == agora_auth::INTERFACE && !spec.grants.auth {
-            return Err(format!(
-                "imports {interface} but the manifest grants no auth (add `grants = {{ auth = true }}`)"
             ));
         }
         if interface == agora_messaging::INTERFACE && spec.grants.publish.is_empty() {

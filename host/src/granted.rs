@@ -2,7 +2,6 @@
 //! when the component loads, kept across hot swaps, and read by every store of the component.
 
 use crate::calls::InternalCalls;
-use agora_auth::AuthCtx;
 use agora_capability::{Meter, Prepared};
 use agora_messaging::{MessagingBackend, MessagingCtx};
 use agora_sql::{Namespace, SqlCtx};
@@ -22,8 +21,6 @@ pub struct Granted {
     pub http: Arc<[String]>,
     /// The HTTP trigger, for its in-process calls.
     pub internal: InternalCalls,
-    /// Its auth context (granted or denied).
-    pub auth: AuthCtx,
     /// The parts of the capability units it holds grants of, by unit name: each store starts
     /// with their state.
     pub units: Arc<[(&'static str, Arc<dyn Prepared>)]>,
@@ -39,8 +36,6 @@ pub struct Meters {
     pub sql: Meter,
     /// Direct publishes (not those through a transaction's outbox).
     pub publish: Meter,
-    /// Token issuing, refreshing and revoking.
-    pub auth: Meter,
 }
 
 impl Meters {
@@ -49,7 +44,6 @@ impl Meters {
         Meters {
             sql: crate::metrics::capability_meter(name, "sql"),
             publish: crate::metrics::capability_meter(name, "publish"),
-            auth: crate::metrics::capability_meter(name, "auth"),
         }
     }
 }

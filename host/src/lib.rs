@@ -296,13 +296,6 @@ impl Host {
         })
         .map_err(HostError::Engine)?;
         let cache_backend = cache_backend(config.redis_url.as_deref())?;
-        let units = capabilities::units(&capabilities::Backends {
-            cache: cache_backend.clone(),
-        });
-        capabilities::check_manifest(&manifest, &units)?;
-        let linker = component::host_linker(&engine.engine, &units).map_err(HostError::Engine)?;
-        let cache =
-            compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
         let (revocations, limiter) = edge_backends(auth_redis_url(config)?.as_deref())?;
         let authority = match auth_keys(config, &manifest)? {
             Some(keys) => Some(Arc::new(
@@ -311,6 +304,14 @@ impl Host {
             )),
             None => None,
         };
+        let units = capabilities::units(&capabilities::Backends {
+            cache: cache_backend.clone(),
+            authority: authority.clone(),
+        });
+        capabilities::check_manifest(&manifest, &units)?;
+        let linker = component::host_linker(&engine.engine, &units).map_err(HostError::Engine)?;
+        let cache =
+            compile_cache::CompileCache::new(config.data_dir.join("compiled"), &engine.engine);
         let internal = calls::InternalCalls::default();
         let capabilities = component::Capabilities {
             cache: cache_backend,
@@ -320,7 +321,6 @@ impl Host {
             messaging: agora_messaging::connect(config.nats_url.as_deref())
                 .await
                 .map_err(|err| HostError::Backend(format!("messaging: {err}")))?,
-            auth: authority.clone(),
             internal: internal.clone(),
             units: units.clone(),
         };

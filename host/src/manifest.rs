@@ -215,17 +215,20 @@ pub struct Grants {
     /// requests to. Empty: every outgoing request is refused with `HTTP-request-denied`.
     #[serde(default)]
     pub http: Vec<String>,
-    /// `agora:platform/auth`: issue, rotate and revoke tokens.
-    #[serde(default)]
-    pub auth: bool,
-    /// The grants of capability units (`cache = true`, `keyvalue = true`, …), by unit name;
-    /// the host checks
-    /// each against its unit (an unknown key is an error there, naming the known ones).
+    /// The grants of capability units (`cache = true`, `keyvalue = true`, `auth = true`, …),
+    /// by unit name; the host checks each against its unit (an unknown key is an error there,
+    /// naming the known ones).
     #[serde(flatten)]
     pub units: std::collections::BTreeMap<String, toml::Value>,
 }
 
 impl Grants {
+    /// Whether the component holds the auth unit's grant (`auth = true`): the host then needs
+    /// keys to sign its tokens.
+    pub fn issues_tokens(&self) -> bool {
+        self.units.get("auth").and_then(toml::Value::as_bool) == Some(true)
+    }
+
     /// The components this one may call in-process (origins `http://NAME.agora.internal`).
     pub fn internal_calls(&self) -> impl Iterator<Item = &str> {
         self.http.iter().filter_map(|origin| {
@@ -541,7 +544,7 @@ impl Manifest {
     pub fn uses_auth(&self) -> bool {
         self.components
             .iter()
-            .any(|c| c.grants.auth || c.policies.iter().any(|p| p.needs_token()))
+            .any(|c| c.grants.issues_tokens() || c.policies.iter().any(|p| p.needs_token()))
     }
 
     /// Every `NAME.agora.internal` origin must name a component of this manifest.

@@ -8,7 +8,6 @@ use crate::calls::{CallContext, Caller, InternalCalls};
 use crate::granted::Granted;
 use crate::manifest::INTERNAL_DOMAIN;
 use crate::manifest::Limits;
-use agora_auth::AuthCtx;
 use agora_capability::{Slots, StoreData, StoreInfo};
 use agora_messaging::MessagingCtx;
 use agora_sql::{SqlCtx, SqlView};
@@ -54,8 +53,6 @@ pub struct InstanceState {
     pub sql: SqlCtx,
     /// agora:platform/messaging: the broker and the subjects granted (or denied).
     pub messaging: MessagingCtx,
-    /// agora:platform/auth: token issuing (or denied).
-    pub auth: AuthCtx,
     /// The capability units' state, one value per unit.
     slots: Slots,
 }
@@ -101,7 +98,6 @@ impl InstanceState {
                 )),
             }),
             messaging: component.capabilities.messaging_ctx(),
-            auth: component.capabilities.auth.clone(),
             slots,
         }
     }

@@ -10,6 +10,7 @@
 //! - [`RevocationStore`]: the state shared by replicas — [`MemoryRevocationStore`] embedded,
 //!   [`RedisRevocationStore`] in production.
 //! - [`AuthCtx`]: the per-store state a component's calls go to; granted or denied.
+//! - [`Auth`]: the capability unit (grant `auth = true`) the host lists.
 //!
 //! Every token carries the session (refresh family) id `fam`, access tokens included, so that
 //! logout and `revoke-subject` also end the session's access tokens: the verifier looks the
@@ -70,8 +71,8 @@ use bindings::agora::platform::auth::{Error, Host, TokenPair as WitTokenPair};
 /// The WIT name of the interface, as it appears in a component's imports.
 pub const INTERFACE: &str = "agora:platform/auth";
 
-/// The auth state of one store.
-#[derive(Clone)]
+/// The auth state of one store. The default is [`AuthCtx::denied`].
+#[derive(Clone, Default)]
 pub struct AuthCtx {
     grant: Option<Arc<Authority>>,
     meter: agora_capability::Meter,
@@ -198,6 +199,68 @@ impl Host for AuthCtx {
                 authority.revoke_subject(&subject).await
             })
             .await)
+    }
+}
+
+impl agora_capability::Prepared for AuthCtx {
+    fn instance(&self, _: &agora_capability::StoreInfo) -> Box<dyn std::any::Any + Send> {
+        Box::new(self.clone())
+    }
+}
+
+/// The capability unit: `agora:platform/auth`, for components whose manifest entry says
+/// `auth = true`. Their calls go to the host's [`Authority`]; on a host without keys (no
+/// component granted auth and no route needing a token) they answer `denied`.
+pub struct Auth {
+    authority: Option<Arc<Authority>>,
+}
+
+impl Auth {
+    /// The unit over the host's `authority`, if it has one.
+    pub fn new(authority: Option<Arc<Authority>>) -> Auth {
+        Auth { authority }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: agora_capability::StoreData> agora_capability::Capability<S> for Auth {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn interfaces(&self) -> &'static [&'static str] {
+        &[INTERFACE]
+    }
+
+    fn grant_hint(&self) -> &'static str {
+        "auth = true"
+    }
+
+    fn check_grant(&self, value: &toml::Value) -> Result<bool, String> {
+        value
+            .as_bool()
+            .ok_or_else(|| "grants.auth must be true or false".to_owned())
+    }
+
+    fn link(&self, linker: &mut Linker<S>) -> wasmtime::Result<()> {
+        fn ctx<S: agora_capability::StoreData>(state: &mut S) -> &mut AuthCtx {
+            state.slots().get_mut::<AuthCtx>()
+        }
+        add_to_linker(linker, ctx::<S>)
+    }
+
+    async fn prepare(
+        &self,
+        component: &agora_capability::ComponentInfo<'_>,
+    ) -> Result<Arc<dyn agora_capability::Prepared>, String> {
+        Ok(Arc::new(match &self.authority {
+            Some(authority) => AuthCtx::granted(authority.clone()).metered(component.meter.clone()),
+            None => AuthCtx::denied(),
+        }))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": self.authority.is_some() })
     }
 }
 
