@@ -7,13 +7,18 @@
 //! - `bench shop`: the shop on PostgreSQL, Redis and NATS: a cached product read, orders
 //! - `bench swap`: hot swap on the shop: upload → serving per component, latency under swaps
 //! - `load URL`: the closed-loop load generator on its own
+//!
+//! This file holds the command line and the dispatch only. Each bench is a module of its own
+//! (`hello`, `capabilities`, `shop/`, `swap/`); what more than one of them uses is in
+//! `harness/`, and the load generator in `loadgen`. Modules depend in one direction:
+//! main → the benches → the harness → the load generator.
 
-mod bench;
-mod bench_capabilities;
-mod bench_fleet;
-mod bench_shop;
-mod bench_swap;
+mod capabilities;
+mod harness;
+mod hello;
 mod loadgen;
+mod shop;
+mod swap;
 
 use clap::{Parser, Subcommand};
 pub(crate) use xtask::{cargo, components, root, run, target_dir};
@@ -30,15 +35,60 @@ enum Task {
     /// Measure throughput and latency (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
-        which: bench_shop::Which,
+        which: Which,
     },
     /// Run a load generator against a URL (used by `bench`; handy on its own).
     Load(loadgen::LoadArgs),
 }
 
+// The benchmarks `bench` runs (the help shows `Task::Bench`'s doc comment).
+#[derive(Subcommand)]
+enum Which {
+    /// agora vs `wasmtime serve -Scli` vs native hyper on the hello component.
+    Hello {
+        /// Concurrent connections of the load generator.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds measured per server (after a 2 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Measure each server this many times, alternating, and keep the median run.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Per-call cost of each capability from a guest vs the same call made natively.
+    Capabilities {
+        #[command(flatten)]
+        backends: harness::backends::BackendUrls,
+    },
+    /// The shop on PostgreSQL, Redis and NATS: a cached product read against native hyper +
+    /// Redis, then orders per second and order → PAID latency.
+    Shop(shop::Args),
+    /// Hot swap on the shop: upload → serving per component (compiled and from the compile
+    /// cache), and a product read's latency while components are swapped.
+    Swap(swap::Args),
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Task::Bench { which } => bench_shop::run_bench(which),
+        Task::Bench { which } => bench(which),
         Task::Load(args) => loadgen::run_cli(args),
+    }
+}
+
+fn bench(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Hello {
+            connections,
+            seconds,
+            rounds,
+        } => hello::run(connections, seconds, rounds.max(1)),
+        Which::Capabilities { backends } => capabilities::run(&capabilities::Urls {
+            redis: backends.redis_url,
+            database: backends.database_url,
+            nats: backends.nats_url,
+        }),
+        Which::Shop(args) => shop::run(&args),
+        Which::Swap(args) => swap::run(&args),
     }
 }

@@ -8,7 +8,7 @@
 //! Native side: the same operation through the same capability crate (agora-cache, agora-sql,
 //! agora-messaging) and the same backend, on a multi-threaded tokio runtime like the host's.
 
-use crate::bench::spawn_and_read_addr;
+use crate::harness::process::{agora_serve, spawn_and_read_addr};
 use crate::{cargo, components, target_dir};
 use agora_cache::{CacheBackend, MemoryCache, RedisCache};
 use agora_messaging::{Message, MessagingBackend};
@@ -28,10 +28,10 @@ const COMPONENT: &str = "capbench";
 const BENCH_SUBJECT: &str = "bench.capabilities";
 
 /// The production backends.
-pub struct Urls {
-    pub redis: String,
-    pub database: String,
-    pub nats: String,
+pub(crate) struct Urls {
+    pub(crate) redis: String,
+    pub(crate) database: String,
+    pub(crate) nats: String,
 }
 
 /// One measured row.
@@ -49,7 +49,7 @@ enum Native {
     Publish(Arc<dyn MessagingBackend>),
 }
 
-pub fn run(urls: &Urls) -> anyhow::Result<()> {
+pub(crate) fn run(urls: &Urls) -> anyhow::Result<()> {
     let cache_fixture = components::build_and_find("fixture-cache")?;
     let capbench = components::build_and_find("fixture-capbench")?;
     crate::run(cargo().args(["build", "--release", "--package", "agora-host"]))?;
@@ -232,7 +232,7 @@ fn guest_run(
     args: &[String],
     measure: impl FnOnce(&str) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<Duration>> + '_>>,
 ) -> anyhow::Result<Duration> {
-    let mut command = crate::bench::agora_serve(manifest, &work.join("data"));
+    let mut command = agora_serve(manifest, &work.join("data"));
     command.args(args);
     let (mut child, addr) = spawn_and_read_addr(&mut command)?;
     let result = runtime.block_on(measure(&addr));

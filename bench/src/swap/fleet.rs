@@ -8,7 +8,8 @@
 //! section (bytes no replica has seen: each fetches and compiles them), *from cache* deploys
 //! alternate the plain v1 and v2 (both replicas compiled them before).
 
-use crate::bench_shop::{self as shop, Host};
+use crate::harness::process::{Host, agora_serve, spawn_and_read_addr};
+use crate::harness::stats::{micros_since, percentile_ms};
 use crate::target_dir;
 use anyhow::{Context as _, bail};
 use std::path::Path;
@@ -20,23 +21,23 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Times of one kind of deploy, in µs.
 #[derive(Default)]
-pub struct DeployTimes {
+pub(super) struct DeployTimes {
     /// `agora deploy` started → exited (stored, desired version set).
-    pub command_us: Vec<u32>,
+    pub(super) command_us: Vec<u32>,
     /// `agora deploy` started → both replicas answer with the new version.
-    pub serving_us: Vec<u32>,
+    pub(super) serving_us: Vec<u32>,
 }
 
 /// What the fleet part measured.
-pub struct FleetResult {
+pub(super) struct FleetResult {
     /// Deploys of bytes no replica had compiled.
-    pub compiled: DeployTimes,
+    pub(super) compiled: DeployTimes,
     /// Deploys of versions both replicas had compiled before.
-    pub cached: DeployTimes,
+    pub(super) cached: DeployTimes,
 }
 
 /// Runs `repeats` deploys of each kind on two replicas sharing `nats_url`.
-pub fn run(
+pub(super) fn run(
     nats_url: &str,
     repeats: usize,
     with_nonce: impl Fn(&[u8]) -> Vec<u8>,
@@ -63,10 +64,9 @@ pub fn run(
     let agora = target_dir().join("release/agora");
     let mut replicas = Vec::new();
     for index in 1..=2 {
-        let mut command =
-            crate::bench::agora_serve(&manifest, &work.join(format!("replica-{index}")));
+        let mut command = agora_serve(&manifest, &work.join(format!("replica-{index}")));
         command.args(["--nats-url", nats_url, "--fleet", &fleet]);
-        let (child, addr) = crate::bench::spawn_and_read_addr(&mut command)?;
+        let (child, addr) = spawn_and_read_addr(&mut command)?;
         replicas.push((Host(Some(child)), addr));
     }
     eprintln!("xtask: fleet `{fleet}`: two replicas up; deploying");
@@ -86,7 +86,7 @@ pub fn run(
         if !status.success() {
             bail!("agora deploy failed ({status})");
         }
-        times.command_us.push(shop::micros_since(started));
+        times.command_us.push(micros_since(started));
         let mut pending = addrs.clone();
         while !pending.is_empty() {
             if started.elapsed() > PATIENCE {
@@ -95,7 +95,7 @@ pub fn run(
             pending.retain(|addr| version(&client, addr).as_deref() != Some(expected));
             std::thread::sleep(Duration::from_millis(2));
         }
-        times.serving_us.push(shop::micros_since(started));
+        times.serving_us.push(micros_since(started));
         Ok(())
     };
     let mut result = FleetResult {
@@ -136,7 +136,7 @@ fn version(client: &reqwest::blocking::Client, addr: &str) -> Option<String> {
 }
 
 /// The table rows of `result`.
-pub fn print(result: &FleetResult) {
+pub(super) fn print(result: &FleetResult) {
     println!(
         "| fleet deploy (2 replicas) | deploys | `agora deploy` ms (median / max) | deploy → both serving ms (median / max) |"
     );
@@ -150,8 +150,8 @@ pub fn print(result: &FleetResult) {
             sorted.sort_unstable();
             format!(
                 "{:.1} / {:.1}",
-                shop::percentile_ms(&sorted, 0.5),
-                shop::percentile_ms(&sorted, 1.0)
+                percentile_ms(&sorted, 0.5),
+                percentile_ms(&sorted, 1.0)
             )
         };
         println!(

@@ -5,10 +5,10 @@
 //! fresh instance per request) and a native hyper handler — and prints a Markdown table for
 //! BENCHMARKS.md.
 
+use crate::harness::process::{free_port, otlp_sink, scrape_every_second, spawn_and_read_addr};
 use crate::loadgen::{self, LoadArgs, Report};
 use crate::{cargo, components, root, target_dir};
 use anyhow::{Context as _, bail};
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,72 +16,12 @@ use std::time::{Duration, Instant};
 /// The wasmtime CLI the benchmark compares against (same wasmtime as the host).
 const WASMTIME_VERSION: &str = "48.0.8";
 
-#[derive(clap::Subcommand)]
-pub enum Which {
-    /// agora vs `wasmtime serve -Scli` vs native hyper on the hello component.
-    Hello {
-        /// Concurrent connections of the load generator.
-        #[arg(long, default_value_t = 32)]
-        connections: usize,
-        /// Seconds measured per server (after a 2 s warm-up).
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Measure each server this many times, alternating, and keep the median run.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
-    /// Per-call cost of each capability from a guest vs the same call made natively.
-    Capabilities {
-        #[command(flatten)]
-        backends: BackendUrls,
-    },
-}
-
-/// The production backends a benchmark runs on (flag, environment, or the local default).
-#[derive(clap::Args, Debug, Clone)]
-pub struct BackendUrls {
-    /// Redis (cache, rate limits, revocations).
-    #[arg(
-        long,
-        env = "AGORA_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// PostgreSQL (sql).
-    #[arg(
-        long,
-        env = "AGORA_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test"
-    )]
-    pub database_url: String,
-    /// NATS with JetStream (messaging).
-    #[arg(long, env = "AGORA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-}
-
-pub fn run_bench(which: Which) -> anyhow::Result<()> {
-    match which {
-        Which::Capabilities { backends } => {
-            crate::bench_capabilities::run(&crate::bench_capabilities::Urls {
-                redis: backends.redis_url,
-                database: backends.database_url,
-                nats: backends.nats_url,
-            })
-        }
-        Which::Hello {
-            connections,
-            seconds,
-            rounds,
-        } => hello(connections, seconds, rounds.max(1)),
-    }
-}
-
 struct Server {
     label: &'static str,
     start: Box<dyn Fn() -> anyhow::Result<(Child, String)>>,
 }
 
-fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
+pub(crate) fn run(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
     let hello = components::build_and_find("hello")?;
     eprintln!("xtask: building agora and the native baseline (release)");
     crate::run(cargo().args([
@@ -250,78 +190,6 @@ fn hello(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Scrapes `GET /metrics` on `addr` every second until the server stops answering.
-pub(crate) fn scrape_every_second(addr: String) {
-    std::thread::spawn(move || {
-        use std::io::{Read as _, Write as _};
-        // The listener comes up with the public one; give it a moment.
-        std::thread::sleep(Duration::from_millis(500));
-        loop {
-            let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
-                return;
-            };
-            let request =
-                format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-            if stream.write_all(request.as_bytes()).is_err() {
-                return;
-            }
-            let mut scrape = Vec::new();
-            let _ = stream.read_to_end(&mut scrape);
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    });
-}
-
-/// An OTLP/HTTP receiver that accepts and drops every export (the bench measures the cost of
-/// exporting, not a collector); returns its endpoint.
-pub(crate) fn otlp_sink() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || drain_exports(stream));
-        }
-    });
-    Ok(endpoint)
-}
-
-/// Answers 200 to each request of one keep-alive connection, reading its body.
-fn drain_exports(stream: std::net::TcpStream) {
-    use std::io::{Read as _, Write as _};
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        if writer.write_all(answer.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 /// Starts `wasmtime serve -Scli` on a free port with `options`.
 fn start_wasmtime(
     wasmtime: &Path,
@@ -373,50 +241,6 @@ fn wait_until_serving(child: &mut Child, addr: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("{addr} did not start serving within 60 s")
-}
-
-/// `agora serve` of the release build on `manifest`, on a free port, its data in `data_dir`,
-/// logging warnings only.
-pub fn agora_serve(manifest: &Path, data_dir: &Path) -> Command {
-    let mut command = Command::new(target_dir().join("release/agora"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(manifest)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn");
-    command
-}
-
-/// Starts `command` and reads `... http://ADDR` from the first line of its stdout.
-pub fn spawn_and_read_addr(command: &mut Command) -> anyhow::Result<(Child, String)> {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot start {command:?}"))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    let mut reader = BufReader::new(stdout);
-    reader.read_line(&mut line)?;
-    // The rest of its output is read and dropped: a closed pipe must not stop it.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let Some(addr) = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .filter(|_| line.contains("http://"))
-    else {
-        let _ = child.kill();
-        bail!("{command:?} did not print its address (got {line:?})");
-    };
-    Ok((child, addr.trim_end_matches('/').to_owned()))
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

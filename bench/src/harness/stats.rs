@@ -1,0 +1,29 @@
+//! The arithmetic of the reports: the median run, percentiles of sorted µs, µs since an
+//! instant, and the machine's load average printed beside the figures.
+
+use crate::loadgen::Report;
+use std::time::Instant;
+
+/// The run of median req/s.
+pub(crate) fn median(mut runs: Vec<Report>) -> Report {
+    runs.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
+    runs.swap_remove(runs.len() / 2)
+}
+
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+pub(crate) fn micros_since(start: Instant) -> u32 {
+    u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX)
+}
+
+pub(crate) fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted_us.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted_us[index]) / 1000.0
+}

@@ -1,0 +1,129 @@
+//! `cargo xtask bench shop`: the shop (components/catalog, order, payment, notification) on the
+//! production backends — PostgreSQL, Redis, NATS JetStream — served by the release host.
+//!
+//! 1. **A cached product read.** `GET /api/products/{id}` after one warm-up miss, so every
+//!    measured request is a cache hit (checked: each answer's `x-cache` must say `hit`), against
+//!    a native hyper handler in this process doing the same work: one Redis GET of the cached
+//!    product JSON (the catalog's key, through the same `agora-cache` Redis client the host
+//!    uses, on one kept multiplexed connection) and answering it. Same client, same number of
+//!    connections and requests; the sides alternate for `--rounds` rounds and the median round
+//!    (by req/s) of each is shown.
+//! 2. **Orders.** First `--idle-orders` orders one at a time, each polled until PAID (the
+//!    pipeline's latency on an idle shop); then `--orders` orders (one customer and one token
+//!    each, one line of quantity 1, `tok_visa`) placed by `--order-concurrency` closed-loop
+//!    clients. orders/s is the POST rate; 201 → PAID is the time from the 201 to the first
+//!    `GET /api/orders/{id}` that answers `PAID` (every pending order is polled once per round,
+//!    rounds at least `--poll-ms` apart, on two connections of their own, so the resolution is
+//!    the round time, printed); 201 → order.paid is when the order component's `order.paid`
+//!    event reached a plain NATS subscription of this process (no polling, no load).
+//!
+//! The host runs the components and policies of agora.toml (its catalog, order, payment and
+//! notification tables, paths made absolute), with a key pair generated for the run and handed
+//! over in `AGORA_AUTH_PRIVATE_KEY` / `AGORA_AUTH_PUBLIC_KEY`; this process signs the tokens.
+//! Products get SKUs unique to the run; nothing is cleaned up (the schemas and consumers are
+//! the shop's own).
+//!
+//! The parts: [`read`] (the cached product read and its native baseline), [`orders`], and
+//! [`observability`] (`--observability-cost`: the read and the order burst with nothing
+//! exported, scraped and traced).
+
+mod observability;
+mod orders;
+mod read;
+
+use crate::harness::backends::{BackendUrls, check_backends};
+use crate::harness::process::{Host, spawn_and_read_addr};
+use crate::harness::shop_host::{host_command, shop_manifest};
+use crate::harness::stats::load_average;
+use crate::{cargo, components, target_dir};
+use observability::observability_cost;
+use orders::orders;
+use read::product_read;
+
+/// The shop's components this benchmark serves (account, hello and example are left out).
+const SHOP: [&str; 4] = ["catalog", "order", "payment", "notification"];
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    backends: BackendUrls,
+    /// Product read: concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Product read: requests measured per side and round.
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Product read: rounds (agora then native each round); the median round is shown.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Orders placed one at a time first, each waiting for PAID (the idle shop's latency).
+    #[arg(long, default_value_t = 20)]
+    idle_orders: usize,
+    /// Orders then placed by concurrent clients.
+    #[arg(long, default_value_t = 200)]
+    orders: usize,
+    /// Orders placed at once (closed loop).
+    #[arg(long, default_value_t = 8)]
+    order_concurrency: usize,
+    /// Shortest time between two polling rounds of the pending orders, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// Measure what observability costs instead: the shop served with nothing exported, with
+    /// `/metrics` scraped every second, and with every request and event traced over OTLP
+    /// (100% sampled, to a receiver in this process) — alternating, `--rounds` times — each
+    /// on the cached product read and on the order burst.
+    #[arg(long)]
+    observability_cost: bool,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let load_before = load_average();
+    // Kept between runs: the data folder holds only the host's compiled components here.
+    let work = target_dir().join("bench-shop");
+    std::fs::create_dir_all(&work)?;
+
+    // The client side: one thread, like `cargo xtask load`. The native baseline gets a
+    // multi-threaded runtime of its own, shaped like the host's.
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    client.block_on(check_backends(&args.backends, &work))?;
+
+    components::build_all()?;
+    eprintln!("xtask: building agora (release)");
+    crate::run(cargo().args(["build", "--release", "--package", "agora-host"]))?;
+    if args.observability_cost {
+        return observability_cost(args, &work, &client);
+    }
+
+    let (manifest, auth) = shop_manifest(&work, &SHOP)?;
+    let (mut command, signer) = host_command(&args.backends, &manifest, &work, auth)?;
+    eprintln!("xtask: starting agora with the shop (catalog, order, payment, notification)");
+    let (child, addr) = spawn_and_read_addr(&mut command)?;
+    let mut host = Host(Some(child));
+
+    let outcome = client.block_on(async {
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let read = product_read(args, &addr, &signer, &tag, &server).await?;
+        let orders = orders(args, &addr, &signer, &tag).await?;
+        anyhow::Ok((read, orders))
+    });
+    host.stop();
+    let (read, orders) = outcome?;
+    let load_after = load_average();
+
+    println!();
+    println!(
+        "machine: {cores} cores; load average {load_before} before, {load_after} after \
+         (1, 5, 15 min)"
+    );
+    println!();
+    read.print(args);
+    println!();
+    orders.print(args);
+    Ok(())
+}

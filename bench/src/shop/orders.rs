@@ -1,0 +1,540 @@
+//! Part 2 of `bench shop`: orders, one at a time on an idle shop and then in a closed-loop
+//! burst, each followed to PAID by polling and to `order.paid` on NATS.
+
+use super::Args;
+use crate::harness::client::Client;
+use crate::harness::shop_host::{Signer, create_product, order_body};
+use crate::harness::stats::{micros_since, percentile_ms};
+use anyhow::{Context as _, bail};
+use http::{Method, StatusCode};
+use serde_json::Value as Json;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// An order not PAID this long after its 201 fails the benchmark.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections the order poller uses.
+const POLL_CONNECTIONS: usize = 2;
+
+/// Latencies of one phase of orders, in µs, sorted.
+#[derive(Default)]
+pub(super) struct Phase {
+    orders: usize,
+    pub(super) failed: usize,
+    /// POST → 201.
+    pub(super) post_us: Vec<u32>,
+    /// 201 → the first GET answering PAID.
+    pub(super) paid_us: Vec<u32>,
+    /// 201 → `order.paid` received from NATS.
+    event_us: Vec<u32>,
+    /// First POST sent → last 201 received.
+    pub(super) post_window: Duration,
+    /// First POST sent → last PAID seen.
+    pub(super) paid_window: Duration,
+    /// Polling rounds and their total time (the resolution of `paid_us`).
+    poll_rounds: u64,
+    poll_time: Duration,
+}
+
+impl Phase {
+    fn row(&self, label: &str, rate: bool) -> String {
+        let p = |v: &[u32], q| percentile_ms(v, q);
+        let rate = |n: usize, d: Duration| {
+            if rate {
+                format!("{:.1}", n as f64 / d.as_secs_f64())
+            } else {
+                "—".to_owned()
+            }
+        };
+        format!(
+            "| {label} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} |",
+            self.orders,
+            rate(self.post_us.len(), self.post_window),
+            p(&self.post_us, 0.5),
+            p(&self.post_us, 0.99),
+            p(&self.paid_us, 0.5),
+            p(&self.paid_us, 0.99),
+            p(&self.event_us, 0.5),
+            p(&self.event_us, 0.99),
+            rate(self.paid_us.len(), self.paid_window),
+            self.failed
+        )
+    }
+
+    fn poll_resolution_ms(&self) -> f64 {
+        self.poll_time.as_secs_f64() * 1000.0 / self.poll_rounds.max(1) as f64
+    }
+}
+
+pub(super) struct OrdersResult {
+    idle: Phase,
+    burst: Phase,
+}
+
+impl OrdersResult {
+    pub(super) fn print(&self, args: &Args) {
+        println!(
+            "orders: one line of quantity 1, tok_visa, one customer (token) per order; \
+             {} products; PAID polled with GET /api/orders/{{id}} in rounds ≥ {} ms apart \
+             (one at a time: {:.1} ms per round; {} at a time: {} rounds of {:.1} ms on average \
+             over {POLL_CONNECTIONS} connections)",
+            args.order_concurrency.max(1),
+            args.poll_ms,
+            self.idle.poll_resolution_ms(),
+            args.order_concurrency,
+            self.burst.poll_rounds,
+            self.burst.poll_resolution_ms(),
+        );
+        println!();
+        println!(
+            "| orders placed | orders | orders/s (POST → 201) | POST p50 / p99 ms | \
+             201 → PAID (GET) p50 / p99 ms | 201 → order.paid (NATS) p50 / p99 ms | \
+             paid/s (first POST → last PAID) | failed |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("{}", self.idle.row("one at a time, idle shop", false));
+        println!(
+            "{}",
+            self.burst
+                .row(&format!("{} at a time", args.order_concurrency), true)
+        );
+    }
+}
+
+/// An order answered 201 and not yet seen PAID.
+#[derive(Clone)]
+struct Pending {
+    id: String,
+    token: String,
+    created: Instant,
+}
+
+/// What the placing clients, the poller and the NATS listener share.
+#[derive(Default)]
+struct Progress {
+    placed: AtomicUsize,
+    failed: AtomicUsize,
+    paid: AtomicUsize,
+    placing_done: AtomicBool,
+    pending: Mutex<Vec<Pending>>,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl Progress {
+    fn fail(&self, message: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_failure.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert(message);
+    }
+
+    fn report_failures(&self) -> usize {
+        let failed = self.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = self
+                .first_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            eprintln!(
+                "xtask: {failed} orders failed; the first: {}",
+                first.unwrap_or_default()
+            );
+        }
+        failed
+    }
+}
+
+/// When each `order.paid` arrived, by order id: a plain NATS subscription to the subject the
+/// shop's order component publishes to (JetStream stores it; this reads nothing from the
+/// shop's consumers).
+pub(super) type PaidEvents = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
+
+pub(super) async fn listen_for_paid(nats_url: &str) -> anyhow::Result<PaidEvents> {
+    use futures::StreamExt as _;
+    let client = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let mut subscriber = client.subscribe("agora.order.paid").await?;
+    client.flush().await?;
+    let events = PaidEvents::default();
+    let seen = events.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Some(message) = subscriber.next().await {
+            let at = Instant::now();
+            let event: Json = serde_json::from_slice(&message.payload).unwrap_or_default();
+            if let Some(id) = event["data"]["order_id"].as_str() {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.insert(id.to_owned(), at);
+            }
+        }
+    });
+    Ok(events)
+}
+
+/// 201 → `order.paid` for each of `placed`, waiting up to 5 s for stragglers.
+async fn event_latencies(events: &PaidEvents, placed: &[(String, Instant)]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let latencies: Vec<u32> = {
+            let seen = events.lock().unwrap_or_else(|e| e.into_inner());
+            placed
+                .iter()
+                .filter_map(|(id, created)| seen.get(id).map(|at| at.duration_since(*created)))
+                .map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
+                .collect()
+        };
+        if latencies.len() == placed.len() || Instant::now() > deadline {
+            if latencies.len() < placed.len() {
+                eprintln!(
+                    "xtask: no order.paid seen on NATS for {} of {} orders",
+                    placed.len() - latencies.len(),
+                    placed.len()
+                );
+            }
+            let mut latencies = latencies;
+            latencies.sort_unstable();
+            return latencies;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub(super) async fn orders(
+    args: &Args,
+    addr: &str,
+    signer: &Signer,
+    tag: &str,
+) -> anyhow::Result<OrdersResult> {
+    let admin = signer.token(&["USER", "ADMIN"])?;
+    let mut client = Client::connect(addr).await?;
+    let concurrency = args.order_concurrency.max(1);
+    // One product per placing client, so they do not all wait on one stock row.
+    let mut products = Vec::new();
+    for index in 0..concurrency {
+        let sku = format!("bench-{tag}-order-{index}");
+        products.push(create_product(&mut client, &admin, &sku, 1_000_000_000).await?);
+    }
+    let events = listen_for_paid(&args.backends.nats_url).await?;
+    let idle = idle_orders(args, addr, signer, &products[0], &events).await?;
+    let burst = burst_orders(args, addr, signer, products, &events).await?;
+    Ok(OrdersResult { idle, burst })
+}
+
+/// `--idle-orders` orders one after the other, each polled every `--poll-ms` until PAID.
+async fn idle_orders(
+    args: &Args,
+    addr: &str,
+    signer: &Signer,
+    product: &str,
+    events: &PaidEvents,
+) -> anyhow::Result<Phase> {
+    eprintln!(
+        "xtask: placing {} orders one at a time (each waits for PAID)",
+        args.idle_orders
+    );
+    let mut client = Client::connect(addr).await?;
+    let mut poller = Client::connect(addr).await?;
+    let every = Duration::from_millis(args.poll_ms);
+    let mut phase = Phase {
+        orders: args.idle_orders,
+        ..Phase::default()
+    };
+    let mut placed = Vec::new();
+    for _ in 0..args.idle_orders {
+        let token = signer.token(&["USER"])?;
+        let sent = Instant::now();
+        let answer = client
+            .send(
+                Method::POST,
+                "/api/orders",
+                Some(&token),
+                Some(&order_body(product)),
+            )
+            .await?;
+        let created = Instant::now();
+        if answer.status != StatusCode::CREATED {
+            bail!("POST /api/orders: {}", answer.describe());
+        }
+        phase.post_us.push(micros_since(sent));
+        let id = answer.json()?["id"]
+            .as_str()
+            .context("the order has no id")?
+            .to_owned();
+        let path = format!("/api/orders/{id}");
+        loop {
+            let round = Instant::now();
+            let answer = poller.send(Method::GET, &path, Some(&token), None).await?;
+            let at = Instant::now();
+            let status = answer.json()?["status"].as_str().map(str::to_owned);
+            phase.poll_rounds += 1;
+            phase.poll_time += at.duration_since(round).max(every);
+            match status.as_deref() {
+                Some("PAID") => {
+                    phase.paid_us.push(micros_since(created));
+                    break;
+                }
+                Some("PENDING") if created.elapsed() < SETTLE_TIMEOUT => {}
+                _ => bail!("GET {path}: {}", answer.describe()),
+            }
+            tokio::time::sleep_until((round + every).into()).await;
+        }
+        placed.push((id, created));
+    }
+    phase.post_us.sort_unstable();
+    phase.paid_us.sort_unstable();
+    phase.event_us = event_latencies(events, &placed).await;
+    Ok(phase)
+}
+
+/// `--orders` orders placed by `--order-concurrency` closed-loop clients while a poller
+/// watches them turn PAID.
+pub(super) async fn burst_orders(
+    args: &Args,
+    addr: &str,
+    signer: &Signer,
+    products: Vec<String>,
+    events: &PaidEvents,
+) -> anyhow::Result<Phase> {
+    let concurrency = args.order_concurrency.max(1);
+    let mut tokens = Vec::new();
+    for _ in 0..args.orders {
+        tokens.push(signer.token(&["USER"])?);
+    }
+    let tokens = Arc::new(tokens);
+    let products = Arc::new(products);
+    eprintln!(
+        "xtask: placing {} orders, {concurrency} at a time",
+        args.orders
+    );
+
+    let progress = Arc::new(Progress::default());
+    let next = Arc::new(AtomicUsize::new(0));
+    let placed = Arc::new(Mutex::new(Vec::new()));
+    let mut placers = tokio::task::JoinSet::new();
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        clients.push(Client::connect(addr).await?);
+    }
+    let started = Instant::now();
+    for mut client in clients {
+        let (progress, next, tokens, products, placed) = (
+            progress.clone(),
+            next.clone(),
+            tokens.clone(),
+            products.clone(),
+            placed.clone(),
+        );
+        placers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(token) = tokens.get(index) else {
+                    break;
+                };
+                let body = order_body(&products[index % products.len()]);
+                let sent = Instant::now();
+                let answer = client
+                    .send(Method::POST, "/api/orders", Some(token), Some(&body))
+                    .await?;
+                let created = Instant::now();
+                let id = answer
+                    .json()
+                    .ok()
+                    .and_then(|o| o["id"].as_str().map(str::to_owned));
+                match id {
+                    Some(id) if answer.status == StatusCode::CREATED => {
+                        latencies.push(micros_since(sent));
+                        progress.placed.fetch_add(1, Ordering::Relaxed);
+                        placed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((id.clone(), created));
+                        progress
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Pending {
+                                id,
+                                token: token.clone(),
+                                created,
+                            });
+                    }
+                    _ => progress.fail(format!("POST /api/orders: {}", answer.describe())),
+                }
+            }
+            anyhow::Ok((latencies, Instant::now()))
+        });
+    }
+    let print_progress = {
+        let progress = progress.clone();
+        let total = args.orders;
+        move || {
+            eprintln!(
+                "xtask: {:>5.1} s: {} of {total} orders placed, {} paid, {} failed",
+                started.elapsed().as_secs_f64(),
+                progress.placed.load(Ordering::Relaxed),
+                progress.paid.load(Ordering::Relaxed),
+                progress.failed.load(Ordering::Relaxed)
+            );
+        }
+    };
+    let ticker = {
+        let print_progress = print_progress.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(2));
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                print_progress();
+            }
+        })
+    };
+    let poller = tokio::spawn(poll_until_paid(
+        addr.to_owned(),
+        progress.clone(),
+        Duration::from_millis(args.poll_ms),
+    ));
+
+    let mut post_us = Vec::new();
+    let mut last_created = started;
+    let mut placing_error = None;
+    while let Some(result) = placers.join_next().await {
+        match result? {
+            Ok((latencies, done)) => {
+                post_us.extend(latencies);
+                last_created = last_created.max(done);
+            }
+            Err(err) => placing_error = placing_error.or(Some(err)),
+        }
+    }
+    progress.placing_done.store(true, Ordering::Relaxed);
+    let polled = poller.await?;
+    ticker.abort();
+    print_progress();
+    if let Some(err) = placing_error {
+        return Err(err.context("placing orders"));
+    }
+    let (mut paid_us, last_paid, poll_rounds, poll_time) = polled?;
+    let failed = progress.report_failures();
+    if paid_us.is_empty() {
+        bail!("no order was placed and paid");
+    }
+    post_us.sort_unstable();
+    paid_us.sort_unstable();
+    let placed = placed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(Phase {
+        orders: args.orders,
+        failed,
+        post_us,
+        paid_us,
+        event_us: event_latencies(events, &placed).await,
+        post_window: last_created.duration_since(started),
+        paid_window: last_paid.duration_since(started),
+        poll_rounds,
+        poll_time,
+    })
+}
+
+/// Polls every pending order once per round (rounds at least `every` apart, split over
+/// [`POLL_CONNECTIONS`] connections) until placing is done and nothing is pending. Returns
+/// the 201 → PAID times (µs), when the last order was seen PAID, the rounds and their total
+/// time.
+async fn poll_until_paid(
+    addr: String,
+    progress: Arc<Progress>,
+    every: Duration,
+) -> anyhow::Result<(Vec<u32>, Instant, u64, Duration)> {
+    let mut clients = Vec::new();
+    for _ in 0..POLL_CONNECTIONS {
+        clients.push(Client::connect(&addr).await?);
+    }
+    let (mut paid, mut last_paid) = (Vec::new(), Instant::now());
+    let (mut rounds, mut poll_time) = (0u64, Duration::ZERO);
+    loop {
+        let round_started = Instant::now();
+        let done_placing = progress.placing_done.load(Ordering::Relaxed);
+        let snapshot = progress
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if snapshot.is_empty() {
+            if done_placing {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        // Split the pending orders over the connections and poll each once.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (slot, mut client) in clients.drain(..).enumerate() {
+            let mine: Vec<Pending> = snapshot
+                .iter()
+                .skip(slot)
+                .step_by(POLL_CONNECTIONS)
+                .cloned()
+                .collect();
+            tasks.spawn(async move {
+                let mut seen = Vec::new();
+                for order in mine {
+                    let path = format!("/api/orders/{}", order.id);
+                    let answer = client
+                        .send(Method::GET, &path, Some(&order.token), None)
+                        .await?;
+                    let at = Instant::now();
+                    let status = answer
+                        .json()
+                        .ok()
+                        .and_then(|o| o["status"].as_str().map(str::to_owned));
+                    let status = match status {
+                        Some(status) if answer.status == StatusCode::OK => status,
+                        _ => bail!("GET {path}: {}", answer.describe()),
+                    };
+                    seen.push((order, status, at));
+                }
+                anyhow::Ok((client, seen))
+            });
+        }
+        let mut settled = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            let (client, seen) = result??;
+            clients.push(client);
+            for (order, status, at) in seen {
+                match status.as_str() {
+                    "PENDING" => {
+                        if order.created.elapsed() > SETTLE_TIMEOUT {
+                            bail!(
+                                "order {} is still PENDING {SETTLE_TIMEOUT:?} after its 201",
+                                order.id
+                            );
+                        }
+                    }
+                    "PAID" => {
+                        paid.push(
+                            u32::try_from(at.duration_since(order.created).as_micros())
+                                .unwrap_or(u32::MAX),
+                        );
+                        last_paid = last_paid.max(at);
+                        progress.paid.fetch_add(1, Ordering::Relaxed);
+                        settled.push(order.id);
+                    }
+                    other => {
+                        progress.fail(format!("order {} ended {other}, not PAID", order.id));
+                        settled.push(order.id);
+                    }
+                }
+            }
+        }
+        progress
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|order| !settled.contains(&order.id));
+        tokio::time::sleep_until((round_started + every).into()).await;
+        rounds += 1;
+        poll_time += round_started.elapsed();
+    }
+    Ok((paid, last_paid, rounds, poll_time))
+}
