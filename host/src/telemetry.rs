@@ -83,10 +83,13 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
     // One filter serves both layers ([`ExportFilter`]): tracing-subscriber's per-layer
     // filters, tried here, lost log lines and spans of events handled on other threads.
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi)
-            .boxed(),
+        LogFormat::Text => TextLogs {
+            inner: tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi),
+            logs: EnvFilter::new(&directives),
+        }
+        .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
@@ -212,6 +215,100 @@ where
 
     fn on_close(&self, id: tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
         self.logs.on_close(id, context);
+    }
+}
+
+/// The text log layer, which formats a span's fields (to print them before the messages logged
+/// inside it) only when `RUST_LOG` enables the span. Spans enabled only for the exporter — the
+/// capability calls' `debug` spans, and every span under `RUST_LOG=warn` — are then not
+/// formatted on each request: a log line names them without their fields, as it would not
+/// name them at all without an exporter. (The JSON format prints every span's fields, the
+/// trace ids among them, and keeps formatting them.)
+struct TextLogs<L> {
+    inner: L,
+    logs: EnvFilter,
+}
+
+impl<L> TextLogs<L> {
+    fn logged<S>(
+        &self,
+        id: &tracing::span::Id,
+        context: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        context.metadata(id).is_some_and(|metadata| {
+            <EnvFilter as tracing_subscriber::Layer<S>>::enabled(
+                &self.logs,
+                metadata,
+                context.clone(),
+            )
+        })
+    }
+}
+
+impl<S, L> tracing_subscriber::Layer<S> for TextLogs<L>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    L: tracing_subscriber::Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber);
+    }
+
+    fn on_new_span(
+        &self,
+        attributes: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if self.logged(id, &context) {
+            self.inner.on_new_span(attributes, id, context);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if self.logged(id, &context) {
+            self.inner.on_record(id, values, context);
+        }
+    }
+
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_event(event, context);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_enter(id, context);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_exit(id, context);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_close(id, context);
+    }
+
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            return Some(self as *const Self as *const ());
+        }
+        // SAFETY: forwarded as is; the inner layer answers for its own types.
+        unsafe { self.inner.downcast_raw(id) }
     }
 }
 
