@@ -237,9 +237,7 @@ impl<S: agora_capability::StoreData> agora_capability::Capability<S> for Auth {
     }
 
     fn check_grant(&self, value: &toml::Value) -> Result<bool, String> {
-        value
-            .as_bool()
-            .ok_or_else(|| "grants.auth must be true or false".to_owned())
+        agora_capability::check_bool_grant("auth", value)
     }
 
     fn link(&self, linker: &mut Linker<S>) -> wasmtime::Result<()> {

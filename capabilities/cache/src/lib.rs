@@ -364,9 +364,7 @@ impl<S: agora_capability::StoreData> agora_capability::Capability<S> for Cache {
     }
 
     fn check_grant(&self, value: &toml::Value) -> Result<bool, String> {
-        value
-            .as_bool()
-            .ok_or_else(|| "grants.cache must be true or false".to_owned())
+        agora_capability::check_bool_grant("cache", value)
     }
 
     fn link(&self, linker: &mut Linker<S>) -> wasmtime::Result<()> {

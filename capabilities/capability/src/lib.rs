@@ -196,6 +196,13 @@ pub trait Prepared: Send + Sync + 'static {
     }
 }
 
+/// [`Capability::check_grant`] for a grant that is `true` or `false` (`grants.NAME = true`).
+pub fn check_bool_grant(name: &str, value: &toml::Value) -> Result<bool, String> {
+    value
+        .as_bool()
+        .ok_or_else(|| format!("grants.{name} must be true or false"))
+}
+
 /// A host capability. `S` is the host's store data; a capability crate implements the trait
 /// for every `S: StoreData`.
 #[async_trait::async_trait]

@@ -51,9 +51,7 @@ impl<S: StoreData> Capability<S> for Config {
     }
 
     fn check_grant(&self, value: &toml::Value) -> Result<bool, String> {
-        value
-            .as_bool()
-            .ok_or_else(|| "grants.config must be true or false".to_owned())
+        agora_capability::check_bool_grant("config", value)
     }
 
     fn default_grant(&self) -> Option<toml::Value> {

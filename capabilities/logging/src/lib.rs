@@ -74,9 +74,7 @@ impl<S: StoreData> Capability<S> for Logging {
     }
 
     fn check_grant(&self, value: &toml::Value) -> Result<bool, String> {
-        value
-            .as_bool()
-            .ok_or_else(|| "grants.logging must be true or false".to_owned())
+        agora_capability::check_bool_grant("logging", value)
     }
 
     fn default_grant(&self) -> Option<toml::Value> {
