@@ -360,6 +360,23 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
 }
 
 #[test]
+fn the_access_log_can_be_turned_off_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let agora = start_agora_with_env(
+        dir.path(),
+        &component_table("hello", "hello", &["/hello"], ""),
+        &[("RUST_LOG", "info,agora_host::triggers::http=warn")],
+    );
+    let response = reqwest::blocking::get(format!("http://{}/hello", agora.addr)).unwrap();
+    assert_eq!(response.status(), 200);
+    let (exit, stderr) = agora.stop(libc::SIGTERM);
+    assert_eq!(exit, Some(0));
+    assert!(!stderr.contains("request served"), "{stderr}");
+    // Every other `info` line is still written.
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+}
+
+#[test]
 fn sigint_with_nothing_in_flight_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let agora = start_agora(
