@@ -277,7 +277,6 @@ pub async fn load(
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let publish: Arc<[String]> = spec.grants.publish.clone().into();
     let patterns = publish.clone();
-    let meters = crate::granted::Meters::of(&spec.name);
     Ok(LoadedComponent {
         name: name.clone(),
         digest: code.digest,
@@ -296,7 +295,7 @@ pub async fn load(
             http: spec.grants.http.clone().into(),
             internal: capabilities.internal.clone(),
             units: units.into(),
-            meters,
+            meters: crate::granted::Meters::of(&spec.name),
             may_publish: Arc::new(move |subject| {
                 agora_messaging::validate_subject(subject).is_ok()
                     && patterns

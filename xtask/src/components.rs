@@ -6,7 +6,7 @@
 //! every component (fixtures included); `dev` builds only those its manifest serves. The target
 //! is installed with rustup when missing.
 
-use crate::{cargo, root, run, step};
+use crate::{cargo, niced_cargo, root, run, step};
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,7 +126,7 @@ fn build(
     step(&what, || {
         let mut command = match output {
             Output::Terminal => cargo(),
-            Output::Beside => niced(cargo()),
+            Output::Beside => niced_cargo(),
         };
         command
             .args(["build", "--release", "--target", TARGET])
@@ -157,28 +157,6 @@ fn build(
         }
         Ok(built)
     })
-}
-
-/// `command` run at a lower CPU priority through `nice` where there is one, else as it is.
-fn niced(command: Command) -> Command {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("nice").is_file()));
-    if !cfg!(unix) || !found {
-        return command;
-    }
-    let mut niced = Command::new("nice");
-    niced.args(["-n", "10"]).arg(command.get_program());
-    niced.args(command.get_args());
-    if let Some(dir) = command.get_current_dir() {
-        niced.current_dir(dir);
-    }
-    for (name, value) in command.get_envs() {
-        match value {
-            Some(value) => niced.env(name, value),
-            None => niced.env_remove(name),
-        };
-    }
-    niced
 }
 
 /// Runs `command` with its output written to `log`; when it fails, shows the log's last lines.

@@ -33,7 +33,28 @@ pub fn root() -> PathBuf {
 /// wasmtime-wasi-http, the host) whenever a plain `cargo build` or `cargo test` follows a
 /// `cargo xtask` one, or the reverse.
 pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    in_root(Command::new(cargo_program()))
+}
+
+/// [`cargo`] at a lower CPU priority (`nice -n 10`), where the platform has `nice`: for a build
+/// that runs beside another one.
+pub fn niced_cargo() -> Command {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let nice = cfg!(unix) && std::env::split_paths(&path).any(|dir| dir.join("nice").is_file());
+    if !nice {
+        return cargo();
+    }
+    let mut command = Command::new("nice");
+    command.args(["-n", "10"]).arg(cargo_program());
+    in_root(command)
+}
+
+fn cargo_program() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// `command` in the repository root, without the variables `cargo run` set for this process.
+fn in_root(mut command: Command) -> Command {
     command.current_dir(root());
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(set_by_cargo_run) {
@@ -121,19 +142,22 @@ mod tests {
     fn nested_cargo_commands_do_not_inherit_what_cargo_run_set() {
         // `cargo test` sets these for the test binary, as `cargo run` does for xtask.
         assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
-        let removed: Vec<String> = cargo()
-            .get_envs()
-            .filter(|(_, value)| value.is_none())
-            .map(|(name, _)| name.to_string_lossy().into_owned())
-            .collect();
-        for name in ["CARGO_PKG_NAME", "CARGO_PKG_VERSION", "CARGO_MANIFEST_DIR"] {
-            assert!(removed.iter().any(|r| r == name), "{name} in {removed:?}");
+        for command in [cargo(), niced_cargo()] {
+            let removed: Vec<String> = command
+                .get_envs()
+                .filter(|(_, value)| value.is_none())
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .collect();
+            for name in ["CARGO_PKG_NAME", "CARGO_PKG_VERSION", "CARGO_MANIFEST_DIR"] {
+                assert!(removed.iter().any(|r| r == name), "{name} in {removed:?}");
+            }
+            assert!(
+                !removed
+                    .iter()
+                    .any(|r| r == "CARGO_TARGET_DIR" || r == "CARGO_HOME")
+            );
+            assert_eq!(command.get_current_dir(), Some(root().as_path()));
         }
-        assert!(
-            !removed
-                .iter()
-                .any(|r| r == "CARGO_TARGET_DIR" || r == "CARGO_HOME")
-        );
         assert!(set_by_cargo_run("CARGO_PRIMARY_PACKAGE"));
         assert!(!set_by_cargo_run("CARGO"));
     }

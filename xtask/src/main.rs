@@ -84,9 +84,7 @@ fn dev(listen: &str, release: bool) -> anyhow::Result<()> {
         components::build_served(&root().join("agora.toml"), components::Output::Beside)
     });
     let host = build_host(release);
-    let components = components
-        .join()
-        .map_err(|_| anyhow::anyhow!("the components build panicked"))?;
+    let components = joined(components);
     let agora = host?;
     components?;
     let email = std::env::var("AGORA_ADMIN_EMAIL").unwrap_or_else(|_| DEV_ADMIN_EMAIL.into());
@@ -107,6 +105,13 @@ fn dev(listen: &str, release: bool) -> anyhow::Result<()> {
         .env("AGORA_ADMIN_PASSWORD", &password)
         .args(["serve", "--manifest", "agora.toml", "--listen", listen]);
     exec(serve)
+}
+
+/// What a build run on its own thread (the components, beside another build) came to.
+fn joined<T>(build: std::thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
+    build
+        .join()
+        .map_err(|_| anyhow::anyhow!("the components build panicked"))?
 }
 
 /// Builds the host `dev` serves and returns the binary's path.
@@ -184,9 +189,7 @@ fn test() -> anyhow::Result<()> {
             ]))
         })
     });
-    components
-        .join()
-        .map_err(|_| anyhow::anyhow!("the components build panicked"))??;
+    joined(components)?;
     checked?;
     step("cargo clippy (components)", || {
         run(cargo()

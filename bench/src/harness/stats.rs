@@ -10,7 +10,33 @@ pub(crate) fn median(mut runs: Vec<Report>) -> Report {
     runs.swap_remove(runs.len() / 2)
 }
 
-pub(crate) fn load_average() -> String {
+/// The machine a run measures on: its cores, and its load average when the run began.
+pub(crate) struct Machine {
+    cores: usize,
+    load_before: String,
+}
+
+impl Machine {
+    /// The machine now, before the run.
+    pub(crate) fn observe() -> Machine {
+        Machine {
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            load_before: load_average(),
+        }
+    }
+
+    /// `machine: 2 cores; load average … before, … after (1, 5, 15 min)`, "after" read now.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "machine: {} cores; load average {} before, {} after (1, 5, 15 min)",
+            self.cores,
+            self.load_before,
+            load_average()
+        )
+    }
+}
+
+fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())

@@ -34,7 +34,7 @@ mod read;
 use crate::harness::backends::{BackendUrls, check_backends};
 use crate::harness::process::{Host, spawn_and_read_addr};
 use crate::harness::shop_host::{host_command, shop_manifest};
-use crate::harness::stats::load_average;
+use crate::harness::stats::Machine;
 use crate::{cargo, components, target_dir};
 use observability::observability_cost;
 use orders::orders;
@@ -77,8 +77,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let load_before = load_average();
+    let machine = Machine::observe();
     // Kept between runs: the data folder holds only the host's compiled components here.
     let work = target_dir().join("bench-shop");
     std::fs::create_dir_all(&work)?;
@@ -114,13 +113,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     });
     host.stop();
     let (read, orders) = outcome?;
-    let load_after = load_average();
-
     println!();
-    println!(
-        "machine: {cores} cores; load average {load_before} before, {load_after} after \
-         (1, 5, 15 min)"
-    );
+    println!("{}", machine.line());
     println!();
     read.print(args);
     println!();

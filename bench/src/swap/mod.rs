@@ -42,7 +42,7 @@ mod upload;
 use crate::harness::backends::{BackendUrls, check_backends};
 use crate::harness::process::Host;
 use crate::harness::shop_host::{host_command, shop_manifest};
-use crate::harness::stats::load_average;
+use crate::harness::stats::Machine;
 use crate::{cargo, components, target_dir};
 use admin::AdminApi;
 use anyhow::{Context as _, bail};
@@ -77,8 +77,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let load_before = load_average();
+    let machine = Machine::observe();
     let work = target_dir().join("bench-swap");
     std::fs::create_dir_all(&work)?;
     // The client side: one thread, as in `bench shop`.
@@ -137,13 +136,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let fleet = fleet::run(&args.backends.nats_url, args.repeats, |bytes| {
         with_nonce(bytes).to_vec()
     })?;
-    let load_after = load_average();
-
     println!();
-    println!(
-        "machine: {cores} cores; load average {load_before} before, {load_after} after \
-         (1, 5, 15 min)"
-    );
+    println!("{}", machine.line());
     println!();
     print_swaps(args, &swaps);
     println!();
