@@ -489,11 +489,9 @@ pub async fn serve(
     .await;
 }
 
-/// A component's grants as JSON: the built-in ones, then each unit's grant as written.
+/// A component's grants as JSON: the built-in one (http), then each unit's grant as written.
 fn grants_json(grants: &crate::manifest::Grants) -> Value {
     let mut object = serde_json::Map::new();
-    object.insert("sql".into(), json!(grants.sql));
-    object.insert("publish".into(), json!(grants.publish));
     object.insert("http".into(), json!(grants.http));
     for (name, value) in &grants.units {
         object.insert(name.clone(), toml_to_json(value));

@@ -5,9 +5,11 @@
 //! that imports a unit's interface without the grant (at load), and puts each store's state in
 //! its [`agora_capability::Slots`] (the default, denied, when the grant is absent).
 //!
-//! Units: cache, keyvalue, auth, logging, config. The capabilities older than the unit trait
-//! (sql, messaging) are still wired by hand in `component.rs` and `state.rs`;
-//! docs/architecture.md says how a unit is added and which of them move next.
+//! Units, in the order they are prepared: publish, sql (its outbox reads the publish part),
+//! cache, keyvalue, auth, logging, config. The one grant the host wires itself is `http`:
+//! outbound wasi:http, which wasmtime-wasi-http links and the HTTP trigger serves for
+//! in-process calls. The host also keeps the sql and messaging backends for what is not a
+//! guest's call: the event trigger's subscriptions, the outbox relay and the readiness probes.
 
 use crate::manifest::{ComponentSpec, Manifest, ManifestError};
 use crate::state::InstanceState;
@@ -23,7 +25,7 @@ pub type Unit = Arc<dyn Capability<InstanceState>>;
 pub type Units = Arc<[Unit]>;
 
 /// The grant keys the host wires itself (not units).
-const BUILT_IN_GRANTS: &[&str] = &["sql", "publish", "http"];
+const BUILT_IN_GRANTS: &[&str] = &["http"];
 
 /// The shared backends a unit may be built on.
 pub struct Backends {
@@ -31,11 +33,17 @@ pub struct Backends {
     pub cache: Arc<dyn agora_cache::CacheBackend>,
     /// The host's token authority, when it has keys.
     pub authority: Option<Arc<agora_auth::Authority>>,
+    /// The database (PostgreSQL or SQLite).
+    pub sql: Arc<dyn agora_sql::SqlBackend>,
+    /// The message broker (NATS JetStream or the in-process bus).
+    pub messaging: Arc<dyn agora_messaging::MessagingBackend>,
 }
 
 /// Every capability unit of the host: one line each.
 pub fn units(backends: &Backends) -> Units {
     let units: Vec<Unit> = vec![
+        Arc::new(agora_messaging::Publish::new(backends.messaging.clone())),
+        Arc::new(agora_sql::Sql::new(backends.sql.clone())),
         Arc::new(agora_cache::Cache::new(backends.cache.clone())),
         Arc::new(agora_keyvalue::KeyValue::new(backends.cache.clone())),
         Arc::new(agora_auth::Auth::new(backends.authority.clone())),
@@ -97,7 +105,8 @@ pub fn check_import(spec: &ComponentSpec, units: &[Unit], interface: &str) -> Re
     Ok(())
 }
 
-/// The units' parts of a component `spec` describes, for those it holds a grant of.
+/// The units' parts of a component `spec` describes, for those it holds a grant of, in the
+/// units' order (each sees the parts before it).
 pub async fn prepare(
     spec: &ComponentSpec,
     units: &[Unit],
@@ -117,6 +126,10 @@ pub async fn prepare(
             cache_keys: spec.limits.cache_keys,
             cache_value_bytes: spec.limits.cache_value_bytes,
             deadline_ms: spec.limits.deadline_ms,
+            sql_connections: spec.limits.sql_connections,
+            sql_result_bytes: spec.limits.sql_result_bytes,
+            migrations: spec.migrations.as_deref(),
+            prepared: &prepared,
         };
         let part = unit
             .prepare(&info)

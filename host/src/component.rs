@@ -14,7 +14,7 @@ use crate::state::InstanceState;
 use agora_cache::CacheBackend;
 use agora_messaging::MessagingBackend;
 use agora_messaging::bindings::subscriber::SubscriberPre;
-use agora_sql::{Migration, Namespace, SqlBackend};
+use agora_sql::SqlBackend;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,9 +60,11 @@ pub struct LoadedComponent {
 pub struct Capabilities {
     /// The cache backend (Redis or in-memory).
     pub cache: Arc<dyn CacheBackend>,
-    /// The sql backend (PostgreSQL or SQLite).
+    /// The sql backend (PostgreSQL or SQLite); the sql unit opens the components' databases
+    /// on it.
     pub sql: Arc<dyn SqlBackend>,
-    /// The message broker (NATS JetStream or the in-process bus).
+    /// The message broker (NATS JetStream or the in-process bus): the publish unit publishes
+    /// to it, the event trigger subscribes on it.
     pub messaging: Arc<dyn MessagingBackend>,
     /// The HTTP trigger, for in-process calls between components.
     pub internal: InternalCalls,
@@ -83,14 +85,12 @@ pub struct LoadError {
 }
 
 /// The linker every component is linked with: WASI 0.2 (including wasi:cli, which Rust guests
-/// import) and wasi:http — what `wasmtime serve -Scli` provides — agora's capabilities and
-/// every unit's interfaces.
+/// import) and wasi:http — what `wasmtime serve -Scli` provides — and every unit's
+/// interfaces.
 pub fn host_linker(engine: &Engine, units: &[Unit]) -> anyhow::Result<Linker<InstanceState>> {
     let mut linker = Linker::<InstanceState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    agora_sql::add_to_linker(&mut linker, InstanceState::sql_view)?;
-    agora_messaging::add_to_linker(&mut linker, |state| &mut state.messaging)?;
     for unit in units {
         unit.link(&mut linker)?;
     }
@@ -207,8 +207,8 @@ pub struct Position {
     pub total: usize,
 }
 
-/// Loads the component `spec` describes: compiles and links it, then opens its database
-/// namespace and applies its new migrations.
+/// Loads the component `spec` describes: compiles and links it, then prepares its part of each
+/// unit it holds a grant of (the sql unit opens its database and applies its new migrations).
 ///
 /// Logs its progress at `info`, counted by `position`: `compiling 3/8 catalog (425 KiB)…`
 /// before a compile (a cold compile cache takes seconds per component), then `compiled 3/8
@@ -266,19 +266,11 @@ pub async fn load(
             "loaded {index}/{total} {name} from the compile cache in {load_ms} ms"
         ),
     }
-    let sql = if spec.grants.sql {
-        Some(open_database(spec, capabilities).await.map_err(fail)?)
-    } else {
-        None
-    };
     let units = crate::capabilities::prepare(spec, &capabilities.units, &config)
         .await
         .map_err(fail)?;
-    let name: Arc<str> = Arc::from(spec.name.as_str());
-    let publish: Arc<[String]> = spec.grants.publish.clone().into();
-    let patterns = publish.clone();
     Ok(LoadedComponent {
-        name: name.clone(),
+        name: Arc::from(spec.name.as_str()),
         digest: code.digest,
         origin: code.origin,
         installed: Installed::Manifest,
@@ -288,20 +280,9 @@ pub async fn load(
         subscriber: code.subscriber,
         permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
         capabilities: Granted {
-            name,
-            sql,
-            publish,
-            messaging: capabilities.messaging.clone(),
             http: spec.grants.http.clone().into(),
             internal: capabilities.internal.clone(),
             units: units.into(),
-            meters: crate::granted::Meters::of(&spec.name),
-            may_publish: Arc::new(move |subject| {
-                agora_messaging::validate_subject(subject).is_ok()
-                    && patterns
-                        .iter()
-                        .any(|pattern| agora_messaging::subject_matches(pattern, subject))
-            }),
         },
         policies: spec.policies.clone().into(),
         spec: Arc::new(spec.clone()),
@@ -344,42 +325,6 @@ impl LoadedComponent {
     }
 }
 
-/// Applies the migrations of `spec`'s folder that `namespace` has not seen; returns their
-/// names.
-pub async fn apply_migrations(
-    spec: &ComponentSpec,
-    namespace: &dyn Namespace,
-    dialect: agora_sql::Dialect,
-) -> Result<Vec<String>, String> {
-    let Some(dir) = &spec.migrations else {
-        return Ok(Vec::new());
-    };
-    let migrations = Migration::load_dir(dir, dialect)
-        .map_err(|err| format!("cannot read its migrations: {err}"))?;
-    let applied = namespace
-        .migrate(&migrations)
-        .await
-        .map_err(|err| format!("migration failed: {err}"))?;
-    if !applied.is_empty() {
-        tracing::info!(component = %spec.name, applied = ?applied, "migrations applied");
-    }
-    Ok(applied)
-}
-
-/// Opens the component's database namespace and applies the migrations it has not seen.
-async fn open_database(
-    spec: &ComponentSpec,
-    capabilities: &Capabilities,
-) -> Result<Arc<dyn Namespace>, String> {
-    let backend = &capabilities.sql;
-    let namespace = backend
-        .namespace_with(&spec.name, spec.limits.sql_connections)
-        .await
-        .map_err(|err| format!("cannot open its {} database: {err}", backend.dialect()))?;
-    apply_migrations(spec, namespace.as_ref(), backend.dialect()).await?;
-    Ok(namespace)
-}
-
 /// The component's configuration: manifest values plus values read from the environment.
 /// Errors name the variable, never a value.
 fn resolve_config(spec: &ComponentSpec) -> Result<BTreeMap<String, String>, String> {
@@ -411,16 +356,6 @@ fn check_grants(
     for (name, _) in component.component_type().imports(engine) {
         let interface = name.split('@').next().unwrap_or(name);
         crate::capabilities::check_import(spec, units, interface)?;
-        if interface == agora_sql::INTERFACE && !spec.grants.sql {
-            return Err(format!(
-                "imports {interface} but the manifest grants no sql (add `grants = {{ sql = true }}`)"
-            ));
-        }
-        if interface == agora_messaging::INTERFACE && spec.grants.publish.is_empty() {
-            return Err(format!(
-                "imports {interface} but the manifest grants no subject to publish to (add `grants = {{ publish = [\"…\"] }}`)"
-            ));
-        }
     }
     Ok(())
 }

@@ -304,9 +304,17 @@ impl Host {
             )),
             None => None,
         };
+        let sql = agora_sql::connect(config.database_url.as_deref(), &config.data_dir)
+            .await
+            .map_err(|err| HostError::Backend(format!("sql: {err}")))?;
+        let messaging = agora_messaging::connect(config.nats_url.as_deref())
+            .await
+            .map_err(|err| HostError::Backend(format!("messaging: {err}")))?;
         let units = capabilities::units(&capabilities::Backends {
             cache: cache_backend.clone(),
             authority: authority.clone(),
+            sql: sql.clone(),
+            messaging: messaging.clone(),
         });
         capabilities::check_manifest(&manifest, &units)?;
         let linker = component::host_linker(&engine.engine, &units).map_err(HostError::Engine)?;
@@ -315,12 +323,8 @@ impl Host {
         let internal = calls::InternalCalls::default();
         let capabilities = component::Capabilities {
             cache: cache_backend,
-            sql: agora_sql::connect(config.database_url.as_deref(), &config.data_dir)
-                .await
-                .map_err(|err| HostError::Backend(format!("sql: {err}")))?,
-            messaging: agora_messaging::connect(config.nats_url.as_deref())
-                .await
-                .map_err(|err| HostError::Backend(format!("messaging: {err}")))?,
+            sql,
+            messaging,
             internal: internal.clone(),
             units: units.clone(),
         };
@@ -382,7 +386,6 @@ impl Host {
                 engine: engine.engine.clone(),
                 linker,
                 cache,
-                dialect: capabilities.sql.dialect(),
                 units,
             },
         ));
@@ -484,7 +487,8 @@ impl Host {
             ),
         ];
         for slot in self.components.slots() {
-            if let Some(namespace) = slot.current().capabilities.sql.clone() {
+            if let Some(database) = slot.current().capabilities.database() {
+                let namespace = database.namespace().clone();
                 probes.push((
                     format!("sql of `{}`", slot.name()),
                     ops::probe(namespace, |namespace| async move {

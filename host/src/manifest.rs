@@ -204,25 +204,24 @@ impl Default for Messaging {
 /// that imports a capability it is not granted fails to load.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Grants {
-    /// `agora:platform/sql`: the component's own schema (PostgreSQL) or file (SQLite).
-    #[serde(default)]
-    pub sql: bool,
-    /// `agora:platform/messaging`: subject patterns the component may publish to (`*` one
-    /// token, a final `>` any number). Empty: no messaging.
-    #[serde(default)]
-    pub publish: Vec<String>,
     /// Outbound `wasi:http`: the origins (`scheme://host[:port]`) the component may send
     /// requests to. Empty: every outgoing request is refused with `HTTP-request-denied`.
     #[serde(default)]
     pub http: Vec<String>,
-    /// The grants of capability units (`cache = true`, `keyvalue = true`, `auth = true`, …),
-    /// by unit name; the host checks each against its unit (an unknown key is an error there,
-    /// naming the known ones).
+    /// The grants of capability units (`sql = true`, `publish = ["order.*"]`, `cache = true`,
+    /// `keyvalue = true`, `auth = true`, …), by unit name; the host checks each against its
+    /// unit (an unknown key is an error there, naming the known ones).
     #[serde(flatten)]
     pub units: std::collections::BTreeMap<String, toml::Value>,
 }
 
 impl Grants {
+    /// Whether the component holds the sql unit's grant (`sql = true`): only then may it name
+    /// migrations.
+    pub fn sql(&self) -> bool {
+        self.units.get("sql").and_then(toml::Value::as_bool) == Some(true)
+    }
+
     /// Whether the component holds the auth unit's grant (`auth = true`): the host then needs
     /// keys to sign its tokens.
     pub fn issues_tokens(&self) -> bool {
@@ -469,16 +468,12 @@ impl Manifest {
                     "config key `{key}` is set both in `config` and in `config_env`"
                 )));
             }
-            for pattern in &raw.grants.publish {
-                agora_messaging::validate_pattern(pattern)
-                    .map_err(|err| invalid(format!("grants.publish `{pattern}`: {err}")))?;
-            }
             let mut grants = raw.grants;
             for origin in &mut grants.http {
                 *origin = normalise_origin(origin)
                     .map_err(|err| invalid(format!("grants.http `{origin}`: {err}")))?;
             }
-            if raw.migrations.is_some() && !grants.sql {
+            if raw.migrations.is_some() && !grants.sql() {
                 return Err(invalid(
                     "`migrations` needs the sql grant (add `sql = true` to [component.grants])"
                         .into(),
@@ -894,8 +889,11 @@ mod tests {
         )
         .expect("valid manifest");
         let order = &manifest.components[0];
-        assert!(order.grants.sql && !order.grants.units.contains_key("cache"));
-        assert_eq!(order.grants.publish, ["order.*", "audit.>"]);
+        assert!(order.grants.sql() && !order.grants.units.contains_key("cache"));
+        assert_eq!(
+            order.grants.units["publish"],
+            toml::Value::Array(vec!["order.*".into(), "audit.>".into()])
+        );
         assert_eq!(
             order.migrations.as_deref(),
             Some(Path::new("/shop/m/order"))
@@ -1016,10 +1014,6 @@ mod tests {
             (
                 "name = \"a\"\nsource = \"a.wasm\"\nlimits = { concurrency = 0 }",
                 "greater than 0",
-            ),
-            (
-                "name = \"a\"\nsource = \"a.wasm\"\ngrants = { publish = [\"a..b\"] }",
-                "grants.publish `a..b`",
             ),
             (
                 "name = \"a\"\nsource = \"a.wasm\"\ngrants = { http = [\"ftp://x\"] }",

@@ -42,8 +42,12 @@ pub fn spawn(
     component: Arc<LoadedComponent>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
-    let namespace = component.capabilities.sql.clone()?;
+    component.capabilities.database()?;
     Some(tokio::spawn(async move {
+        let Some(database) = component.capabilities.database() else {
+            return;
+        };
+        let namespace = database.namespace();
         let signal = namespace.outbox_signal();
         let dead = Arc::new(AtomicU64::new(0));
         let pending = crate::metrics::metrics()
@@ -57,7 +61,7 @@ pub fn spawn(
         // every SWEEP_INTERVAL, which mostly find nothing, are not.
         let mut woken = false;
         loop {
-            let pass = relay_all(&component, namespace.as_ref(), &dead);
+            let pass = relay_all(&component, database, &dead);
             if woken {
                 pass.instrument(tracing::debug_span!(
                     target: agora_capability::SPAN_TARGET,
@@ -108,13 +112,15 @@ pub fn spawn(
 /// left the outbox.
 pub async fn relay_all(
     component: &Arc<LoadedComponent>,
-    namespace: &dyn agora_sql::Namespace,
+    database: &agora_sql::Database,
     dead: &Arc<AtomicU64>,
 ) -> usize {
-    let owner = component.clone();
+    let name = component.name.clone();
     let counter = dead.clone();
+    let broker = database.publisher().cloned();
     let publish = publisher(move |row| {
-        let component = owner.clone();
+        let name = name.clone();
+        let broker = broker.clone();
         let dead = counter.clone();
         let message = Message {
             id: row.id.clone(),
@@ -123,26 +129,26 @@ pub async fn relay_all(
             headers: row.headers.clone(),
         };
         Box::pin(async move {
-            let granted = &component.capabilities;
             // The grant was checked when the row was written; a row the component inserted
             // into the table by hand is checked here, and set aside if it is not allowed.
-            let refusal = if !granted.may_publish(&message.subject) {
-                format!(
-                    "component `{}` may not publish to `{}`",
-                    component.name, message.subject
-                )
-            } else {
-                match granted.messaging.publish(&message).await {
-                    Ok(()) => return Ok(()),
-                    Err(MessagingError::Unavailable(reason)) => {
-                        return Err(RelayError::Retry(reason));
+            let refusal = match broker {
+                Some(broker) if broker.may_publish(&message.subject) => {
+                    match broker.backend().publish(&message).await {
+                        Ok(()) => return Ok(()),
+                        Err(MessagingError::Unavailable(reason)) => {
+                            return Err(RelayError::Retry(reason));
+                        }
+                        Err(MessagingError::Invalid(reason)) => reason,
                     }
-                    Err(MessagingError::Invalid(reason)) => reason,
                 }
+                _ => format!(
+                    "component `{name}` may not publish to `{}`",
+                    message.subject
+                ),
             };
             let total = dead.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(
-                component = %component.name,
+                component = %name,
                 subject = %message.subject,
                 message_id = %message.id,
                 reason = %refusal,
@@ -154,7 +160,7 @@ pub async fn relay_all(
     });
     let mut total = 0;
     loop {
-        match namespace.relay_outbox(BATCH, &publish).await {
+        match database.namespace().relay_outbox(BATCH, &publish).await {
             Ok(relayed) if relayed == BATCH => total += relayed,
             Ok(relayed) => {
                 if relayed > 0 {
@@ -191,8 +197,8 @@ pub async fn settle(
     loop {
         let mut relayed = 0;
         for component in components {
-            if let Some(namespace) = &component.capabilities.sql {
-                relayed += relay_all(component, namespace.as_ref(), &dead).await;
+            if let Some(database) = component.capabilities.database() {
+                relayed += relay_all(component, database, &dead).await;
             }
         }
         if relayed == 0 && messaging.unhandled() == 0 {
@@ -221,11 +227,10 @@ pub async fn keep_unhandled(
     let mut kept = 0;
     for message in unhandled {
         let home = components.iter().find_map(|component| {
-            let namespace = component.capabilities.sql.as_ref()?;
-            component
-                .capabilities
+            let database = component.capabilities.database()?;
+            database
                 .may_publish(&message.subject)
-                .then_some((component, namespace))
+                .then_some((component, database.namespace()))
         });
         let Some((component, namespace)) = home else {
             tracing::error!(

@@ -9,8 +9,6 @@ use crate::granted::Granted;
 use crate::manifest::INTERNAL_DOMAIN;
 use crate::manifest::Limits;
 use agora_capability::{Slots, StoreData, StoreInfo};
-use agora_messaging::MessagingCtx;
-use agora_sql::{SqlCtx, SqlView};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -49,10 +47,6 @@ pub struct InstanceState {
     pub deadline: Instant,
     /// Set by the epoch callback when it interrupted the guest for its deadline.
     pub deadline_hit: bool,
-    /// agora:platform/sql: this component's database namespace (or denied).
-    pub sql: SqlCtx,
-    /// agora:platform/messaging: the broker and the subjects granted (or denied).
-    pub messaging: MessagingCtx,
     /// The capability units' state, one value per unit.
     slots: Slots,
 }
@@ -87,17 +81,6 @@ impl InstanceState {
             },
             deadline,
             deadline_hit: false,
-            // The store's sql calls end with its request or event, and read at most the
-            // component's result cap into host memory.
-            sql: component.capabilities.sql_ctx().bounded(agora_sql::Bounds {
-                deadline: Some(deadline),
-                max_result_bytes: usize::try_from(component.limits.sql_result_bytes)
-                    .unwrap_or(usize::MAX),
-                max_statement: Some(std::time::Duration::from_millis(
-                    component.limits.deadline_ms,
-                )),
-            }),
-            messaging: component.capabilities.messaging_ctx(),
             slots,
         }
     }
@@ -106,15 +89,6 @@ impl InstanceState {
     /// makes.
     pub fn set_call_context(&mut self, context: CallContext) {
         self.outbound.context = context;
-    }
-
-    /// The sql capability's view of this state: its context and the resource table that
-    /// holds open transactions.
-    pub fn sql_view(&mut self) -> SqlView<'_> {
-        SqlView {
-            ctx: &mut self.sql,
-            table: &mut self.table,
-        }
     }
 }
 

@@ -75,7 +75,7 @@ impl Slot {
 }
 
 /// What compiling and linking a new version needs: the host's one engine, its linker, the
-/// compile cache and the sql dialect.
+/// compile cache and the capability units.
 pub struct Loader {
     /// The engine every component is compiled for.
     pub engine: Engine,
@@ -83,8 +83,6 @@ pub struct Loader {
     pub linker: Linker<InstanceState>,
     /// Compiled artifacts on disk.
     pub cache: CompileCache,
-    /// The sql dialect, for choosing migration files.
-    pub dialect: agora_sql::Dialect,
     /// The capability units, whose grants a new version's imports are checked against.
     pub units: crate::capabilities::Units,
 }
@@ -272,16 +270,16 @@ impl Components {
         };
         let candidate = current.with_code(code, installed);
         probe(&candidate).await.map_err(&rejected)?;
-        let migrations_applied = match &candidate.capabilities.sql {
-            Some(namespace) => crate::component::apply_migrations(
-                &candidate.spec,
-                namespace.as_ref(),
-                self.loader.dialect,
-            )
-            .await
-            .map_err(&rejected)?,
+        let migrations_applied = match candidate.capabilities.database() {
+            Some(database) => database
+                .apply_migrations(candidate.spec.migrations.as_deref())
+                .await
+                .map_err(&rejected)?,
             None => Vec::new(),
         };
+        if !migrations_applied.is_empty() {
+            tracing::info!(component = name, applied = ?migrations_applied, "migrations applied");
+        }
         let candidate = Arc::new(candidate);
         let old = slot.switch(candidate.clone());
         let swapped = Swapped {

@@ -373,7 +373,12 @@ async fn an_unrelayed_outbox_message_is_relayed_after_a_restart() {
         // The first host loads (so the namespace and the subscription's consumer exist) but
         // never relays: what a guest's committed transaction leaves when the host dies.
         let first = Host::load(&config).await.unwrap();
-        let namespace = first.components()[0].capabilities.sql.clone().unwrap();
+        let namespace = first.components()[0]
+            .capabilities
+            .database()
+            .unwrap()
+            .namespace()
+            .clone();
         let note_id = uuid::Uuid::new_v4().to_string();
         let event = json!({
             "id": uuid::Uuid::new_v4().to_string(), "type": subject, "version": 1,
@@ -430,19 +435,39 @@ fn backend_sets() -> Vec<Backends> {
         .collect()
 }
 
+/// The load error of the example component as `ex` with `grants` (a manifest line).
+async fn load_error(grants: &str) -> String {
+    let source = component("example").display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("agora.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[component]]\nname = \"ex\"\nsource = {source:?}\nroutes = [\"/ex/...\"]\n{grants}\n"
+        ),
+    )
+    .unwrap();
+    let mut config = HostConfig::new(&manifest);
+    config.data_dir = common::shared_data_dir();
+    config.database_url = Some(format!("sqlite://{}", dir.path().join("sql").display()));
+    match Host::load(&config).await {
+        Ok(_) => panic!("`{grants}` must not load"),
+        Err(err) => err.to_string(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ungranted_imports_fail_to_load() {
-    let source = component("example").display().to_string();
     for (grants, interface, hint) in [
         (
             r#"grants = { cache = true, publish = ["example.*"] }"#,
             "agora:platform/sql",
-            "grants no sql",
+            "grants no sql (add `grants = { sql = true }`)",
         ),
         (
             "grants = { cache = true, sql = true }",
             "agora:platform/messaging",
-            "grants no subject",
+            r#"grants no publish (add `grants = { publish = ["…"] }`)"#,
         ),
         // Logging and configuration are granted unless the manifest denies them.
         (
@@ -456,23 +481,34 @@ async fn ungranted_imports_fail_to_load() {
             "grants no config (add `grants = { config = true }`)",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = dir.path().join("agora.toml");
-        std::fs::write(
-            &manifest,
-            format!("[[component]]\nname = \"ex\"\nsource = {source:?}\nroutes = [\"/ex/...\"]\n{grants}\n"),
-        )
-        .unwrap();
-        let mut config = HostConfig::new(&manifest);
-        config.data_dir = common::shared_data_dir();
-        config.database_url = Some(format!("sqlite://{}", dir.path().join("sql").display()));
-        let Err(err) = Host::load(&config).await else {
-            panic!("{interface} without a grant must not load");
-        };
-        let message = err.to_string();
+        let message = load_error(grants).await;
         assert!(message.contains("component `ex`"), "{message}");
         assert!(message.contains(interface), "{message}");
         assert!(message.contains(hint), "{message}");
+    }
+}
+
+/// The sql and publish grants are checked by their units like every other: a malformed one
+/// fails the load, naming the component and what a valid grant is.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_sql_and_publish_grants_fail_to_load() {
+    for (grants, expected) in [
+        (
+            "grants = { sql = \"yes\" }",
+            "grants.sql must be true or false",
+        ),
+        (
+            "grants = { publish = \"order.*\" }",
+            "grants.publish must be a list of subject patterns",
+        ),
+        (
+            "grants = { publish = [\"a..b\"] }",
+            "grants.publish `a..b`: ",
+        ),
+    ] {
+        let message = load_error(grants).await;
+        assert!(message.contains("component `ex`"), "{message}");
+        assert!(message.contains(expected), "{message}");
     }
 }
 

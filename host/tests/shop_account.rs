@@ -71,9 +71,10 @@ impl Shop {
             .host
             .component("account")
             .capabilities
-            .sql
-            .clone()
-            .unwrap();
+            .database()
+            .unwrap()
+            .namespace()
+            .clone();
         let rows = sql
             .query(
                 "select password_hash from users where email = $1 and deleted_at is null",
@@ -96,7 +97,10 @@ impl Shop {
             .host
             .component("account")
             .capabilities
-            .messaging
+            .database()
+            .and_then(|database| database.publisher())
+            .unwrap()
+            .backend()
             .clone();
         let name = unique_name("observer");
         let (sender, events) = mpsc::unbounded_channel();

@@ -75,7 +75,7 @@ pub trait StoreData: Send + 'static {
 }
 
 /// What a capability sees of a component it prepares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ComponentInfo<'a> {
     /// The component's manifest name (1 to 57 of `a-z`, `0-9`, `-`).
     pub name: &'a str,
@@ -92,6 +92,53 @@ pub struct ComponentInfo<'a> {
     /// Its configuration (`[component.config]`, and `[component.config_env]` read from the
     /// environment at load), by key. Some values are secrets: never log them.
     pub config: &'a std::collections::BTreeMap<String, String>,
+    /// Connections its database pool may hold (`limits.sql_connections`).
+    pub sql_connections: u32,
+    /// Largest result one sql call may read into host memory, in bytes
+    /// (`limits.sql_result_kib`).
+    pub sql_result_bytes: u64,
+    /// Its migrations folder (`migrations`), if it names one.
+    pub migrations: Option<&'a std::path::Path>,
+    /// The parts of the capabilities listed before this one in the host's list that the
+    /// component holds grants of, by capability name: a capability built on another (sql's
+    /// outbox publishes under the publish grant) finds that one's part with
+    /// [`ComponentInfo::part`].
+    pub prepared: &'a [(&'static str, Arc<dyn Prepared>)],
+}
+
+impl ComponentInfo<'_> {
+    /// The part of type `P` an earlier capability prepared for this component, if the
+    /// component holds that capability's grant.
+    pub fn part<P: Prepared>(&self) -> Option<&P> {
+        part(self.prepared)
+    }
+}
+
+impl std::fmt::Debug for ComponentInfo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration may hold secrets: only its keys are shown.
+        f.debug_struct("ComponentInfo")
+            .field("name", &self.name)
+            .field("grant", &self.grant)
+            .field("config_keys", &self.config.keys().collect::<Vec<_>>())
+            .field(
+                "prepared",
+                &self
+                    .prepared
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The part of type `P` among a component's prepared `parts`, if there is one.
+pub fn part<'a, P: Prepared>(parts: &'a [(&'static str, Arc<dyn Prepared>)]) -> Option<&'a P> {
+    parts.iter().find_map(|(_, part)| {
+        let part: &dyn Any = part.as_ref();
+        part.downcast_ref::<P>()
+    })
 }
 
 /// Where a capability reports the calls it serves for one component: their time and whether
@@ -180,8 +227,10 @@ pub struct StoreInfo {
     pub deadline: Instant,
 }
 
-/// A capability's part of one component that holds its grant.
-pub trait Prepared: Send + Sync + 'static {
+/// A capability's part of one component that holds its grant. The host finds a part by its
+/// type ([`part`]) where it works with a capability beyond the guest's calls (the outbox relay
+/// reads the sql part's database).
+pub trait Prepared: Any + Send + Sync {
     /// The state one store of the component starts with, put in its [`Slots`].
     fn instance(&self, store: &StoreInfo) -> Box<dyn Any + Send>;
 
@@ -272,6 +321,31 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 2);
         assert_eq!(failed.load(Ordering::Relaxed), 1);
         assert_eq!(format!("{:?}", Meter::default()), "Meter(off)");
+    }
+
+    struct Part(u32);
+
+    impl Prepared for Part {
+        fn instance(&self, _store: &StoreInfo) -> Box<dyn Any + Send> {
+            Box::new(Counter(self.0))
+        }
+    }
+
+    struct Other;
+
+    impl Prepared for Other {
+        fn instance(&self, _store: &StoreInfo) -> Box<dyn Any + Send> {
+            Box::new(Denied(true))
+        }
+    }
+
+    #[test]
+    fn a_part_is_found_by_its_type() {
+        let parts: Vec<(&'static str, Arc<dyn Prepared>)> =
+            vec![("other", Arc::new(Other)), ("part", Arc::new(Part(7)))];
+        assert_eq!(part::<Part>(&parts).map(|p| p.0), Some(7));
+        assert!(part::<Other>(&parts[1..]).is_none());
+        assert!(part::<Part>(&[]).is_none());
     }
 
     #[test]

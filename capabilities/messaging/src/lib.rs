@@ -46,6 +46,7 @@ mod credentials;
 mod memory;
 mod nats;
 mod subject;
+mod unit;
 
 pub use backend::{
     Backoff, DEAD_LETTER_DELIVERIES, DEAD_LETTER_PAYLOAD_DROPPED, DEAD_LETTER_REASON, Delivery,
@@ -59,6 +60,7 @@ pub use subject::{
     MAX_HEADER_BYTES, MAX_SUBJECT_BYTES, consumer_name, dead_letter_subject, subject_matches,
     validate_headers, validate_pattern, validate_subject,
 };
+pub use unit::{Publish, Publisher};
 
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
@@ -149,6 +151,13 @@ pub struct MessagingCtx {
     meter: agora_capability::Meter,
 }
 
+/// The denied state: what a store of a component without the publish grant holds.
+impl Default for MessagingCtx {
+    fn default() -> MessagingCtx {
+        MessagingCtx::denied()
+    }
+}
+
 impl MessagingCtx {
     /// A component allowed to publish to the subjects matched by `publish_patterns` (already
     /// checked with [`validate_pattern`]) through `backend`.
@@ -179,6 +188,11 @@ impl MessagingCtx {
             grant: None,
             meter: agora_capability::Meter::default(),
         }
+    }
+
+    /// The subject patterns it may publish to (none when denied).
+    pub fn patterns(&self) -> &[String] {
+        self.grant.as_ref().map_or(&[], |grant| &grant.patterns)
     }
 
     /// Whether the grant lets this component publish to `subject`.

@@ -47,6 +47,7 @@ mod error;
 mod migrate;
 mod postgres;
 mod sqlite;
+mod unit;
 mod value;
 
 pub use backend::{
@@ -58,6 +59,7 @@ pub use error::SqlError;
 pub use migrate::Migration;
 pub use postgres::PostgresBackend;
 pub use sqlite::SqliteBackend;
+pub use unit::{Database, Sql};
 
 use bindings::agora::platform::sql::{Error, Host, HostTransaction};
 use std::path::Path;
@@ -163,6 +165,13 @@ struct Grant {
 /// The broker's own rules for a message, checked by `transaction.publish` before the message
 /// is written to the outbox: `Err` (with the reason) when the broker would never take it.
 pub type PublishCheck = Arc<dyn Fn(&OutboxMessage) -> Result<(), String> + Send + Sync>;
+
+/// The denied state: what a store of a component without the sql grant holds.
+impl Default for SqlCtx {
+    fn default() -> SqlCtx {
+        SqlCtx::denied()
+    }
+}
 
 impl SqlCtx {
     /// A component with an sql grant: its `namespace`, and `may_publish` telling whether it
