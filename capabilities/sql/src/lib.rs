@@ -87,8 +87,8 @@ pub const DEFAULT_CONNECTIONS: u32 = 8;
 /// The WIT name of the interface, as it appears in a component's imports.
 pub const INTERFACE: &str = "agora:platform/sql";
 
-/// Largest payload `transaction.publish` accepts, in bytes.
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Largest payload `transaction.publish` accepts, in bytes: the messaging capability's.
+pub const MAX_PAYLOAD_BYTES: usize = agora_messaging::MAX_PAYLOAD_BYTES;
 
 /// Longest component name a namespace can have (the PostgreSQL role `agora_<name>` must fit
 /// in 63 bytes).
@@ -286,49 +286,21 @@ fn to_guest(err: SqlError) -> Error {
     err.to_guest()
 }
 
-/// Why a subject or a header cannot be published, if it cannot.
+/// Why a message cannot be published, if it cannot: the messaging capability's own rules for
+/// a subject and headers (the outbox relays to that broker), and the payload cap.
 fn check_message(
     subject: &str,
     payload: &[u8],
     headers: &[(String, String)],
 ) -> Result<(), SqlError> {
-    let bad_subject_char = |c: char| c.is_whitespace() || c.is_control() || c == '*' || c == '>';
-    if subject.is_empty() {
-        return Err(SqlError::Unsupported("the subject is empty".into()));
-    }
-    if subject.chars().any(bad_subject_char)
-        || subject.split('.').any(str::is_empty)
-        || subject.len() > 256
-    {
-        return Err(SqlError::Unsupported(format!(
-            "subject {:?} is not a publishable subject (dot-separated tokens of at most 256 \
-             bytes, no spaces or wildcards)",
-            subject.chars().take(64).collect::<String>()
-        )));
-    }
+    agora_messaging::validate_subject(subject).map_err(SqlError::Unsupported)?;
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(SqlError::Unsupported(format!(
             "the payload is {} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit",
             payload.len()
         )));
     }
-    for (name, value) in headers {
-        if name.is_empty()
-            || name
-                .chars()
-                .any(|c| c == ':' || c.is_whitespace() || c.is_control())
-        {
-            return Err(SqlError::Unsupported(format!(
-                "header name {name:?} is empty or holds a colon, a space or a control character"
-            )));
-        }
-        if value.contains(['\r', '\n']) {
-            return Err(SqlError::Unsupported(format!(
-                "the value of header {name:?} holds a line break"
-            )));
-        }
-    }
-    Ok(())
+    agora_messaging::validate_headers(headers).map_err(SqlError::Unsupported)
 }
 
 impl Host for SqlView<'_> {
@@ -567,5 +539,6 @@ mod tests {
         assert!(check_message("a", b"", &header("x-trace", "1")).is_ok());
         assert!(check_message("a", b"", &header("x:y", "1")).is_err());
         assert!(check_message("a", b"", &header("x", "1\r\n2")).is_err());
+        assert!(check_message("a", b"", &header("Nats-Msg-Id", "1")).is_err());
     }
 }
