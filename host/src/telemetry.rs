@@ -48,6 +48,11 @@ pub enum LogFormat {
 /// Whether spans are exported (an OpenTelemetry layer is installed).
 static EXPORTING: OnceLock<bool> = OnceLock::new();
 
+/// Whether a log line may print a request's or an event's span, and so its `trace_id` and
+/// `span_id`: JSON logs print the current span whatever its level; text logs print a span only
+/// when `RUST_LOG` enables it, and those spans are `info`.
+static LOGGED_IDS: OnceLock<bool> = OnceLock::new();
+
 /// The exporter's provider, flushed by [`Telemetry::shutdown`].
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -119,6 +124,10 @@ pub fn init_with(default: &str, format: LogFormat) -> Telemetry {
             .with_threads(false)
             .with_context_activation(false)
     });
+    let logs_info = EnvFilter::new(&directives)
+        .max_level_hint()
+        .is_none_or(|level| level >= tracing::level_filters::LevelFilter::INFO);
+    let _ = LOGGED_IDS.set(format == LogFormat::Json || logs_info);
     let installed = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
@@ -364,8 +373,8 @@ pub fn exporting() -> bool {
 }
 
 /// Makes `span` continue the trace whose context `headers` carry (a request's or a
-/// message's), and records its ids in the span's `trace_id` and `span_id` fields (which logs
-/// show).
+/// message's), and records its ids in the span's `trace_id` and `span_id` fields when a log
+/// line may show them.
 /// Does nothing when spans are not exported.
 pub fn continue_from<'h>(
     span: &tracing::Span,
@@ -389,10 +398,14 @@ pub fn continue_from<'h>(
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
-    let context = span.context();
-    let ids = context.span().span_context().clone();
-    span.record("trace_id", tracing::field::display(ids.trace_id()));
-    span.record("span_id", tracing::field::display(ids.span_id()));
+    // The ids are for the log lines (the exported span has them already): not recorded when
+    // no log line can print them.
+    if LOGGED_IDS.get().copied().unwrap_or(true) {
+        let context = span.context();
+        let ids = context.span().span_context().clone();
+        span.record("trace_id", tracing::field::display(ids.trace_id()));
+        span.record("span_id", tracing::field::display(ids.span_id()));
+    }
 }
 
 /// The trace-context headers of the current span, to send with what it causes (an

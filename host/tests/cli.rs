@@ -344,14 +344,14 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
     let (exit, stderr) = agora.wait();
     assert_eq!(exit, Some(0));
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
-    // The request's span names the component, route, status and duration.
+    // The line names the component and route (its span), the status and duration (its own).
     let served = stderr
         .lines()
         .find(|l| l.contains("request served"))
         .unwrap_or_else(|| panic!("no request log line in: {stderr}"));
     for field in [
         "component=echo",
-        "route=/echo",
+        "http.route=/echo",
         "status=200",
         "duration_ms=",
     ] {

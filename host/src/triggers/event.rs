@@ -73,15 +73,14 @@ impl MessageHandler for EventHandler {
     async fn handle(&self, delivery: Delivery) -> Result<(), String> {
         // The version serving now handles this delivery to its end, whatever swaps meanwhile.
         let component = self.slot.current();
+        // Each field is a log field and an exported attribute, so none is written twice: the
+        // subject, message id and delivery count under their OpenTelemetry names, the duration
+        // left to the span's own timing (the log line of the outcome carries it).
         let span = tracing::info_span!(
             "event",
             component = %component.name,
-            subject = %delivery.message.subject,
-            message_id = %delivery.message.id,
-            delivery = delivery.delivery,
             digest = %&component.digest[..12],
             outcome = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             "otel.name" = %format_args!("process {}", self.subject),
@@ -106,21 +105,21 @@ impl MessageHandler for EventHandler {
         let result = run(&component, delivery).instrument(span.clone()).await;
         let _entered = span.enter();
         let elapsed = started.elapsed();
-        span.record("duration_ms", elapsed.as_millis() as u64);
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let outcome = match &result {
             Ok(()) => {
                 span.record("outcome", "ok");
-                tracing::info!("event handled");
+                tracing::info!(duration_ms, "event handled");
                 "handled"
             }
             Err(reason) if count >= self.max_deliver => {
                 span.record("outcome", "dead_lettered");
-                tracing::warn!(%reason, "event failed its last delivery; the broker dead-letters it");
+                tracing::warn!(%reason, duration_ms, "event failed its last delivery; the broker dead-letters it");
                 "dead_lettered"
             }
             Err(reason) => {
                 span.record("outcome", "failed");
-                tracing::warn!(%reason, "event failed; the broker will redeliver it");
+                tracing::warn!(%reason, duration_ms, "event failed; the broker will redeliver it");
                 "retried"
             }
         };

@@ -197,25 +197,24 @@ impl HttpTrigger {
         // The version serving now answers this request to its end, whatever swaps meanwhile.
         let component = route.target.current();
         let method = crate::metrics::method_label(request.method());
+        // Each field is a log field and an exported attribute, so none is written twice: the
+        // route, method and path under their OpenTelemetry names, the status recorded once, and
+        // the duration left to the span's own timing (the access log line carries it).
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
             component = %component.name,
             digest = %&component.digest[..12],
-            route = %route.pattern,
-            method = %request.method(),
-            path = %path,
+            "http.route" = %route.pattern,
+            "http.request.method" = method,
+            "url.path" = %path,
             caller = tracing::field::Empty,
             parent_request_id = tracing::field::Empty,
             subject = tracing::field::Empty,
-            status = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             "otel.name" = %format_args!("{method} {}", route.pattern),
             "otel.kind" = "server",
-            "http.request.method" = method,
-            "http.route" = %route.pattern,
             "http.response.status_code" = tracing::field::Empty,
         );
         crate::telemetry::continue_from(
@@ -285,11 +284,8 @@ impl HttpTrigger {
                 .inc();
             metrics.http_duration.with(labels).observe(elapsed);
             let duration_ms = elapsed.as_secs_f64() * 1000.0;
-            let span = tracing::Span::current();
-            span.record("status", status);
-            span.record("http.response.status_code", status);
-            span.record("duration_ms", duration_ms);
-            tracing::info!("request served");
+            tracing::Span::current().record("http.response.status_code", status);
+            tracing::info!(status, duration_ms, "request served");
             response
         }
         .instrument(span)
