@@ -2,7 +2,7 @@
 //! workflows and every YAML file of the repository.
 //!
 //! Each check runs an external linter or validator (hadolint, check-jsonschema, promtool,
-//! kustomize through kubectl, kubernetes-validate, actionlint, yamllint) and fails with its
+//! kustomize through kubectl, kubernetes-validate, actionlint, yamllint, cargo-deny) and fails with its
 //! output. A missing tool makes the test print `SKIPPED: <tool> not installed` and pass — except
 //! under `CI=true`, where it fails (.ci/run installs them). The checks that need no tool (the
 //! dashboards' metric names, the cluster's copy of agora.toml) always run.
@@ -712,4 +712,15 @@ fn yaml_files_pass_yamllint() {
         return;
     };
     run(Command::new(yamllint).args(["--strict", "."]));
+}
+
+/// deny.toml holds for the dependency tree: every license allowed, no wildcard version, every
+/// crate from crates.io. Advisories need the RustSec database from GitHub, which the CI
+/// workflow's `deny` job fetches; offline, they are not checked here.
+#[test]
+fn dependency_tree_passes_cargo_deny() {
+    let Some(deny) = tool("cargo-deny") else {
+        return;
+    };
+    run(Command::new(deny).args(["--offline", "check", "licenses", "bans", "sources"]));
 }
