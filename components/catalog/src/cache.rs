@@ -1,7 +1,11 @@
 //! Products read through the cache: the key of a product, how long it stays, and dropping
 //! it after every change (the `x-cache` header says whether an answer came from the cache).
+//!
+//! The cached value is the answer's JSON body itself, written on a miss and served as it is on
+//! a hit: a hit decodes and encodes nothing. Only this component writes its keys (the cache
+//! is namespaced per component); a version that changes a product's JSON shape must change
+//! [`key`]'s prefix, so that it never serves the old shape.
 
-use crate::products::Product;
 use agora_sdk::http::{Body, Response};
 use agora_sdk::{cache, config, log};
 use std::time::Duration;
@@ -42,11 +46,12 @@ pub fn x_cache(mut response: Response<Body>, value: &'static str) -> Response<Bo
     response
 }
 
-/// The cached copy of product `id`, if any; a cache that fails is logged and counts as a miss.
-pub fn read(id: &str) -> Option<Product> {
+/// The cached answer body of product `id`, if any; a cache that fails is logged and counts
+/// as a miss.
+pub fn read(id: &str) -> Option<Vec<u8>> {
     let key = key(id);
-    match cache::get_json::<Product>(&key) {
-        Ok(product) => product,
+    match cache::get(&key) {
+        Ok(body) => body,
         Err(err) => {
             log::warn("cache", &format!("reading {key}: {err}"));
             None
@@ -54,11 +59,11 @@ pub fn read(id: &str) -> Option<Product> {
     }
 }
 
-/// Caches `product` under `id` for `ttl`; a failure is logged (the
-/// next read misses).
-pub fn write(id: &str, product: &Product, ttl: Duration) {
+/// Caches the answer `body` of product `id` for `ttl`; a failure is logged (the next read
+/// misses).
+pub fn write(id: &str, body: &[u8], ttl: Duration) {
     let key = key(id);
-    if let Err(err) = cache::set_json(&key, product, Some(ttl)) {
+    if let Err(err) = cache::set(&key, body, Some(ttl)) {
         log::warn("cache", &format!("writing {key}: {err}"));
     }
 }

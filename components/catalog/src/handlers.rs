@@ -18,18 +18,25 @@ pub fn get(id: &str, request_id: &str) -> Answer {
     let ttl = cache::ttl();
     if ttl.is_some()
         && http::is_uuid(id)
-        && let Some(product) = cache::read(id)
+        && let Some(body) = cache::read(id)
     {
-        return Ok(cache::x_cache(http::json(StatusCode::OK, &product), "hit"));
+        return Ok(cache::x_cache(
+            http::json_bytes(StatusCode::OK, body),
+            "hit",
+        ));
     }
     let Some(product) = products::find(id)? else {
         let missing = not_found(id);
         return Ok(cache::x_cache(missing.into_response(request_id), "miss"));
     };
+    let body = http::encode(&product);
     if let Some(ttl) = ttl {
-        cache::write(id, &product, ttl);
+        cache::write(id, &body, ttl);
     }
-    Ok(cache::x_cache(http::json(StatusCode::OK, &product), "miss"))
+    Ok(cache::x_cache(
+        http::json_bytes(StatusCode::OK, body),
+        "miss",
+    ))
 }
 
 /// `GET /api/products?page&page_size&category&q`.

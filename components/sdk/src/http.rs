@@ -6,10 +6,20 @@ pub use wstd::http::{Body, Error, Method, Request, Response, StatusCode};
 
 /// A JSON response with `status`.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_else(|err| {
+    json_bytes(status, encode(value))
+}
+
+/// `value` as JSON bytes; a value that cannot be encoded becomes agora's `internal` error body.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|err| {
         format!(r#"{{"error":{{"code":"internal","message":"cannot encode the answer: {err}"}}}}"#)
             .into_bytes()
-    });
+    })
+}
+
+/// A response with `status` whose body is `body`, JSON already encoded (a cached answer
+/// served as it is, without decoding it first).
+pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
