@@ -2,9 +2,10 @@
 //! workflows and every YAML file of the repository.
 //!
 //! Each check runs an external linter or validator (hadolint, check-jsonschema, promtool,
-//! kustomize through kubectl, kubernetes-validate, actionlint, yamllint, cargo-deny) and fails with its
-//! output. A missing tool makes the test print `SKIPPED: <tool> not installed` and pass — except
-//! under `CI=true`, where it fails (.ci/run installs them). The checks that need no tool (the
+//! kustomize through kubectl, kubernetes-validate, actionlint, yamllint, cargo-deny,
+//! nats-server) and fails with its output. A missing tool makes the test print
+//! `SKIPPED: <tool> not installed` and pass — except under `CI=true`, where it fails (.ci/run
+//! installs them). The checks that need no tool (the
 //! dashboards' metric names, the cluster's copy of agora.toml) always run.
 
 use serde_json::Value;
@@ -723,4 +724,28 @@ fn dependency_tree_passes_cargo_deny() {
         return;
     };
     run(Command::new(deny).args(["--offline", "check", "licenses", "bans", "sources"]));
+}
+
+/// compose.yaml's NATS configuration loads in nats-server (`-t`: check it and exit), and lets a
+/// message through that is larger than agora's 1 MiB payload plus its headers.
+#[test]
+fn nats_config_passes_nats_server() {
+    let config = read("deploy/nats/nats.conf");
+    let max_payload = config
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("max_payload:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("deploy/nats/nats.conf sets no max_payload:\n{config}"));
+    let mebibytes: u64 = max_payload
+        .strip_suffix("MB")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("max_payload `{max_payload}` is not a whole number of MB"));
+    assert!(
+        mebibytes >= 2,
+        "max_payload {max_payload} leaves no room above 1 MiB + headers"
+    );
+    let Some(nats) = tool("nats-server") else {
+        return;
+    };
+    run(Command::new(nats).args(["-c", "deploy/nats/nats.conf", "-t"]));
 }
