@@ -46,7 +46,7 @@ impl ReadResult {
         for (label, work, report) in [
             (
                 "agora serve (release)",
-                "edge checks, fresh catalog instance, cache.get → Redis GET, JSON decoded and re-encoded",
+                "edge checks, fresh catalog instance, cache.get → Redis GET, cached bytes answered",
                 &self.agora,
             ),
             (
