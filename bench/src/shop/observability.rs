@@ -87,6 +87,9 @@ pub(super) fn observability_cost(
                     true,
                 )
                 .await?;
+                // A new connection: the host closes one idle for its keep-alive timeout
+                // (15 s), which a long read outlasts.
+                let mut connection = Client::connect(&addr).await?;
                 let concurrency = args.order_concurrency.max(1);
                 let mut products = Vec::new();
                 for index in 0..concurrency {

@@ -104,7 +104,10 @@ pub(super) async fn product_read(
             ("agora", addr, true),
             ("native", native_addr.as_str(), false),
         ] {
-            // A fresh entry (60 s TTL) before each run: the run cannot outlive it.
+            // A fresh entry (60 s TTL) before each run: the run cannot outlive it. On a new
+            // connection: the host closes one idle for its keep-alive timeout (15 s), which a
+            // long run outlasts.
+            client = Client::connect(addr).await?;
             warm(&mut client, &path, &cache, &key).await?;
             eprintln!(
                 "xtask: round {round}/{rounds}: {side} ({} connections, {} requests)",
