@@ -221,6 +221,7 @@ fn measure_server(
         connections,
         seconds,
         warmup: 2,
+        rate: None,
     })?;
     let rss_kib = rss_kib(child.id()).unwrap_or(0);
     if report.ok == 0 {
