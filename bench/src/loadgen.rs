@@ -6,7 +6,9 @@
 //!   not earlier ones were answered; the next free connection sends each at its time. A
 //!   latency counts from when the request was due, not from when a connection was free to
 //!   send it, so a server that falls behind shows it in the latencies (no coordinated
-//!   omission). Every request due in the measured window is counted, answered after it or not;
+//!   omission); a request sent late only by the generator's timer counts from when it was sent.
+//!   Its req/s is the offered rate whenever nothing fails; the latencies say whether the server
+//!   kept up. Every request due in the measured window is counted, answered after it or not;
 //!   the connections bound how many are in flight at once.
 //!
 //! The same generator measures every server of a benchmark, so their figures compare like with
@@ -176,18 +178,30 @@ async fn connection_loop(
         };
         tokio::spawn(connection);
         loop {
-            // Closed loop: now. Open loop: the next due time, waited for.
-            let sent = match &schedule {
-                None => Instant::now(),
+            // `due`: when the request counts as sent, for the window. `sent`: where its
+            // latency starts. Closed loop: both now. Open loop: a request whose time has come
+            // while every connection was busy waited for the server — its latency starts at
+            // its due time; one not yet due is sent when the timer wakes (the timer's
+            // millisecond resolution is the generator's delay, not the server's).
+            let (due, sent) = match &schedule {
+                None => {
+                    let now = Instant::now();
+                    (now, now)
+                }
                 Some(schedule) => {
                     let due = schedule.take();
-                    if due < stop_at {
-                        tokio::time::sleep_until(due.into()).await;
+                    if due >= stop_at {
+                        break 'reconnect;
                     }
-                    due
+                    if due > Instant::now() {
+                        tokio::time::sleep_until(due.into()).await;
+                        (due, Instant::now())
+                    } else {
+                        (due, due)
+                    }
                 }
             };
-            if sent >= stop_at {
+            if due >= stop_at {
                 break 'reconnect;
             }
             let request = http::Request::get(uri.clone())
@@ -208,7 +222,7 @@ async fn connection_loop(
             let done = Instant::now();
             // A closed loop counts what finished in the window; an open loop, every request due
             // in it.
-            let counted = sent >= measure_from && (schedule.is_some() || done <= stop_at);
+            let counted = due >= measure_from && (schedule.is_some() || done <= stop_at);
             if counted {
                 if outcome {
                     ok += 1;
