@@ -40,7 +40,7 @@ pub struct LoadArgs {
 }
 
 /// A rate of requests per second: a finite number above 0.
-fn parse_rate(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
         _ => Err(format!(

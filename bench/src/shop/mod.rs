@@ -62,9 +62,14 @@ pub(crate) struct Args {
     /// Orders then placed by concurrent clients.
     #[arg(long, default_value_t = 200)]
     orders: usize,
-    /// Orders placed at once (closed loop).
+    /// Orders placed at once (closed loop), or at most in flight at once (with
+    /// `--order-rate`).
     #[arg(long, default_value_t = 8)]
     order_concurrency: usize,
+    /// Orders per second, placed at fixed times whether or not earlier ones were answered (an
+    /// open loop); a POST's latency counts from when it was due. Without it, a closed loop.
+    #[arg(long, value_parser = crate::loadgen::parse_rate)]
+    order_rate: Option<f64>,
     /// Shortest time between two polling rounds of the pending orders, in milliseconds.
     #[arg(long, default_value_t = 5)]
     poll_ms: u64,

@@ -94,11 +94,18 @@ impl OrdersResult {
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         println!("{}", self.idle.row("one at a time, idle shop", false));
-        println!(
-            "{}",
-            self.burst
-                .row(&format!("{} at a time", args.order_concurrency), true)
-        );
+        println!("{}", self.burst.row(&placing(args), true));
+    }
+}
+
+/// How the burst places its orders, for the log and the table.
+fn placing(args: &Args) -> String {
+    match args.order_rate {
+        Some(rate) => format!(
+            "{rate} per second (open loop, at most {} in flight)",
+            args.order_concurrency.max(1)
+        ),
+        None => format!("{} at a time", args.order_concurrency.max(1)),
     }
 }
 
@@ -304,10 +311,7 @@ pub(super) async fn burst_orders(
     }
     let tokens = Arc::new(tokens);
     let products = Arc::new(products);
-    eprintln!(
-        "xtask: placing {} orders, {concurrency} at a time",
-        args.orders
-    );
+    eprintln!("xtask: placing {} orders, {}", args.orders, placing(args));
 
     let progress = Arc::new(Progress::default());
     let next = Arc::new(AtomicUsize::new(0));
@@ -318,6 +322,7 @@ pub(super) async fn burst_orders(
         clients.push(Client::connect(addr).await?);
     }
     let started = Instant::now();
+    let rate = args.order_rate;
     for mut client in clients {
         let (progress, next, tokens, products, placed) = (
             progress.clone(),
@@ -334,7 +339,20 @@ pub(super) async fn burst_orders(
                     break;
                 };
                 let body = order_body(&products[index % products.len()]);
-                let sent = Instant::now();
+                // Open loop: order `index` is due at `index / rate`; one whose time came while
+                // every connection was busy counts from its due time.
+                let sent = match rate {
+                    None => Instant::now(),
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(index as f64 / rate);
+                        if due > Instant::now() {
+                            tokio::time::sleep_until(due.into()).await;
+                            Instant::now()
+                        } else {
+                            due
+                        }
+                    }
+                };
                 let answer = client
                     .send(Method::POST, "/api/orders", Some(token), Some(&body))
                     .await?;
