@@ -11,7 +11,9 @@
 //! 2. **Orders.** First `--idle-orders` orders one at a time, each polled until PAID (the
 //!    pipeline's latency on an idle shop); then `--orders` orders (one customer and one token
 //!    each, one line of quantity 1, `tok_visa`) placed by `--order-concurrency` closed-loop
-//!    clients. orders/s is the POST rate; 201 → PAID is the time from the 201 to the first
+//!    clients, or with `--order-rate R` at R per second in an open loop (at most
+//!    `--order-concurrency` in flight; a POST late for want of a free client counts from its
+//!    due time). orders/s is the POST rate; 201 → PAID is the time from the 201 to the first
 //!    `GET /api/orders/{id}` that answers `PAID` (every pending order is polled once per round,
 //!    rounds at least `--poll-ms` apart, on two connections of their own, so the resolution is
 //!    the round time, printed); 201 → order.paid is when the order component's `order.paid`

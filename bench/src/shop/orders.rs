@@ -1,5 +1,6 @@
-//! Part 2 of `bench shop`: orders, one at a time on an idle shop and then in a closed-loop
-//! burst, each followed to PAID by polling and to `order.paid` on NATS.
+//! Part 2 of `bench shop`: orders, one at a time on an idle shop and then in a burst (a closed
+//! loop, or an open loop at `--order-rate`), each followed to PAID by polling and to
+//! `order.paid` on NATS.
 
 use super::Args;
 use crate::harness::client::Client;
