@@ -221,6 +221,13 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
         .as_str()
         .unwrap_or_else(|| panic!("{order}"))
         .to_owned();
+    // A request the edge refuses (no token), in the same trace.
+    let refused = http
+        .get(format!("{base}/api/orders/{order_id}"))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let seen: Value = http
@@ -297,6 +304,31 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
             .map(String::as_str),
         Some("201")
     );
+    // The steps inside a request: how long instantiation took, and the edge's refusal.
+    let instantiation_us = placed
+        .attributes
+        .get("agora.instantiation_us")
+        .unwrap_or_else(|| panic!("no instantiation time on {placed:?}"));
+    assert!(
+        instantiation_us.parse::<u64>().is_ok(),
+        "{instantiation_us}"
+    );
+    assert!(!placed.attributes.contains_key("agora.edge"), "{placed:?}");
+    let refusal = trace
+        .iter()
+        .find(|span| span.attributes.get("agora.edge").map(String::as_str) == Some("refused"))
+        .unwrap_or_else(|| panic!("no refused request in the trace:\n{}", described.join("\n")));
+    assert_eq!(
+        refusal
+            .attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("401")
+    );
+    assert!(
+        !refusal.attributes.contains_key("agora.instantiation_us"),
+        "a refused request instantiates nothing: {refusal:?}"
+    );
     let reserved = trace
         .iter()
         .copied()
@@ -310,11 +342,11 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
     let settled = find("process payment.succeeded", "order");
     let told = find("process order.paid", "notification");
 
-    // Every span but the first has its parent in the trace; each step descends from the one
-    // that caused it.
+    // Every span but the two requests the test sent has its parent in the trace; each step
+    // descends from the one that caused it.
     let by_id: HashMap<&str, &Span> = trace.iter().map(|span| (span.id.as_str(), *span)).collect();
     for span in &trace {
-        if span.id != placed.id {
+        if span.id != placed.id && span.id != refusal.id {
             assert!(
                 by_id.contains_key(span.parent.as_str()),
                 "span {} ({}) has a parent outside the trace:\n{}",

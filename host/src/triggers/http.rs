@@ -216,6 +216,12 @@ impl HttpTrigger {
             "otel.name" = %format_args!("{method} {}", route.pattern),
             "otel.kind" = "server",
             "http.response.status_code" = tracing::field::Empty,
+            // The steps inside the request, as attributes rather than child spans (one span
+            // per request keeps tracing's cost in budget): `refused` when the edge answered
+            // (absent: admitted), and how long instantiating the guest took; the guest's own
+            // time is the rest of the span.
+            "agora.edge" = tracing::field::Empty,
+            "agora.instantiation_us" = tracing::field::Empty,
         );
         crate::telemetry::continue_from(
             &span,
@@ -231,7 +237,10 @@ impl HttpTrigger {
                 .admit(&component, &mut parts, &caller, request_id)
                 .await
             {
-                Err(refusal) => refusal,
+                Err(refusal) => {
+                    tracing::Span::current().record("agora.edge", "refused");
+                    refusal
+                }
                 Ok(admitted) => {
                     let span = tracing::Span::current();
                     if let Caller::Internal {
@@ -396,7 +405,12 @@ async fn invoke(
             let run = async {
                 let instantiating = Instant::now();
                 let instance = proxy.instantiate_async(&mut store).await?;
-                instantiation.observe(instantiating.elapsed());
+                let took = instantiating.elapsed();
+                instantiation.observe(took);
+                tracing::Span::current().record(
+                    "agora.instantiation_us",
+                    u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                );
                 instance
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, guest_request, outparam)
