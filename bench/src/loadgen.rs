@@ -49,6 +49,19 @@ pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Waits for `due`, the time a request of an open loop is due, and returns where its latency
+/// starts: when the timer fired, if `due` was still ahead (the timer's millisecond resolution
+/// is the generator's delay, not the server's); `due` itself, if it passed while every
+/// connection was busy (that wait is the server's).
+pub(crate) async fn start_at(due: Instant) -> Instant {
+    if due > Instant::now() {
+        tokio::time::sleep_until(due.into()).await;
+        Instant::now()
+    } else {
+        due
+    }
+}
+
 /// When each request of an open loop is due: request `n` (from 0) at `start + n / rate`.
 struct Schedule {
     start: Instant,
@@ -179,10 +192,7 @@ async fn connection_loop(
         tokio::spawn(connection);
         loop {
             // `due`: when the request counts as sent, for the window. `sent`: where its
-            // latency starts. Closed loop: both now. Open loop: a request whose time has come
-            // while every connection was busy waited for the server — its latency starts at
-            // its due time; one not yet due is sent when the timer wakes (the timer's
-            // millisecond resolution is the generator's delay, not the server's).
+            // latency starts ([`start_at`]). Closed loop: both now.
             let (due, sent) = match &schedule {
                 None => {
                     let now = Instant::now();
@@ -193,12 +203,7 @@ async fn connection_loop(
                     if due >= stop_at {
                         break 'reconnect;
                     }
-                    if due > Instant::now() {
-                        tokio::time::sleep_until(due.into()).await;
-                        (due, Instant::now())
-                    } else {
-                        (due, due)
-                    }
+                    (due, start_at(due).await)
                 }
             };
             if due >= stop_at {

@@ -277,9 +277,6 @@ impl Components {
                 .map_err(&rejected)?,
             None => Vec::new(),
         };
-        if !migrations_applied.is_empty() {
-            tracing::info!(component = name, applied = ?migrations_applied, "migrations applied");
-        }
         let candidate = Arc::new(candidate);
         let old = slot.switch(candidate.clone());
         let swapped = Swapped {

@@ -340,18 +340,12 @@ pub(super) async fn burst_orders(
                     break;
                 };
                 let body = order_body(&products[index % products.len()]);
-                // Open loop: order `index` is due at `index / rate`; one whose time came while
-                // every connection was busy counts from its due time.
+                // Open loop: order `index` is due at `index / rate`.
                 let sent = match rate {
                     None => Instant::now(),
                     Some(rate) => {
                         let due = started + Duration::from_secs_f64(index as f64 / rate);
-                        if due > Instant::now() {
-                            tokio::time::sleep_until(due.into()).await;
-                            Instant::now()
-                        } else {
-                            due
-                        }
+                        crate::loadgen::start_at(due).await
                     }
                 };
                 let answer = client

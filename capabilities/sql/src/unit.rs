@@ -88,6 +88,7 @@ impl<S: StoreData> Capability<S> for Sql {
             })
         });
         let database = Database {
+            component: component.name.to_owned(),
             namespace,
             dialect,
             publisher,
@@ -97,10 +98,7 @@ impl<S: StoreData> Capability<S> for Sql {
             max_result_bytes: usize::try_from(component.sql_result_bytes).unwrap_or(usize::MAX),
             max_statement: Duration::from_millis(component.deadline_ms),
         };
-        let applied = database.apply_migrations(component.migrations).await?;
-        if !applied.is_empty() {
-            tracing::info!(component = component.name, applied = ?applied, "migrations applied");
-        }
+        database.apply_migrations(component.migrations).await?;
         Ok(Arc::new(database))
     }
 
@@ -112,6 +110,7 @@ impl<S: StoreData> Capability<S> for Sql {
 /// The sql capability's part of a component that holds the grant: its database namespace,
 /// what its transactions may publish, and the bounds of its calls.
 pub struct Database {
+    component: String,
     namespace: Arc<dyn Namespace>,
     dialect: Dialect,
     publisher: Option<Publisher>,
@@ -139,18 +138,23 @@ impl Database {
         self.publisher.as_ref()
     }
 
-    /// Applies the migrations of folder `dir` (if any) that the namespace has not seen;
-    /// returns their names. A swap applies those of the new version.
+    /// Applies the migrations of folder `dir` (if any) that the namespace has not seen, and
+    /// logs them; returns their names. A swap applies those of the new version.
     pub async fn apply_migrations(&self, dir: Option<&Path>) -> Result<Vec<String>, String> {
         let Some(dir) = dir else {
             return Ok(Vec::new());
         };
         let migrations = Migration::load_dir(dir, self.dialect)
             .map_err(|err| format!("cannot read its migrations: {err}"))?;
-        self.namespace
+        let applied = self
+            .namespace
             .migrate(&migrations)
             .await
-            .map_err(|err| format!("migration failed: {err}"))
+            .map_err(|err| format!("migration failed: {err}"))?;
+        if !applied.is_empty() {
+            tracing::info!(component = %self.component, applied = ?applied, "migrations applied");
+        }
+        Ok(applied)
     }
 
     /// The sql state of one store, whose calls end by `deadline`.
