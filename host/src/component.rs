@@ -43,6 +43,8 @@ pub struct LoadedComponent {
     pub subscriber: Option<SubscriberPre<InstanceState>>,
     /// One permit per instance allowed to run at once (requests and events together).
     pub permits: Arc<Semaphore>,
+    /// This version's idle instances, when the component reuses them.
+    pub instances: Arc<crate::instances::Instances>,
     /// What its instances may use, per its grants.
     pub capabilities: Granted,
     /// Its route policies, in manifest order.
@@ -279,6 +281,7 @@ pub async fn load(
         proxy: code.proxy,
         subscriber: code.subscriber,
         permits: Arc::new(Semaphore::new(spec.limits.concurrency as usize)),
+        instances: crate::instances::Instances::new(spec.instances),
         capabilities: Granted {
             http: spec.grants.http.clone().into(),
             internal: capabilities.internal.clone(),
@@ -304,7 +307,7 @@ impl LoadedComponent {
 
     /// Another version of this component: `code` with everything else — grants, database
     /// namespace, configuration, policies, limits and the concurrency gate — shared, so a swap
-    /// changes the code and nothing else.
+    /// changes the code and nothing else. Its reused instances are its own.
     pub fn with_code(&self, code: Code, installed: Installed) -> LoadedComponent {
         LoadedComponent {
             name: self.name.clone(),
@@ -316,6 +319,7 @@ impl LoadedComponent {
             proxy: code.proxy,
             subscriber: code.subscriber,
             permits: self.permits.clone(),
+            instances: crate::instances::Instances::new(self.spec.instances),
             capabilities: self.capabilities.clone(),
             policies: self.policies.clone(),
             spec: self.spec.clone(),

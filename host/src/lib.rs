@@ -24,6 +24,7 @@ pub mod edge;
 pub mod engine;
 pub mod fleet;
 pub mod granted;
+pub mod instances;
 pub mod manifest;
 pub mod metrics;
 pub mod ops;

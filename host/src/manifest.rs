@@ -61,6 +61,10 @@
 //! concurrency = 32
 //! sql_result_kib = 65536         # rows one sql query reads into the host; default: memory_mib
 //! sql_connections = 8            # database connections the component may hold at once
+//!
+//! [component.instances]          # default: a fresh instance for every request
+//! reuse = 100                    # requests one instance serves, one at a time (1: fresh)
+//! idle_ms = 10000                # an idle instance is dropped after this long
 //! ```
 
 use crate::policy::{Access, PathPattern, Policy, RateLimits};
@@ -125,6 +129,8 @@ pub struct ComponentSpec {
     pub routes: Vec<String>,
     /// Per-instance limits.
     pub limits: Limits,
+    /// Whether an instance serves more than one request (`[component.instances]`).
+    pub instances: Reuse,
     /// Capabilities the component may use.
     pub grants: Grants,
     /// wasi:config/store values written in the manifest.
@@ -276,6 +282,43 @@ impl Default for Limits {
     }
 }
 
+/// Most requests one instance may serve (`instances.reuse`).
+pub const MAX_REUSE: u32 = 1_000_000;
+/// Longest an idle instance may be kept (`instances.idle_ms`): one hour.
+pub const MAX_IDLE_MS: u64 = 3_600_000;
+/// How long an idle instance is kept by default (`instances.idle_ms`).
+pub const DEFAULT_IDLE_MS: u64 = 10_000;
+
+/// `[component.instances]`: how many requests one instance serves before it is dropped.
+///
+/// The default, `requests = 1`, is a fresh instance per request: nothing a request leaves in
+/// the guest's memory reaches the next one. Above 1, requests of this component (one at a
+/// time per instance) see what earlier requests left in the guest's globals and heap; never
+/// another component's data, since each instance belongs to one component and version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests one instance serves (1: a fresh instance per request).
+    pub requests: u32,
+    /// How long an instance may wait idle for its next request before it is dropped.
+    pub idle: Duration,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Reuse {
+            requests: 1,
+            idle: Duration::from_millis(DEFAULT_IDLE_MS),
+        }
+    }
+}
+
+impl Reuse {
+    /// Whether an instance may serve more than one request.
+    pub fn enabled(&self) -> bool {
+        self.requests > 1
+    }
+}
+
 /// Why a manifest could not be used. Every message fits on one line and names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -384,6 +427,8 @@ struct RawComponent {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    instances: RawInstances,
+    #[serde(default)]
     grants: Grants,
     #[serde(default)]
     config: BTreeMap<String, String>,
@@ -405,6 +450,13 @@ struct RawMessaging {
     max_deliver: Option<u32>,
     backoff_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInstances {
+    reuse: Option<u32>,
+    idle_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -463,6 +515,7 @@ impl Manifest {
                 routes.push(normalise_route(route).map_err(invalid)?);
             }
             let limits = raw.limits.resolve().map_err(invalid)?;
+            let instances = raw.instances.resolve().map_err(invalid)?;
             if let Some(key) = raw.config.keys().find(|k| raw.config_env.contains_key(*k)) {
                 return Err(invalid(format!(
                     "config key `{key}` is set both in `config` and in `config_env`"
@@ -506,6 +559,7 @@ impl Manifest {
                 name: raw.name,
                 routes,
                 limits,
+                instances,
                 grants,
                 config: raw.config,
                 config_env: raw.config_env,
@@ -583,6 +637,42 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+impl RawInstances {
+    fn resolve(&self) -> Result<Reuse, String> {
+        let requests = match self.reuse {
+            Some(0) => {
+                return Err(
+                    "instances.reuse must be at least 1 (1: a fresh instance per request)".into(),
+                );
+            }
+            Some(n) if n > MAX_REUSE => {
+                return Err(format!(
+                    "instances.reuse is {n}, above the {MAX_REUSE} requests one instance may serve"
+                ));
+            }
+            Some(n) => n,
+            None => 1,
+        };
+        let idle_ms = match self.idle_ms {
+            Some(0) => return Err("instances.idle_ms must be greater than 0".into()),
+            Some(ms) if ms > MAX_IDLE_MS => {
+                return Err(format!(
+                    "instances.idle_ms is {ms}, above the {MAX_IDLE_MS} ms an idle instance may be kept"
+                ));
+            }
+            Some(_) if requests == 1 => {
+                return Err("instances.idle_ms needs instances.reuse above 1".into());
+            }
+            Some(ms) => ms,
+            None => DEFAULT_IDLE_MS,
+        };
+        Ok(Reuse {
+            requests,
+            idle: Duration::from_millis(idle_ms),
+        })
     }
 }
 
@@ -960,6 +1050,36 @@ mod tests {
         for bad in ["sql_connections = 0", "sql_connections = 1001"] {
             let err = limits(bad).expect_err(bad).to_string();
             assert!(err.contains("sql_connections"), "{err}");
+        }
+    }
+
+    #[test]
+    fn instance_reuse_is_off_by_default_and_checked_when_set() {
+        let instances = |extra: &str| {
+            parse(&format!(
+                "[[component]]\nname = \"a\"\nsource = \"a.wasm\"\n[component.instances]\n{extra}\n"
+            ))
+            .map(|manifest| manifest.components[0].instances)
+        };
+        let default = instances("").expect("valid");
+        assert_eq!(default, Reuse::default());
+        assert!(!default.enabled());
+        let reuse = instances("reuse = 50\nidle_ms = 2000").expect("valid");
+        assert_eq!((reuse.requests, reuse.idle), (50, Duration::from_secs(2)));
+        assert!(reuse.enabled());
+        for (bad, says) in [
+            ("reuse = 0", "instances.reuse must be at least 1"),
+            ("reuse = 1000001", "above the 1000000 requests"),
+            (
+                "reuse = 5\nidle_ms = 0",
+                "instances.idle_ms must be greater than 0",
+            ),
+            ("reuse = 5\nidle_ms = 3600001", "above the 3600000 ms"),
+            ("idle_ms = 100", "idle_ms needs instances.reuse above 1"),
+            ("count = 3", "unknown field `count`"),
+        ] {
+            let err = instances(bad).expect_err(bad).to_string();
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 

@@ -175,6 +175,18 @@ impl OpsState {
             );
         }
         out.header(
+            "agora_instances_idle",
+            "gauge",
+            "Reused instances waiting for their next request ([component.instances] reuse).",
+        );
+        for component in &components {
+            out.sample(
+                "agora_instances_idle",
+                &[("component", &component.name)],
+                component.instances.idle() as f64,
+            );
+        }
+        out.header(
             "agora_instances_limit",
             "gauge",
             "Instances the component may run at once (limits.concurrency).",

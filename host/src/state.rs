@@ -1,8 +1,10 @@
 //! What a store holds for one instance: the WASI and wasi:http contexts, its resource table, and
 //! the limits it runs under.
 //!
-//! A store lives exactly as long as one request: it is created before instantiation and dropped
-//! with the instance, so nothing a guest does survives into the next request.
+//! By default a store lives exactly as long as one request: it is created before instantiation
+//! and dropped with the instance, so nothing a guest does survives into the next request. A
+//! component with `[component.instances] reuse = N` keeps its instance for up to N requests
+//! ([`crate::instances`]); [`renew_store`] readies it for each.
 
 use crate::calls::{CallContext, Caller, InternalCalls};
 use crate::granted::Granted;
@@ -85,6 +87,27 @@ impl InstanceState {
         }
     }
 
+    /// Readies a reused instance for its next request, due by `deadline`: the units' per-store
+    /// state starts again (a request's budgets are its own), the limits' flags are cleared.
+    /// The guest's memory and the resource table stay as the last request left them.
+    fn renew(&mut self, component: &StoreSpec<'_>, deadline: Instant) {
+        let store = StoreInfo { deadline };
+        let mut slots = Slots::default();
+        for (_, part) in component.capabilities.units.iter() {
+            slots.insert(part.instance(&store));
+        }
+        self.slots = slots;
+        self.deadline = deadline;
+        self.deadline_hit = false;
+        self.limits.memory_denied = false;
+        self.outbound.context = CallContext::default();
+    }
+
+    /// Whether the guest still holds host resources (streams, requests, a transaction…).
+    pub fn holds_resources(&self) -> bool {
+        !self.table.is_empty()
+    }
+
     /// Records where the request this instance serves came from, for the in-process calls it
     /// makes.
     pub fn set_call_context(&mut self, context: CallContext) {
@@ -108,6 +131,13 @@ pub fn new_store(component: &StoreSpec<'_>, deadline: Instant) -> Store<Instance
         }
     });
     store
+}
+
+/// Readies the store of a reused instance of `component` for a request due by `deadline`
+/// (see [`InstanceState::renew`]).
+pub fn renew_store(store: &mut Store<InstanceState>, component: &StoreSpec<'_>, deadline: Instant) {
+    store.data_mut().renew(component, deadline);
+    store.set_epoch_deadline(1);
 }
 
 impl StoreData for InstanceState {

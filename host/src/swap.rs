@@ -62,13 +62,16 @@ impl Slot {
             .clone()
     }
 
-    /// Makes `next` current and the current one previous.
+    /// Makes `next` current and the current one previous. The version going out retires its
+    /// reused instances: none of them serves another request.
     fn switch(&self, next: Arc<LoadedComponent>) -> Arc<LoadedComponent> {
         let mut previous = self
             .previous
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        next.instances.reopen();
         let old = self.current.swap(next);
+        old.instances.retire();
         *previous = Some(old.clone());
         old
     }

@@ -1,9 +1,11 @@
-//! The HTTP trigger: one request in, one fresh instance of the routed component, one response
-//! out.
+//! The HTTP trigger: one request in, one instance of the routed component, one response out.
 //!
 //! Invariants:
-//! - A request never touches an instance another request used: the store is created for it and
-//!   dropped when its guest task ends.
+//! - By default a request never touches an instance another request used: the store is created
+//!   for it and dropped when its guest task ends. A component that opts into reuse
+//!   (`[component.instances] reuse = N`) has its instance serve up to N of its own requests,
+//!   one at a time; a request that traps, runs past its deadline or is refused memory drops
+//!   its instance ([`crate::instances`]).
 //! - Whatever the guest does — trap, loop, exhaust memory, read too much — only its own request
 //!   fails, with a JSON error carrying the request id; the answer's status tells which limit was
 //!   hit (413 body, 408 body too slow, 503 concurrency, 504 deadline, 500 trap).
@@ -13,6 +15,7 @@
 use crate::calls::{Caller, InternalHandler};
 use crate::component::LoadedComponent;
 use crate::edge::Edge;
+use crate::instances::Idle;
 use crate::response::{REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::router::Router;
 use crate::state;
@@ -222,6 +225,8 @@ impl HttpTrigger {
             // time is the rest of the span.
             "agora.edge" = tracing::field::Empty,
             "agora.instantiation_us" = tracing::field::Empty,
+            // With reuse on, which request of its instance this is (absent: a fresh instance).
+            "agora.instance_request" = tracing::field::Empty,
         );
         crate::telemetry::continue_from(
             &span,
@@ -367,7 +372,19 @@ async fn invoke(
         pace: body_rate.map(|rate| Pace::new(rate, body_slow.clone())),
     });
 
-    let mut store = state::new_store(&component.store_spec(), deadline);
+    // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
+    let (mut store, reused) = match component.instances.take() {
+        Some(Idle {
+            mut store,
+            proxy,
+            served,
+            ..
+        }) => {
+            state::renew_store(&mut store, &component.store_spec(), deadline);
+            (store, Some((proxy, served)))
+        }
+        None => (state::new_store(&component.store_spec(), deadline), None),
+    };
     store.data_mut().set_call_context(context);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -399,22 +416,33 @@ async fn invoke(
         );
     };
     let instantiation = component.series.instantiation.clone();
+    let instances = component.instances.clone();
     let task = tokio::spawn(
         async move {
             let _permit = permit;
             let run = async {
-                let instantiating = Instant::now();
-                let instance = proxy.instantiate_async(&mut store).await?;
-                let took = instantiating.elapsed();
-                instantiation.observe(took);
-                tracing::Span::current().record(
-                    "agora.instantiation_us",
-                    u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-                );
+                let (instance, served) = match reused {
+                    Some((instance, served)) => {
+                        tracing::Span::current().record("agora.instance_request", served + 1);
+                        (instance, served)
+                    }
+                    None => {
+                        let instantiating = Instant::now();
+                        let instance = proxy.instantiate_async(&mut store).await?;
+                        let took = instantiating.elapsed();
+                        instantiation.observe(took);
+                        tracing::Span::current().record(
+                            "agora.instantiation_us",
+                            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                        );
+                        (instance, 0)
+                    }
+                };
                 instance
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, guest_request, outparam)
-                    .await
+                    .await?;
+                Ok((instance, served + 1))
             };
             // Epoch interruption stops a guest that computes past its deadline; this timeout
             // stops one that waits past it (on a timer or a slow body).
@@ -426,10 +454,20 @@ async fn invoke(
                 ),
             };
             let state = store.data();
+            let deadline_hit = timed_out || state.deadline_hit;
+            let memory_denied = state.limits.memory_denied;
+            let clean = !deadline_hit && !memory_denied && !state.holds_resources();
+            // Only an instance whose request ended cleanly serves again: not after a trap, a
+            // deadline or a memory refusal, nor while the guest still holds host resources.
+            let result = result.map(|(instance, served)| {
+                if clean && instances.reuse().enabled() {
+                    instances.give_back(Idle::new(store, instance, served));
+                }
+            });
             TaskEnd {
                 result,
-                deadline_hit: timed_out || state.deadline_hit,
-                memory_denied: state.limits.memory_denied,
+                deadline_hit,
+                memory_denied,
             }
         }
         .in_current_span(),

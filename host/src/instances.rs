@@ -1,0 +1,163 @@
+//! Reused instances (`[component.instances] reuse = N`): the idle instances of one version of
+//! one component, waiting for their next request.
+//!
+//! Invariants:
+//! - An instance serves one request at a time and at most `reuse` requests in all.
+//! - An instance comes back only from a request that ended cleanly: one that trapped, ran past
+//!   its deadline, was refused memory or ended holding host resources is dropped instead.
+//! - Idle instances belong to one version: when a swap (or a rollback) switches versions, the
+//!   version going out retires its idle instances and drops those still serving when they end.
+//! - An instance idle for `idle_ms` is dropped (checked when an instance is taken, and by a
+//!   sweeper task while the pool lives), so a quiet component gives its memory back.
+//! - Idle instances are at most the component's `limits.concurrency` (each came back from a
+//!   request that held a permit).
+
+use crate::manifest::Reuse;
+use crate::state::InstanceState;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+/// An instance between two requests: its store and the handle of its exports.
+pub struct Idle {
+    /// The store, with the guest's memory as the last request left it.
+    pub store: Store<InstanceState>,
+    /// The instance's exports.
+    pub proxy: Proxy,
+    /// Requests it has served.
+    pub served: u32,
+    /// When it came back.
+    since: Instant,
+}
+
+impl Idle {
+    /// An instance that has just served its `served`-th request.
+    pub fn new(store: Store<InstanceState>, proxy: Proxy, served: u32) -> Idle {
+        Idle {
+            store,
+            proxy,
+            served,
+            since: Instant::now(),
+        }
+    }
+}
+
+/// The idle instances of one version of a component.
+pub struct Instances {
+    reuse: Reuse,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Oldest first; taken from the end (the most recently used is the warmest).
+    idle: Vec<Idle>,
+    retired: bool,
+}
+
+impl Instances {
+    /// A pool for a component reusing instances as `reuse` says. With reuse on and a tokio
+    /// runtime at hand, a sweeper task drops instances idle past `reuse.idle`; it ends with
+    /// the pool.
+    pub fn new(reuse: Reuse) -> Arc<Instances> {
+        let instances = Arc::new(Instances {
+            reuse,
+            inner: Mutex::new(Inner::default()),
+        });
+        if reuse.enabled()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(sweep(Arc::downgrade(&instances), reuse.idle));
+        }
+        instances
+    }
+
+    /// The reuse setting.
+    pub fn reuse(&self) -> Reuse {
+        self.reuse
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An idle instance for the next request, if one is waiting and has not been idle too
+    /// long.
+    pub fn take(&self) -> Option<Idle> {
+        if !self.reuse.enabled() {
+            return None;
+        }
+        let (taken, expired) = {
+            let mut inner = self.lock();
+            let expired = self.expire(&mut inner, Instant::now());
+            (inner.idle.pop(), expired)
+        };
+        drop(expired);
+        taken
+    }
+
+    /// Takes back an instance that served a request cleanly, unless it has served its
+    /// `reuse` requests or this version was retired (then it is dropped).
+    pub fn give_back(&self, idle: Idle) {
+        if idle.served >= self.reuse.requests {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.retired {
+            drop(inner);
+            return;
+        }
+        inner.idle.push(idle);
+    }
+
+    /// Drops the idle instances and every instance that comes back later: this version stops
+    /// serving.
+    pub fn retire(&self) {
+        let idle = {
+            let mut inner = self.lock();
+            inner.retired = true;
+            std::mem::take(&mut inner.idle)
+        };
+        drop(idle);
+    }
+
+    /// Takes instances back again: this version serves again (a rollback).
+    pub fn reopen(&self) {
+        self.lock().retired = false;
+    }
+
+    /// Instances waiting idle now.
+    pub fn idle(&self) -> usize {
+        self.lock().idle.len()
+    }
+
+    /// Removes the instances idle since before `now - reuse.idle` (the oldest are first).
+    fn expire(&self, inner: &mut Inner, now: Instant) -> Vec<Idle> {
+        let keep_from = inner
+            .idle
+            .iter()
+            .position(|idle| now.duration_since(idle.since) < self.reuse.idle)
+            .unwrap_or(inner.idle.len());
+        inner.idle.drain(..keep_from).collect()
+    }
+}
+
+/// Drops instances idle too long, every `idle / 2` (at least every second), while the pool
+/// lives.
+async fn sweep(instances: Weak<Instances>, idle: Duration) {
+    let period = (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(instances) = instances.upgrade() else {
+            return;
+        };
+        let expired = {
+            let mut inner = instances.lock();
+            instances.expire(&mut inner, Instant::now())
+        };
+        drop(expired);
+    }
+}
