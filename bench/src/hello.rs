@@ -1,11 +1,14 @@
 //! `cargo xtask bench`: throughput and latency of agora against its peers, measured in one run
 //! with one load generator, so the ratios compare like with like.
 //!
-//! `bench hello` serves components/hello three ways — agora, `wasmtime serve -Scli` (both with a
-//! fresh instance per request) and a native hyper handler — and prints a Markdown table for
-//! BENCHMARKS.md.
+//! `bench hello` serves components/hello three ways — agora, `wasmtime serve -Scli` and a native
+//! hyper handler — and prints a Markdown table for BENCHMARKS.md. Both wasm servers run in both
+//! isolation modes: a fresh instance per request, and instances reused for up to `--reuse`
+//! requests (agora's `[component.instances] reuse`, wasmtime's `--max-instance-reuse-count`).
 
-use crate::harness::process::{free_port, otlp_sink, scrape_every_second, spawn_and_read_addr};
+use crate::harness::process::{
+    agora_serve, free_port, otlp_sink, scrape_every_second, spawn_and_read_addr,
+};
 use crate::loadgen::{self, LoadArgs, Report};
 use crate::{cargo, components, root, target_dir};
 use anyhow::{Context as _, bail};
@@ -21,7 +24,12 @@ struct Server {
     start: Box<dyn Fn() -> anyhow::Result<(Child, String)>>,
 }
 
-pub(crate) fn run(connections: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
+pub(crate) fn run(
+    connections: usize,
+    seconds: u64,
+    rounds: usize,
+    reuse: u32,
+) -> anyhow::Result<()> {
     let hello = components::build_and_find("hello")?;
     eprintln!("xtask: building agora and the native baseline (release)");
     crate::run(cargo().args([
@@ -47,43 +55,39 @@ pub(crate) fn run(connections: usize, seconds: u64, rounds: usize) -> anyhow::Re
         ),
     )?;
 
-    let agora = release.join("agora");
+    let reuse_manifest = work.join("agora-reuse.toml");
+    std::fs::write(
+        &reuse_manifest,
+        format!(
+            "[[component]]\nname = \"hello\"\nsource = {:?}\nroutes = [\"/...\"]\n\
+             [component.limits]\nconcurrency = 1000\n[component.instances]\nreuse = {reuse}\n",
+            hello.display().to_string()
+        ),
+    )?;
+
     let native = release.join("agora-native-hello");
     let data_dir = work.join("data");
     let sink = otlp_sink()?;
-    let (agora_scraped, manifest_scraped, data_scraped) =
-        (agora.clone(), manifest.clone(), data_dir.clone());
-    let (agora_traced, manifest_traced, data_traced) =
-        (agora.clone(), manifest.clone(), data_dir.clone());
+    let (manifest_scraped, data_scraped) = (manifest.clone(), data_dir.clone());
+    let (manifest_traced, data_traced) = (manifest.clone(), data_dir.clone());
+    let data_reusing = data_dir.clone();
+    let (hello_for_reuse, wasmtime_reuse) = (hello.clone(), wasmtime.clone());
+    let reuse_count = reuse.to_string();
     let hello_for_wasmtime = hello.clone();
     let hello_for_tuned = hello.clone();
     let wasmtime_tuned = wasmtime.clone();
     let servers = [
         Server {
             label: "agora serve",
-            start: Box::new(move || {
-                spawn_and_read_addr(
-                    Command::new(&agora)
-                        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-                        .arg(&manifest)
-                        .arg("--data-dir")
-                        .arg(&data_dir)
-                        .env("RUST_LOG", "warn"),
-                )
-            }),
+            start: Box::new(move || spawn_and_read_addr(&mut agora_serve(&manifest, &data_dir))),
         },
         Server {
             label: "agora serve, /metrics scraped every second",
             start: Box::new(move || {
                 let port = free_port()?;
                 let started = spawn_and_read_addr(
-                    Command::new(&agora_scraped)
-                        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-                        .arg(&manifest_scraped)
-                        .arg("--data-dir")
-                        .arg(&data_scraped)
-                        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-                        .env("RUST_LOG", "warn"),
+                    agora_serve(&manifest_scraped, &data_scraped)
+                        .args(["--metrics-listen", &format!("127.0.0.1:{port}")]),
                 )?;
                 scrape_every_second(format!("127.0.0.1:{port}"));
                 Ok(started)
@@ -93,12 +97,7 @@ pub(crate) fn run(connections: usize, seconds: u64, rounds: usize) -> anyhow::Re
             label: "agora serve, every request traced (OTLP/HTTP, 100%)",
             start: Box::new(move || {
                 spawn_and_read_addr(
-                    Command::new(&agora_traced)
-                        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-                        .arg(&manifest_traced)
-                        .arg("--data-dir")
-                        .arg(&data_traced)
-                        .env("RUST_LOG", "warn")
+                    agora_serve(&manifest_traced, &data_traced)
                         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink)
                         .env("OTEL_TRACES_SAMPLER", "always_on"),
                 )
@@ -120,6 +119,22 @@ pub(crate) fn run(connections: usize, seconds: u64, rounds: usize) -> anyhow::Re
                         "-O",
                         "pooling-table-keep-resident=65536",
                     ],
+                )
+            }),
+        },
+        Server {
+            label: "agora serve, instances reused ([component.instances] reuse)",
+            start: Box::new(move || {
+                spawn_and_read_addr(&mut agora_serve(&reuse_manifest, &data_reusing))
+            }),
+        },
+        Server {
+            label: "wasmtime serve -Scli, --max-instance-reuse-count",
+            start: Box::new(move || {
+                start_wasmtime(
+                    &wasmtime_reuse,
+                    &hello_for_reuse,
+                    &["--max-instance-reuse-count", &reuse_count],
                 )
             }),
         },
@@ -179,13 +194,31 @@ pub(crate) fn run(connections: usize, seconds: u64, rounds: usize) -> anyhow::Re
     println!();
     println!(
         "median of {rounds} rounds; {connections} connections; {seconds} s measured after 2 s warm-up; \
-         fresh instance per request on both wasm servers"
+         fresh instance per request unless the row says reused"
     );
     println!(
         "observability cost: scraped metrics keep {:.1}% of agora's req/s, full tracing {:.1}% \
          (metrics are always counted; the first row counts them too)",
         100.0 * medians[1].0.rps() / agora_rps,
         100.0 * medians[2].0.rps() / agora_rps
+    );
+    let rps = |label: &str| {
+        servers
+            .iter()
+            .zip(&medians)
+            .find(|(server, _)| server.label == label)
+            .map_or(f64::NAN, |(_, (report, _))| report.rps())
+    };
+    let native = rps("native hyper");
+    let reusing = rps("agora serve, instances reused ([component.instances] reuse)");
+    println!(
+        "side by side, same mode: fresh instances agora ÷ wasmtime serve {:.2}; instances reused \
+         (up to {reuse} requests each) agora ÷ wasmtime serve {:.2}; agora ÷ native hyper: fresh \
+         {:.2}, reused {:.2}",
+        agora_rps / rps("wasmtime serve -Scli"),
+        reusing / rps("wasmtime serve -Scli, --max-instance-reuse-count"),
+        agora_rps / native,
+        reusing / native
     );
     Ok(())
 }

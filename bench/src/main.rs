@@ -55,6 +55,10 @@ enum Which {
         /// Measure each server this many times, alternating, and keep the median run.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Requests one instance serves in the reuse rows: agora's `[component.instances]
+        /// reuse` and `wasmtime serve --max-instance-reuse-count`.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
+        reuse: u32,
     },
     /// Per-call cost of each capability from a guest vs the same call made natively.
     Capabilities {
@@ -82,7 +86,8 @@ fn bench(which: Which) -> anyhow::Result<()> {
             connections,
             seconds,
             rounds,
-        } => hello::run(connections, seconds, rounds.max(1)),
+            reuse,
+        } => hello::run(connections, seconds, rounds.max(1), reuse),
         Which::Capabilities { backends } => capabilities::run(&capabilities::Urls {
             redis: backends.redis_url,
             database: backends.database_url,

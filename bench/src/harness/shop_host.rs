@@ -64,14 +64,40 @@ pub(crate) fn shop_manifest(
     Ok((path, (issuer, audience)))
 }
 
+/// A copy of the manifest at `manifest` in which `component` reuses each instance for up to
+/// `reuse` requests (`[component.instances] reuse`), written to `out`.
+pub(crate) fn with_reuse(
+    manifest: &Path,
+    component: &str,
+    reuse: u32,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut table: toml::Table = std::fs::read_to_string(manifest)?.parse()?;
+    let entry = table
+        .get_mut("component")
+        .and_then(|c| c.as_array_mut())
+        .and_then(|c| {
+            c.iter_mut()
+                .find(|c| c.get("name").and_then(|n| n.as_str()) == Some(component))
+        })
+        .and_then(|c| c.as_table_mut())
+        .with_context(|| format!("{} has no component {component}", manifest.display()))?;
+    let mut instances = toml::Table::new();
+    instances.insert("reuse".into(), toml::Value::Integer(i64::from(reuse)));
+    entry.insert("instances".into(), toml::Value::Table(instances));
+    std::fs::write(out, toml::to_string(&table)?)?;
+    Ok(())
+}
+
 /// `agora serve` (the release build) on `manifest` and the production backends, on a free
-/// port, data under `work`, `RUST_LOG=warn`, with a key pair generated for the run (handed
+/// port, data in `work`/`data`, `RUST_LOG=warn`, with a key pair generated for the run (handed
 /// over in `AGORA_AUTH_PRIVATE_KEY` / `AGORA_AUTH_PUBLIC_KEY`); and the signer of the run's
 /// tokens for `auth` (issuer, audience).
 pub(crate) fn host_command(
     backends: &BackendUrls,
     manifest: &Path,
     work: &Path,
+    data: &str,
     auth: (String, String),
 ) -> anyhow::Result<(Command, Signer)> {
     let (private_pem, public_pem) =
@@ -81,7 +107,7 @@ pub(crate) fn host_command(
         issuer: auth.0,
         audience: auth.1,
     };
-    let mut command = agora_serve(manifest, &work.join("data"));
+    let mut command = agora_serve(manifest, &work.join(data));
     command
         .args(["--database-url", &backends.database_url])
         .args(["--redis-url", &backends.redis_url])

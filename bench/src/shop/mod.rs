@@ -7,7 +7,8 @@
 //!    product JSON (the catalog's key, through the same `agora-cache` Redis client the host
 //!    uses, on one kept multiplexed connection) and answering it. Same client, same number of
 //!    connections and requests; the sides alternate for `--rounds` rounds and the median round
-//!    (by req/s) of each is shown.
+//!    (by req/s) of each is shown. With `--reuse N` (default 100) a third side: a second host
+//!    serving only the catalog, reusing each instance for up to N requests.
 //! 2. **Orders.** First `--idle-orders` orders one at a time, each polled until PAID (the
 //!    pipeline's latency on an idle shop); then `--orders` orders (one customer and one token
 //!    each, one line of quantity 1, `tok_visa`) placed by `--order-concurrency` closed-loop
@@ -35,7 +36,7 @@ mod read;
 
 use crate::harness::backends::{BackendUrls, check_backends};
 use crate::harness::process::{Host, spawn_and_read_addr};
-use crate::harness::shop_host::{host_command, shop_manifest};
+use crate::harness::shop_host::{host_command, shop_manifest, with_reuse};
 use crate::harness::stats::Machine;
 use crate::{cargo, components, target_dir};
 use observability::observability_cost;
@@ -58,6 +59,10 @@ pub(crate) struct Args {
     /// Product read: rounds (agora then native each round); the median round is shown.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Product read: also measured on a second host serving only the catalog, whose instances
+    /// each serve up to this many requests (`[component.instances] reuse`); 1 leaves it out.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    reuse: u32,
     /// Orders placed one at a time first, each waiting for PAID (the idle shop's latency).
     #[arg(long, default_value_t = 20)]
     idle_orders: usize,
@@ -107,14 +112,37 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     let (manifest, auth) = shop_manifest(&work, &SHOP)?;
-    let (mut command, signer) = host_command(&args.backends, &manifest, &work, auth)?;
+    let (mut command, signer) = host_command(&args.backends, &manifest, &work, "data", auth)?;
     eprintln!("xtask: starting agora with the shop (catalog, order, payment, notification)");
     let (child, addr) = spawn_and_read_addr(&mut command)?;
     let mut host = Host(Some(child));
 
+    // The same catalog reusing its instances, on a host of its own (same backends, same cache
+    // entries), for the read's side-by-side of the two modes.
+    let mut reusing = None;
+    if args.reuse > 1 {
+        let (catalog, auth) = shop_manifest(&work, &["catalog"])?;
+        let reuse_manifest = work.join("catalog-reuse.toml");
+        with_reuse(&catalog, "catalog", args.reuse, &reuse_manifest)?;
+        let (mut command, _) =
+            host_command(&args.backends, &reuse_manifest, &work, "data-reuse", auth)?;
+        eprintln!(
+            "xtask: starting a second agora with the catalog only, reusing instances (reuse = {})",
+            args.reuse
+        );
+        let (child, reuse_addr) = spawn_and_read_addr(&mut command)?;
+        reusing = Some((Host(Some(child)), reuse_addr));
+    }
+
     let outcome = client.block_on(async {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-        let read = product_read(args, &addr, &signer, &tag, &server).await?;
+        let reuse_addr = reusing.as_ref().map(|(_, addr)| addr.clone());
+        let read = product_read(args, &addr, reuse_addr.as_deref(), &signer, &tag, &server).await;
+        // The second host is stopped before the orders: it would share the machine's cores.
+        if let Some((host, _)) = reusing.as_mut() {
+            host.stop();
+        }
+        let read = read?;
         let orders = orders(args, &addr, &signer, &tag).await?;
         anyhow::Ok((read, orders))
     });

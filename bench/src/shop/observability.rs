@@ -48,7 +48,7 @@ pub(super) fn observability_cost(
         for (index, mode) in modes.iter().enumerate() {
             eprintln!("xtask: round {round}/{rounds}: {}", mode.label());
             let (mut command, signer) =
-                host_command(&args.backends, &manifest, work, auth.clone())?;
+                host_command(&args.backends, &manifest, work, "data", auth.clone())?;
             let metrics_port = free_port()?;
             match mode {
                 Observed::Nothing => {}

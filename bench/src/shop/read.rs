@@ -16,10 +16,13 @@ use std::sync::Arc;
 
 pub(super) struct ReadResult {
     agora: Report,
+    /// The catalog reusing its instances (`--reuse`), when measured.
+    reused: Option<Report>,
     native: Report,
     body_bytes: usize,
     same_body: bool,
-    rounds: Vec<(f64, f64)>,
+    /// Per round: agora, agora reusing (0 when not measured), native req/s.
+    rounds: Vec<(f64, f64, f64)>,
 }
 
 impl ReadResult {
@@ -27,12 +30,19 @@ impl ReadResult {
         let rounds: Vec<String> = self
             .rounds
             .iter()
-            .map(|(a, n)| format!("{a:.0} / {n:.0}"))
+            .map(|(a, r, n)| match self.reused {
+                Some(_) => format!("{a:.0} / {r:.0} / {n:.0}"),
+                None => format!("{a:.0} / {n:.0}"),
+            })
             .collect();
+        let sides = match self.reused {
+            Some(_) => "agora / agora reusing / native",
+            None => "agora / native",
+        };
         println!(
             "GET /api/products/{{id}}, cache hit ({} B of JSON; native answers the same bytes: {}); \
              {} connections, {} requests per side and round, median of {} rounds \
-             (agora / native req/s per round: {})",
+             ({sides} req/s per round: {})",
             self.body_bytes,
             if self.same_body { "yes" } else { "NO" },
             args.connections,
@@ -43,18 +53,28 @@ impl ReadResult {
         println!();
         println!("| server | per request | req/s | p50 ms | p99 ms | errors |");
         println!("|---|---|---:|---:|---:|---:|");
-        for (label, work, report) in [
-            (
-                "agora serve (release)",
-                "edge checks, fresh catalog instance, cache.get → Redis GET, cached bytes answered",
-                &self.agora,
-            ),
-            (
-                "native hyper",
-                "one Redis GET (agora-cache client, kept connection), bytes answered",
-                &self.native,
-            ),
-        ] {
+        let reuse_work = format!(
+            "edge checks, catalog instance reused (up to {} requests each), cache.get → Redis GET, cached bytes answered",
+            args.reuse
+        );
+        let mut rows = vec![(
+            "agora serve (release), fresh instance per request",
+            "edge checks, fresh catalog instance, cache.get → Redis GET, cached bytes answered",
+            &self.agora,
+        )];
+        if let Some(reused) = &self.reused {
+            rows.push((
+                "agora serve (release), reused instances",
+                &reuse_work,
+                reused,
+            ));
+        }
+        rows.push((
+            "native hyper",
+            "one Redis GET (agora-cache client, kept connection), bytes answered",
+            &self.native,
+        ));
+        for (label, work, report) in rows {
             println!(
                 "| {label} | {work} | {:.0} | {:.3} | {:.3} | {} |",
                 report.rps(),
@@ -63,18 +83,25 @@ impl ReadResult {
                 report.errors
             );
         }
-        println!(
-            "| **agora ÷ native** | | **{:.2}** | {:.2} | {:.2} | |",
-            self.agora.rps() / self.native.rps(),
-            self.agora.percentile_ms(0.5) / self.native.percentile_ms(0.5),
-            self.agora.percentile_ms(0.99) / self.native.percentile_ms(0.99),
-        );
+        let ratio = |label: &str, agora: &Report| {
+            println!(
+                "| **{label} ÷ native** | | **{:.2}** | {:.2} | {:.2} | |",
+                agora.rps() / self.native.rps(),
+                agora.percentile_ms(0.5) / self.native.percentile_ms(0.5),
+                agora.percentile_ms(0.99) / self.native.percentile_ms(0.99),
+            );
+        };
+        ratio("agora, fresh", &self.agora);
+        if let Some(reused) = &self.reused {
+            ratio("agora, reused", reused);
+        }
     }
 }
 
 pub(super) async fn product_read(
     args: &Args,
     addr: &str,
+    reuse_addr: Option<&str>,
     signer: &Signer,
     tag: &str,
     server: &tokio::runtime::Runtime,
@@ -98,16 +125,19 @@ pub(super) async fn product_read(
     };
 
     let rounds = args.rounds.max(1);
-    let (mut agora, mut native) = (Vec::new(), Vec::new());
+    let mut sides = vec![("agora", addr)];
+    if let Some(reuse_addr) = reuse_addr {
+        sides.push(("agora reusing instances", reuse_addr));
+    }
+    sides.push(("native", native_addr.as_str()));
+    let mut reports: Vec<Vec<Report>> = vec![Vec::new(); sides.len()];
     for round in 1..=rounds {
-        for (side, target, expect_hit) in [
-            ("agora", addr, true),
-            ("native", native_addr.as_str(), false),
-        ] {
+        for (index, (side, target)) in sides.iter().enumerate() {
+            let expect_hit = *side != "native";
             // A fresh entry (60 s TTL) before each run: the run cannot outlive it. On a new
             // connection: the host closes one idle for its keep-alive timeout (15 s), which a
             // long run outlasts.
-            client = Client::connect(addr).await?;
+            client = Client::connect(if expect_hit { target } else { addr }).await?;
             warm(&mut client, &path, &cache, &key).await?;
             eprintln!(
                 "xtask: round {round}/{rounds}: {side} ({} connections, {} requests)",
@@ -124,18 +154,29 @@ pub(super) async fn product_read(
                 report.percentile_ms(0.99),
                 report.errors
             );
-            if side == "agora" {
-                agora.push(report);
-            } else {
-                native.push(report);
-            }
+            reports[index].push(report);
         }
     }
-    let per_round = agora.iter().zip(&native).map(|(a, n)| (a.rps(), n.rps()));
-    let rounds = per_round.collect();
+    let rps = |side: usize, round: usize| reports[side][round].rps();
+    let native_side = sides.len() - 1;
+    let rounds = (0..rounds)
+        .map(|round| {
+            let reused = if reuse_addr.is_some() {
+                rps(1, round)
+            } else {
+                0.0
+            };
+            (rps(0, round), reused, rps(native_side, round))
+        })
+        .collect();
+    let native = median(reports.pop().unwrap_or_default());
+    let reused = reuse_addr
+        .is_some()
+        .then(|| median(reports.pop().unwrap_or_default()));
     Ok(ReadResult {
-        agora: median(agora),
-        native: median(native),
+        agora: median(reports.pop().unwrap_or_default()),
+        reused,
+        native,
         body_bytes,
         same_body,
         rounds,

@@ -102,7 +102,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
 
     let names: Vec<&str> = PROBES.iter().map(|p| p.component).collect();
     let (manifest, auth) = shop_manifest(&work, &names)?;
-    let (mut command, signer) = host_command(&args.backends, &manifest, &work, auth)?;
+    let (mut command, signer) = host_command(&args.backends, &manifest, &work, "data", auth)?;
     let token = format!("bench-swap-{}", uuid::Uuid::new_v4().simple());
     command
         .args(["--admin-listen", "127.0.0.1:0"])
