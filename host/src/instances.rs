@@ -1,5 +1,9 @@
 //! Reused instances (`[component.instances] reuse = N`): the idle instances of one version of
-//! one component, waiting for their next request.
+//! one component, waiting for their next request or event.
+//!
+//! Requests and events keep separate idle lists (an instance is made for the exports it
+//! serves: `wasi:http/incoming-handler` or `agora:platform/handler`); everything below holds for
+//! both, and "request" means either.
 //!
 //! Invariants:
 //! - An instance serves one request at a time and at most `reuse` requests in all.
@@ -14,29 +18,31 @@
 
 use crate::manifest::Reuse;
 use crate::state::InstanceState;
+use agora_messaging::bindings::subscriber::Subscriber;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 
-/// An instance between two requests: its store and the handle of its exports.
-pub struct Idle {
+/// An instance between two requests: its store and the handle of its exports (`E`: [`Proxy`]
+/// for requests, [`Subscriber`] for events).
+pub struct Idle<E> {
     /// The store, with the guest's memory as the last request left it.
     pub store: Store<InstanceState>,
     /// The instance's exports.
-    pub proxy: Proxy,
+    pub exports: E,
     /// Requests it has served.
     pub served: u32,
     /// When it came back.
     since: Instant,
 }
 
-impl Idle {
+impl<E> Idle<E> {
     /// An instance that has just served its `served`-th request.
-    pub fn new(store: Store<InstanceState>, proxy: Proxy, served: u32) -> Idle {
+    pub fn new(store: Store<InstanceState>, exports: E, served: u32) -> Idle<E> {
         Idle {
             store,
-            proxy,
+            exports,
             served,
             since: Instant::now(),
         }
@@ -49,12 +55,36 @@ pub struct Instances {
     inner: Mutex<Inner>,
 }
 
+/// Which idle list: instances made for requests or for events.
+pub trait Exports: Sized {
+    /// This kind's list in `inner`.
+    fn list(inner: &mut Inner) -> &mut Vec<Idle<Self>>;
+}
+
+impl Exports for Proxy {
+    fn list(inner: &mut Inner) -> &mut Vec<Idle<Self>> {
+        &mut inner.requests
+    }
+}
+
+impl Exports for Subscriber {
+    fn list(inner: &mut Inner) -> &mut Vec<Idle<Self>> {
+        &mut inner.events
+    }
+}
+
+/// The idle lists of one version.
 #[derive(Default)]
-struct Inner {
+pub struct Inner {
     /// Oldest first; taken from the end (the most recently used is the warmest).
-    idle: Vec<Idle>,
+    requests: Vec<Idle<Proxy>>,
+    /// The same, for events.
+    events: Vec<Idle<Subscriber>>,
     retired: bool,
 }
+
+/// Instances taken out of the lists, dropped once the lock is released.
+type Dropped = (Vec<Idle<Proxy>>, Vec<Idle<Subscriber>>);
 
 impl Instances {
     /// A pool for a component reusing instances as `reuse` says. With reuse on and a tokio
@@ -82,16 +112,16 @@ impl Instances {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle instance for the next request, if one is waiting and has not been idle too
-    /// long.
-    pub fn take(&self) -> Option<Idle> {
+    /// An idle instance for the next request (`E` = [`Proxy`]) or event (`E` =
+    /// [`Subscriber`]), if one is waiting and has not been idle too long.
+    pub fn take<E: Exports>(&self) -> Option<Idle<E>> {
         if !self.reuse.enabled() {
             return None;
         }
         let (taken, expired) = {
             let mut inner = self.lock();
             let expired = self.expire(&mut inner, Instant::now());
-            (inner.idle.pop(), expired)
+            (E::list(&mut inner).pop(), expired)
         };
         drop(expired);
         taken
@@ -99,7 +129,7 @@ impl Instances {
 
     /// Takes back an instance that served a request cleanly, unless it has served its
     /// `reuse` requests or this version was retired (then it is dropped).
-    pub fn give_back(&self, idle: Idle) {
+    pub fn give_back<E: Exports>(&self, idle: Idle<E>) {
         if idle.served >= self.reuse.requests {
             return;
         }
@@ -108,18 +138,21 @@ impl Instances {
             drop(inner);
             return;
         }
-        inner.idle.push(idle);
+        E::list(&mut inner).push(idle);
     }
 
     /// Drops the idle instances and every instance that comes back later: this version stops
     /// serving.
     pub fn retire(&self) {
-        let idle = {
+        let dropped: Dropped = {
             let mut inner = self.lock();
             inner.retired = true;
-            std::mem::take(&mut inner.idle)
+            (
+                std::mem::take(&mut inner.requests),
+                std::mem::take(&mut inner.events),
+            )
         };
-        drop(idle);
+        drop(dropped);
     }
 
     /// Takes instances back again: this version serves again (a rollback).
@@ -127,20 +160,28 @@ impl Instances {
         self.lock().retired = false;
     }
 
-    /// Instances waiting idle now.
+    /// Instances waiting idle now (for requests and for events).
     pub fn idle(&self) -> usize {
-        self.lock().idle.len()
+        let inner = self.lock();
+        inner.requests.len() + inner.events.len()
     }
 
-    /// Removes the instances idle since before `now - reuse.idle` (the oldest are first).
-    fn expire(&self, inner: &mut Inner, now: Instant) -> Vec<Idle> {
-        let keep_from = inner
-            .idle
-            .iter()
-            .position(|idle| now.duration_since(idle.since) < self.reuse.idle)
-            .unwrap_or(inner.idle.len());
-        inner.idle.drain(..keep_from).collect()
+    /// Removes the instances idle since before `now - reuse.idle`.
+    fn expire(&self, inner: &mut Inner, now: Instant) -> Dropped {
+        (
+            expired(&mut inner.requests, now, self.reuse.idle),
+            expired(&mut inner.events, now, self.reuse.idle),
+        )
     }
+}
+
+/// Takes the instances of `list` idle for `idle` or longer (the oldest are first).
+fn expired<E>(list: &mut Vec<Idle<E>>, now: Instant, idle: Duration) -> Vec<Idle<E>> {
+    let keep_from = list
+        .iter()
+        .position(|entry| now.duration_since(entry.since) < idle)
+        .unwrap_or(list.len());
+    list.drain(..keep_from).collect()
 }
 
 /// Drops instances idle too long, every `idle / 2` (at least every second), while the pool

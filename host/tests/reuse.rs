@@ -12,12 +12,15 @@ use std::time::Duration;
 
 const ADMIN_TOKEN: &str = "reuse-test-admin-token";
 
+/// The fixture's grants: it imports the cache and publishes (for the event tests).
+const GRANTS: &str = "grants = { cache = true, publish = [\"reuse.ping\"] }";
+
 fn reusing(name: &str, instances: &str, limits: &str) -> String {
     component_table(
         name,
         "fixture-reuse",
         &[&format!("/{name}")],
-        &format!("limits = {{ {limits} }}\ninstances = {{ {instances} }}"),
+        &format!("{GRANTS}\nlimits = {{ {limits} }}\ninstances = {{ {instances} }}"),
     )
 }
 
@@ -63,7 +66,7 @@ async fn next(host: &TestHost, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn by_default_every_request_gets_a_fresh_instance() {
-    let manifest = component_table("fresh", "fixture-reuse", &["/fresh"], "");
+    let manifest = component_table("fresh", "fixture-reuse", &["/fresh"], GRANTS);
     let host = TestHost::start(&manifest).await;
     for _ in 0..3 {
         assert_eq!(served(&host, "/fresh").await, (200, 1));
@@ -196,4 +199,70 @@ async fn an_idle_instance_is_dropped_after_idle_ms() {
     // The sweeper drops it without a request coming (bounded wait).
     until_idle(&host, "r", 0).await;
     assert_eq!(served(&host, "/r").await, (200, 1));
+}
+
+/// A component handling `reuse.ping` events (and publishing them on `?publish=TAG`), with
+/// `instances` as its `[component.instances]`.
+fn handling_events(instances: &str) -> String {
+    component_table(
+        "ev",
+        "fixture-reuse",
+        &["/ev"],
+        &format!(
+            "{GRANTS}\ninstances = {{ {instances} }}\n\
+             [component.messaging]\nsubscribe = [\"reuse.ping\"]\nmax_deliver = 1\n"
+        ),
+    )
+}
+
+/// Publishes `tag` and waits until its event was handled and its instance is back (or gone):
+/// the count of events that instance had handled, 0 when the handler failed. Bounded.
+async fn event(host: &TestHost, tag: &str) -> u64 {
+    assert_eq!(served(host, &format!("/ev?publish={tag}")).await.0, 200);
+    for _ in 0..500 {
+        let (status, count) = served(host, &format!("/ev?event={tag}")).await;
+        if status == 200 || tag == "trap" && dead_lettered(host).await == 1 {
+            wait_no_instance_running(host, "ev").await;
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("event {tag} was never handled");
+}
+
+/// Events of `ev` dead-lettered so far, from `/metrics`.
+async fn dead_lettered(host: &TestHost) -> u64 {
+    let scrape = reqwest::get(format!("http://{}/metrics", host.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    scrape
+        .lines()
+        .find(|line| {
+            line.starts_with("agora_events_total{")
+                && line.contains("component=\"ev\"")
+                && line.contains("dead_lettered")
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_reuse_instances_too_and_a_failing_handler_retires_its_instance() {
+    let host = TestHost::start(&handling_events("reuse = 100")).await;
+    assert_eq!(event(&host, "a").await, 1);
+    assert_eq!(event(&host, "b").await, 2);
+    assert_eq!(event(&host, "c").await, 3);
+    // The handler traps: its instance is dropped (the event is dead-lettered, max_deliver = 1).
+    event(&host, "trap").await;
+    assert_eq!(event(&host, "d").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_every_event_gets_a_fresh_instance() {
+    let host = TestHost::start(&handling_events("reuse = 1")).await;
+    assert_eq!(event(&host, "a").await, 1);
+    assert_eq!(event(&host, "b").await, 1);
 }

@@ -1,5 +1,6 @@
-//! The event trigger: one delivered message, one fresh instance of the subscribed component,
-//! its exported `agora:platform/handler` called once.
+//! The event trigger: one delivered message, one instance of the subscribed component — fresh,
+//! or with `[component.instances] reuse = N` one that handled earlier events cleanly — its
+//! exported `agora:platform/handler` called once.
 //!
 //! The broker owns the delivery contract (ack on `Ok`, redelivery with backoff otherwise,
 //! dead-letter after `max_deliver`); this trigger turns everything that can go wrong in the guest
@@ -7,9 +8,11 @@
 //! failing component never loses a message and never affects another component.
 
 use crate::component::LoadedComponent;
+use crate::instances::Idle;
 use crate::manifest::ComponentSpec;
 use crate::state;
 use crate::swap::Slot;
+use agora_messaging::bindings::subscriber::Subscriber;
 use agora_messaging::bindings::subscriber::exports::agora::platform::handler::Message;
 use agora_messaging::{
     Backoff, Delivery, MessageHandler, MessagingBackend, Subscription, SubscriptionSpec,
@@ -144,7 +147,19 @@ async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), Stri
         .await
         .map_err(|_| "the component is shutting down".to_owned())?;
     let deadline = Instant::now() + Duration::from_millis(component.limits.deadline_ms);
-    let mut store = state::new_store(&component.store_spec(), deadline);
+    // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
+    let (mut store, reused) = match component.instances.take::<Subscriber>() {
+        Some(Idle {
+            mut store,
+            exports,
+            served,
+            ..
+        }) => {
+            state::renew_store(&mut store, &component.store_spec(), deadline);
+            (store, Some((exports, served)))
+        }
+        None => (state::new_store(&component.store_spec(), deadline), None),
+    };
     let message = Message {
         id: delivery.message.id,
         subject: delivery.message.subject,
@@ -153,19 +168,42 @@ async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), Stri
         delivery: delivery.delivery,
     };
     let run = async {
-        let instantiating = Instant::now();
-        let instance = pre.instantiate_async(&mut store).await?;
-        component
-            .series
-            .instantiation
-            .observe(instantiating.elapsed());
-        instance
+        let (instance, served) = match reused {
+            Some(reused) => reused,
+            None => {
+                let instantiating = Instant::now();
+                let instance = pre.instantiate_async(&mut store).await?;
+                component
+                    .series
+                    .instantiation
+                    .observe(instantiating.elapsed());
+                (instance, 0)
+            }
+        };
+        let handled = instance
             .agora_platform_handler()
             .call_handle(&mut store, &message)
-            .await
+            .await?;
+        Ok::<_, wasmtime::Error>((handled, instance, served + 1))
     };
     let outcome = tokio::time::timeout_at(deadline.into(), run).await;
     let state = store.data();
+    let (deadline_hit, memory_denied) = (state.deadline_hit, state.limits.memory_denied);
+    let clean = !deadline_hit && !memory_denied && !state.holds_resources();
+    // Only an instance whose handler returned (`Ok` or `Err`) within its deadline, without a
+    // memory refusal and holding no host resource, handles another event.
+    let outcome = match outcome {
+        Ok(Ok((handled, instance, served))) => {
+            if clean && component.instances.reuse().enabled() {
+                component
+                    .instances
+                    .give_back(Idle::new(store, instance, served));
+            }
+            Ok(Ok(handled))
+        }
+        Ok(Err(trap)) => Ok(Err(trap)),
+        Err(elapsed) => Err(elapsed),
+    };
     match outcome {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(reason))) => Err(format!("the handler returned an error: {reason}")),
@@ -173,11 +211,11 @@ async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), Stri
             "deadline of {} ms exceeded",
             component.limits.deadline_ms
         )),
-        Ok(Err(_)) if state.deadline_hit => Err(format!(
+        Ok(Err(_)) if deadline_hit => Err(format!(
             "deadline of {} ms exceeded",
             component.limits.deadline_ms
         )),
-        Ok(Err(_)) if state.limits.memory_denied => Err(format!(
+        Ok(Err(_)) if memory_denied => Err(format!(
             "out of memory (limit {} MiB)",
             component.limits.memory_bytes >> 20
         )),

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
+use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
 
@@ -373,10 +374,10 @@ async fn invoke(
     });
 
     // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
-    let (mut store, reused) = match component.instances.take() {
+    let (mut store, reused) = match component.instances.take::<Proxy>() {
         Some(Idle {
             mut store,
-            proxy,
+            exports: proxy,
             served,
             ..
         }) => {
