@@ -30,16 +30,7 @@ pub(crate) fn run(
     rounds: usize,
     reuse: u32,
 ) -> anyhow::Result<()> {
-    let hello = components::build_and_find("hello")?;
-    eprintln!("xtask: building agora and the native baseline (release)");
-    crate::run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "agora-host",
-        "--package",
-        "agora-native-hello",
-    ]))?;
+    let hello = build_hello_and_servers()?;
     let wasmtime = ensure_wasmtime_cli()?;
     let release = target_dir().join("release");
     let work = target_dir().join("bench-hello");
@@ -209,6 +200,22 @@ pub(crate) fn run(
             .find(|(server, _)| server.label == label)
             .map_or(f64::NAN, |(_, (report, _))| report.rps())
     };
+    let mut csv = String::from("server,rps,p50_ms,p99_ms,errors,rss_mib\n");
+    for (server, (report, rss_kib)) in servers.iter().zip(&medians) {
+        let row = [
+            server.label.to_owned(),
+            format!("{:.0}", report.rps()),
+            format!("{:.3}", report.percentile_ms(0.5)),
+            format!("{:.3}", report.percentile_ms(0.99)),
+            report.errors.to_string(),
+            (rss_kib / 1024).to_string(),
+        ];
+        crate::scale::csv_row(&mut csv, &row);
+    }
+    let out = crate::scale::results_dir();
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("hello.csv"), csv)?;
+    crate::scale::plot(&out);
     let native = rps("native hyper");
     let reusing = rps("agora serve, instances reused ([component.instances] reuse)");
     println!(
@@ -221,6 +228,21 @@ pub(crate) fn run(
         reusing / native
     );
     Ok(())
+}
+
+/// Builds the components (returning hello's file), agora and the native baseline (release).
+pub(crate) fn build_hello_and_servers() -> anyhow::Result<PathBuf> {
+    let hello = components::build_and_find("hello")?;
+    eprintln!("xtask: building agora and the native baseline (release)");
+    crate::run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "agora-host",
+        "--package",
+        "agora-native-hello",
+    ]))?;
+    Ok(hello)
 }
 
 /// Starts `wasmtime serve -Scli` on a free port with `options`.
@@ -277,7 +299,8 @@ fn wait_until_serving(child: &mut Child, addr: &str) -> anyhow::Result<()> {
     bail!("{addr} did not start serving within 60 s")
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// The resident memory of process `pid`, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -63,6 +63,11 @@ pub(crate) struct Args {
     /// each serve up to this many requests (`[component.instances] reuse`); 1 leaves it out.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     reuse: u32,
+    /// The main host's components (catalog, order, payment, notification) reuse each instance
+    /// for up to this many requests or events; 1 (the default): agora.toml's fresh instances.
+    /// The orders are measured in that mode.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    shop_reuse: u32,
     /// Orders placed one at a time first, each waiting for PAID (the idle shop's latency).
     #[arg(long, default_value_t = 20)]
     idle_orders: usize,
@@ -111,7 +116,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         return observability_cost(args, &work, &client);
     }
 
-    let (manifest, auth) = shop_manifest(&work, &SHOP)?;
+    let (mut manifest, auth) = shop_manifest(&work, &SHOP)?;
+    if args.shop_reuse > 1 {
+        let reusing = work.join("shop-reuse.toml");
+        std::fs::copy(&manifest, &reusing)?;
+        for name in SHOP {
+            with_reuse(&reusing, name, args.shop_reuse, &reusing)?;
+        }
+        manifest = reusing;
+    }
     let (mut command, signer) = host_command(&args.backends, &manifest, &work, "data", auth)?;
     eprintln!("xtask: starting agora with the shop (catalog, order, payment, notification)");
     let (child, addr) = spawn_and_read_addr(&mut command)?;
@@ -154,5 +167,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     read.print(args);
     println!();
     orders.print(args);
+    if args.shop_reuse > 1 {
+        println!();
+        println!(
+            "(catalog, order, payment and notification reused instances for up to {} requests or events each)",
+            args.shop_reuse
+        );
+    }
     Ok(())
 }

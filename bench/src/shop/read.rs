@@ -57,11 +57,21 @@ impl ReadResult {
             "edge checks, catalog instance reused (up to {} requests each), cache.get → Redis GET, cached bytes answered",
             args.reuse
         );
-        let mut rows = vec![(
-            "agora serve (release), fresh instance per request",
-            "edge checks, fresh catalog instance, cache.get → Redis GET, cached bytes answered",
-            &self.agora,
-        )];
+        let (main_label, main_work) = if args.shop_reuse > 1 {
+            (
+                format!(
+                    "agora serve (release), the shop reusing instances (up to {})",
+                    args.shop_reuse
+                ),
+                "edge checks, catalog instance reused, cache.get → Redis GET, cached bytes answered",
+            )
+        } else {
+            (
+                "agora serve (release), fresh instance per request".to_owned(),
+                "edge checks, fresh catalog instance, cache.get → Redis GET, cached bytes answered",
+            )
+        };
+        let mut rows = vec![(main_label.as_str(), main_work, &self.agora)];
         if let Some(reused) = &self.reused {
             rows.push((
                 "agora serve (release), reused instances",
