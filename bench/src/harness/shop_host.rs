@@ -17,8 +17,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// agora.toml's `[auth]`, `[edge]` and its components named in `shop`, with absolute paths;
-/// and the issuer and audience tokens must carry.
+/// agora.toml's `[auth]`, `[edge]` and its components named in `shop`, with absolute paths and
+/// a fresh instance per request (their `instances` tables dropped); and the issuer and audience
+/// tokens must carry.
 pub(crate) fn shop_manifest(
     work: &Path,
     shop: &[&str],
@@ -39,6 +40,9 @@ pub(crate) fn shop_manifest(
         if !shop.contains(&name) {
             continue;
         }
+        // The benches choose the isolation mode themselves (fresh unless they ask for reuse):
+        // agora.toml's `instances` would otherwise decide what a "fresh" row measures.
+        table.remove("instances");
         for key in ["source", "migrations"] {
             if let Some(path) = table.get(key).and_then(|p| p.as_str()) {
                 let absolute = root.join(path).display().to_string();
