@@ -365,12 +365,18 @@ async fn invoke(
     let deadline = Instant::now() + Duration::from_millis(limits.deadline_ms);
     let body_exceeded = Arc::new(AtomicBool::new(false));
     let body_slow = Arc::new(AtomicBool::new(false));
-    let request = request.map(|body| LimitedBody {
-        inner: body,
-        remaining: limits.body_bytes,
-        limit: limits.body_bytes,
-        exceeded: body_exceeded.clone(),
-        pace: body_rate.map(|rate| Pace::new(rate, body_slow.clone())),
+    let request = request.map(|body| {
+        // A body already at its end (a GET) cannot make the host wait: no pace to keep.
+        let pace = body_rate
+            .filter(|_| !body.is_end_stream())
+            .map(|rate| Pace::new(rate, body_slow.clone()));
+        LimitedBody {
+            inner: body,
+            remaining: limits.body_bytes,
+            limit: limits.body_bytes,
+            exceeded: body_exceeded.clone(),
+            pace,
+        }
     });
 
     // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
@@ -620,12 +626,19 @@ impl RequestIds {
         }
     }
 
+    /// `PREFIX-NNNNNNNN`: the counter in lowercase hex, at least 8 digits. Written by hand: it
+    /// runs on every request, and `format!` was 0.7% of a reused hello request's CPU.
     fn next(&self) -> String {
-        format!(
-            "{}-{:08x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let digits = (16 - n.leading_zeros().min(60) as usize / 4).max(8);
+        let mut id = String::with_capacity(self.prefix.len() + 1 + digits);
+        id.push_str(&self.prefix);
+        id.push('-');
+        for shift in (0..digits).rev() {
+            id.push(char::from(HEX[(n >> (shift * 4)) as usize & 0xf]));
+        }
+        id
     }
 }
 
@@ -749,5 +762,27 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_the_counter_in_hex() {
+        let ids = RequestIds::new();
+        for n in [
+            0,
+            1,
+            0xff,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0xdead_beef_cafe,
+            u64::MAX,
+        ] {
+            ids.next.store(n, Ordering::Relaxed);
+            assert_eq!(ids.next(), format!("{}-{n:08x}", ids.prefix));
+        }
     }
 }
