@@ -4,7 +4,7 @@
 //! By default a store lives exactly as long as one request: it is created before instantiation
 //! and dropped with the instance, so nothing a guest does survives into the next request. A
 //! component with `[component.instances] reuse = N` keeps its instance for up to N requests
-//! ([`crate::instances`]); [`renew_store`] readies it for each.
+//! (`instances.rs`); [`renew_store`] readies it for each.
 
 use crate::calls::{CallContext, Caller, InternalCalls};
 use crate::granted::Granted;
