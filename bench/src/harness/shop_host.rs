@@ -121,6 +121,34 @@ pub(crate) fn host_command(
     Ok((command, signer))
 }
 
+/// `agora serve` like `first` (a [`host_command`]'s: same manifest, backends and key pair) but
+/// with its data in `work`/`data` and without `first`'s `--metrics-listen`: another replica of
+/// the same shop.
+pub(crate) fn replica_command(first: &Command, work: &Path, data: &str) -> Command {
+    let mut command = Command::new(first.get_program());
+    let mut args = Vec::new();
+    let mut given = first.get_args();
+    while let Some(arg) = given.next() {
+        if arg == "--metrics-listen" {
+            given.next();
+            continue;
+        }
+        args.push(arg.to_owned());
+    }
+    if let Some(at) = args.iter().position(|arg| arg == "--data-dir")
+        && let Some(dir) = args.get_mut(at + 1)
+    {
+        *dir = work.join(data).into_os_string();
+    }
+    command.args(args);
+    for (key, value) in first.get_envs() {
+        if let Some(value) = value {
+            command.env(key, value);
+        }
+    }
+    command
+}
+
 /// Signs access tokens with the run's key.
 pub(crate) struct Signer {
     key: jsonwebtoken::EncodingKey,

@@ -36,7 +36,7 @@ mod read;
 
 use crate::harness::backends::{BackendUrls, check_backends};
 use crate::harness::process::{Host, spawn_and_read_addr};
-use crate::harness::shop_host::{host_command, shop_manifest, with_reuse};
+use crate::harness::shop_host::{host_command, replica_command, shop_manifest, with_reuse};
 use crate::harness::stats::Machine;
 use crate::{cargo, components, target_dir};
 use observability::observability_cost;
@@ -82,6 +82,11 @@ pub(crate) struct Args {
     /// open loop); a POST's latency counts from when it was due. Without it, a closed loop.
     #[arg(long, value_parser = crate::loadgen::parse_rate)]
     order_rate: Option<f64>,
+    /// Orders: hosts serving the shop at once, sharing PostgreSQL, Redis and NATS (started after
+    /// the read); the placing clients are spread over them, and each host's `/metrics` then
+    /// tells how many events it handled — each must be handled once per component in all.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    replicas: u16,
     /// Shortest time between two polling rounds of the pending orders, in milliseconds.
     #[arg(long, default_value_t = 5)]
     poll_ms: u64,
@@ -126,6 +131,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         manifest = reusing;
     }
     let (mut command, signer) = host_command(&args.backends, &manifest, &work, "data", auth)?;
+    let mut metrics_addrs = Vec::new();
+    if args.replicas > 1 {
+        let port = crate::harness::process::free_port()?;
+        command.args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
+        metrics_addrs.push(format!("127.0.0.1:{port}"));
+    }
     eprintln!("xtask: starting agora with the shop (catalog, order, payment, notification)");
     let (child, addr) = spawn_and_read_addr(&mut command)?;
     let mut host = Host(Some(child));
@@ -147,6 +158,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         reusing = Some((Host(Some(child)), reuse_addr));
     }
 
+    let mut replicas = Vec::new();
     let outcome = client.block_on(async {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let reuse_addr = reusing.as_ref().map(|(_, addr)| addr.clone());
@@ -156,11 +168,30 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             host.stop();
         }
         let read = read?;
-        let orders = orders(args, &addr, &signer, &tag).await?;
-        anyhow::Ok((read, orders))
+        let mut addrs = vec![addr.clone()];
+        for replica in 2..=args.replicas {
+            let port = crate::harness::process::free_port()?;
+            let mut command = replica_command(&command, &work, &format!("data-{replica}"));
+            command.args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
+            eprintln!("xtask: starting replica {replica} of {}", args.replicas);
+            let (child, replica_addr) = spawn_and_read_addr(&mut command)?;
+            replicas.push(Host(Some(child)));
+            addrs.push(replica_addr);
+            metrics_addrs.push(format!("127.0.0.1:{port}"));
+        }
+        let orders = orders(args, &addrs, &signer, &tag).await?;
+        let handled = if args.replicas > 1 {
+            Some(handled_events(&metrics_addrs).await?)
+        } else {
+            None
+        };
+        anyhow::Ok((read, orders, handled))
     });
+    for mut replica in replicas {
+        replica.stop();
+    }
     host.stop();
-    let (read, orders) = outcome?;
+    let (read, orders, handled) = outcome?;
     println!();
     println!("{}", machine.line());
     println!();
@@ -174,5 +205,75 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             args.shop_reuse
         );
     }
+    if let Some(handled) = handled {
+        println!();
+        print_handled(&handled, args);
+    }
     Ok(())
+}
+
+/// Events handled per (component, subject), one count per replica, from their `/metrics`.
+type Handled = std::collections::BTreeMap<(String, String), Vec<u64>>;
+
+/// Reads `agora_events_total{…,outcome="handled"}` from each replica's `/metrics`, after the
+/// replicas have had a moment to acknowledge what they handled.
+async fn handled_events(metrics_addrs: &[String]) -> anyhow::Result<Handled> {
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut handled = Handled::new();
+    for (index, addr) in metrics_addrs.iter().enumerate() {
+        let mut client = crate::harness::client::Client::connect(addr).await?;
+        let answer = client
+            .send(http::Method::GET, "/metrics", None, None)
+            .await?;
+        if answer.status != http::StatusCode::OK {
+            anyhow::bail!("GET http://{addr}/metrics: {}", answer.describe());
+        }
+        for line in String::from_utf8_lossy(&answer.body).lines() {
+            let Some(labels) = line
+                .strip_prefix("agora_events_total{")
+                .and_then(|rest| rest.split_once('}'))
+            else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .0
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                    .map(|value| value.trim_end_matches('"').to_owned())
+            };
+            if label("outcome").as_deref() != Some("handled") {
+                continue;
+            }
+            let (Some(component), Some(subject)) = (label("component"), label("subject")) else {
+                continue;
+            };
+            let count = labels.1.trim().parse::<f64>().unwrap_or(0.0) as u64;
+            let counts = handled
+                .entry((component, subject))
+                .or_insert_with(|| vec![0; metrics_addrs.len()]);
+            counts[index] += count;
+        }
+    }
+    Ok(handled)
+}
+
+fn print_handled(handled: &Handled, args: &Args) {
+    let orders = args.idle_orders + args.orders;
+    println!(
+        "Events handled by {} replicas sharing PostgreSQL, Redis and NATS ({orders} orders placed, \
+         spread over the replicas; from each replica's /metrics):",
+        args.replicas
+    );
+    println!();
+    println!("| component ← subject | per replica | in all |");
+    println!("|---|---|---:|");
+    for ((component, subject), counts) in handled {
+        let per: Vec<String> = counts.iter().map(u64::to_string).collect();
+        println!(
+            "| {component} ← {subject} | {} | {} |",
+            per.join(" / "),
+            counts.iter().sum::<u64>()
+        );
+    }
 }

@@ -98,7 +98,14 @@ pub(super) fn observability_cost(
                         .push(create_product(&mut connection, &admin, &sku, 1_000_000_000).await?);
                 }
                 let events = listen_for_paid(&args.backends.nats_url).await?;
-                let burst = burst_orders(args, &addr, &signer, products, &events).await?;
+                let burst = burst_orders(
+                    args,
+                    std::slice::from_ref(&addr),
+                    &signer,
+                    products,
+                    &events,
+                )
+                .await?;
                 anyhow::Ok((read, burst))
             });
             host.stop();

@@ -209,12 +209,15 @@ async fn event_latencies(events: &PaidEvents, placed: &[(String, Instant)]) -> V
     }
 }
 
+/// The orders on the hosts at `addrs` (the first one also serves the idle orders and the
+/// polling; the placing clients are spread over all).
 pub(super) async fn orders(
     args: &Args,
-    addr: &str,
+    addrs: &[String],
     signer: &Signer,
     tag: &str,
 ) -> anyhow::Result<OrdersResult> {
+    let addr = addrs[0].as_str();
     let admin = signer.token(&["USER", "ADMIN"])?;
     let mut client = Client::connect(addr).await?;
     let concurrency = args.order_concurrency.max(1);
@@ -226,7 +229,7 @@ pub(super) async fn orders(
     }
     let events = listen_for_paid(&args.backends.nats_url).await?;
     let idle = idle_orders(args, addr, signer, &products[0], &events).await?;
-    let burst = burst_orders(args, addr, signer, products, &events).await?;
+    let burst = burst_orders(args, addrs, signer, products, &events).await?;
     Ok(OrdersResult { idle, burst })
 }
 
@@ -300,7 +303,7 @@ async fn idle_orders(
 /// watches them turn PAID.
 pub(super) async fn burst_orders(
     args: &Args,
-    addr: &str,
+    addrs: &[String],
     signer: &Signer,
     products: Vec<String>,
     events: &PaidEvents,
@@ -319,9 +322,10 @@ pub(super) async fn burst_orders(
     let placed = Arc::new(Mutex::new(Vec::new()));
     let mut placers = tokio::task::JoinSet::new();
     let mut clients = Vec::new();
-    for _ in 0..concurrency {
-        clients.push(Client::connect(addr).await?);
+    for index in 0..concurrency {
+        clients.push(Client::connect(&addrs[index % addrs.len()]).await?);
     }
+    let addr = addrs[0].as_str();
     let started = Instant::now();
     let rate = args.order_rate;
     for mut client in clients {
