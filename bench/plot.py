@@ -6,6 +6,7 @@ Usage: python3 bench/plot.py docs/bench   (needs matplotlib: python3 -m pip inst
 Each CSV present is drawn; a missing one is skipped. Files:
 - hello.csv: req/s of each server of `bench hello` (bars), fresh and reused instances.
 - scale-connections.csv: req/s and p99 against connections, per server (log x).
+- scale-read.csv: the same for the cached product read.
 - scale-components.csv: start time, idle RSS and req/s of one against components loaded.
 - start.csv: the whole shop's start, split into compiling, loading compiled code and the rest.
 """
@@ -47,19 +48,19 @@ def hello(out):
     save(fig, out / "hello.png")
 
 
-def connections(out):
-    data = rows(out / "scale-connections.csv")
+def connections(out, name="scale-connections", title="hello: throughput and p99 as connections grow"):
+    data = rows(out / f"{name}.csv")
     series = defaultdict(list)
     for r in data:
         series[r["server"]].append(
             (int(r["connections"]), float(r["rps"]), float(r["p99_ms"]))
         )
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, points in series.items():
+    for server, points in series.items():
         points.sort()
         xs = [p[0] for p in points]
-        left.plot(xs, [p[1] for p in points], marker="o", label=name)
-        right.plot(xs, [p[2] for p in points], marker="o", label=name)
+        left.plot(xs, [p[1] for p in points], marker="o", label=server)
+        right.plot(xs, [p[2] for p in points], marker="o", label=server)
     for ax, label in ((left, "requests per second"), (right, "p99 latency (ms)")):
         ax.set_xscale("log")
         ax.set_xlabel("keep-alive connections")
@@ -67,8 +68,16 @@ def connections(out):
         ax.grid(True, which="both", alpha=0.3)
     right.set_yscale("log")
     left.legend(fontsize=8)
-    fig.suptitle("hello: throughput and p99 as connections grow")
-    save(fig, out / "scale-connections.png")
+    fig.suptitle(title)
+    save(fig, out / f"{name}.png")
+
+
+def read(out):
+    connections(
+        out,
+        "scale-read",
+        "the cached product read (Redis hit): throughput and p99 as connections grow",
+    )
 
 
 def components(out):
@@ -119,6 +128,7 @@ def main():
     for name, draw in (
         ("hello.csv", hello),
         ("scale-connections.csv", connections),
+        ("scale-read.csv", read),
         ("scale-components.csv", components),
         ("start.csv", start),
     ):

@@ -61,15 +61,18 @@ enum Which {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
         reuse: u32,
     },
-    /// How cost grows: connections 1 → 1 000, components 1 → 200, and the whole shop's start
-    /// and memory (first-ever, cold compile cache, warm); CSV and plots in docs/bench/.
+    /// How cost grows: connections 1 → 1 000 (hello, and the cached product read on Redis),
+    /// components 1 → 200, and the whole shop's start and memory (first-ever, cold compile
+    /// cache, warm); CSV and plots in docs/bench/.
     Scale {
         /// Seconds measured per point (after a 1 s warm-up).
         #[arg(long, default_value_t = 3)]
         seconds: u64,
-        /// Requests one instance serves on the reuse curve.
+        /// Requests one instance serves on the reuse curves.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
         reuse: u32,
+        #[command(flatten)]
+        backends: harness::backends::BackendUrls,
     },
     /// Per-call cost of each capability from a guest vs the same call made natively.
     Capabilities {
@@ -99,7 +102,11 @@ fn bench(which: Which) -> anyhow::Result<()> {
             rounds,
             reuse,
         } => hello::run(connections, seconds, rounds.max(1), reuse),
-        Which::Scale { seconds, reuse } => scale::run(seconds, reuse),
+        Which::Scale {
+            seconds,
+            reuse,
+            backends,
+        } => scale::run(seconds, reuse, &backends),
         Which::Capabilities { backends } => capabilities::run(&capabilities::Urls {
             redis: backends.redis_url,
             database: backends.database_url,

@@ -3,6 +3,9 @@
 //! 1. **Connections**, 1 → 1 000 keep-alive connections on components/hello: req/s and p99 of
 //!    agora with a fresh instance per request, agora reusing instances (`--reuse`), and the
 //!    native hyper handler, each point measured in turn in one run.
+//!    The same curve for the cached product read (`GET /api/products/{id}`, a Redis hit): the
+//!    catalog fresh and reusing instances, on two hosts on the production backends, and native
+//!    hyper doing the same Redis GET.
 //! 2. **Components loaded**, 1 → 200 copies of hello under distinct routes: the time from
 //!    `agora serve` to its address (every component loaded) with an empty data folder (hello
 //!    compiled once: the copies share a digest) and again with its compile cache, the resident
@@ -15,9 +18,15 @@
 //! Raw results go to docs/bench/*.csv; `bench/plot.py` draws them (PNG beside them) when
 //! python3 has matplotlib.
 
+use crate::harness::backends::{BackendUrls, check_backends};
+use crate::harness::client::Client;
 use crate::harness::process::{Host, agora_serve, spawn_and_read_addr};
+use crate::harness::shop_host::{
+    create_product, host_command, shop_manifest, warm, with_reuse, with_setting,
+};
 use crate::loadgen::{self, LoadArgs};
 use crate::{root, target_dir};
+use agora_cache::RedisCache;
 use anyhow::{Context as _, bail};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,7 +43,7 @@ pub(crate) fn results_dir() -> PathBuf {
     root().join("docs/bench")
 }
 
-pub(crate) fn run(seconds: u64, reuse: u32) -> anyhow::Result<()> {
+pub(crate) fn run(seconds: u64, reuse: u32, backends: &BackendUrls) -> anyhow::Result<()> {
     let hello = crate::hello::build_hello_and_servers()?;
     let work = target_dir().join("bench-scale");
     let _ = std::fs::remove_dir_all(&work);
@@ -45,6 +54,8 @@ pub(crate) fn run(seconds: u64, reuse: u32) -> anyhow::Result<()> {
 
     let connections = connections_curve(&hello, &work, seconds, reuse)?;
     std::fs::write(out.join("scale-connections.csv"), &connections)?;
+    let read = read_curve(&work, backends, seconds, reuse)?;
+    std::fs::write(out.join("scale-read.csv"), &read)?;
     let components = components_curve(&hello, &work, seconds)?;
     std::fs::write(out.join("scale-components.csv"), &components)?;
     let start = shop_start(&work)?;
@@ -65,6 +76,110 @@ pub(crate) fn plot(out: &Path) {
             out.display()
         ),
     }
+}
+
+/// The cached product read against connections: the catalog fresh and reusing instances (two
+/// hosts on the production backends) and native hyper doing the same Redis GET. Same rows as
+/// [`connections_curve`].
+fn read_curve(
+    work: &Path,
+    backends: &BackendUrls,
+    seconds: u64,
+    reuse: u32,
+) -> anyhow::Result<String> {
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    client.block_on(check_backends(backends, work))?;
+    let (catalog, auth) = shop_manifest(work, &["catalog"])?;
+    // As for hello: room for every connection (the shop's catalog runs 100 at once, and
+    // answers 503 past that).
+    with_setting(
+        &catalog,
+        "catalog",
+        ("limits", "concurrency", 1000),
+        &catalog,
+    )?;
+    let reusing = work.join("catalog-reuse.toml");
+    with_reuse(&catalog, "catalog", reuse, &reusing)?;
+    let (mut fresh_command, signer) =
+        host_command(backends, &catalog, work, "data-read", auth.clone())?;
+    let (mut reuse_command, _) = host_command(backends, &reusing, work, "data-read-reuse", auth)?;
+    fresh_command.args(["--max-connections-per-ip", "0"]);
+    reuse_command.args(["--max-connections-per-ip", "0"]);
+    let (child, fresh_addr) = spawn_and_read_addr(&mut fresh_command)?;
+    let mut fresh_host = Host(Some(child));
+    let (child, reuse_addr) = spawn_and_read_addr(&mut reuse_command)?;
+    let mut reuse_host = Host(Some(child));
+    let cache = std::sync::Arc::new(RedisCache::new(&backends.redis_url)?);
+    let (path, key, native_addr) = client.block_on(async {
+        let admin = signer.token(&["USER", "ADMIN"])?;
+        let mut http = Client::connect(&fresh_addr).await?;
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let id = create_product(&mut http, &admin, &format!("scale-{}", &tag[..10]), 1000).await?;
+        // A Redis client of its own, first used on the server's workers: a client first used
+        // here would live on this runtime, which does not run while the load does.
+        let native_cache = std::sync::Arc::new(RedisCache::new(&backends.redis_url)?);
+        let native_addr = crate::shop::start_native(&server, native_cache).await?;
+        anyhow::Ok((
+            format!("/api/products/{id}"),
+            format!("agora:catalog:product:{id}"),
+            native_addr,
+        ))
+    })?;
+    let mut csv = String::from("server,connections,rps,p50_ms,p99_ms,errors\n");
+    println!();
+    println!(
+        "Connections (GET /api/products/{{id}}, a cache hit on Redis; {seconds} s per point after \
+         1 s warm-up):"
+    );
+    println!();
+    println!("| server | connections | req/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let reuse_label = format!("agora catalog, reuse = {reuse}");
+    for (label, addr) in [
+        ("agora catalog, fresh instance", fresh_addr.as_str()),
+        (reuse_label.as_str(), reuse_addr.as_str()),
+        ("native hyper + Redis GET", native_addr.as_str()),
+    ] {
+        // A fresh cache entry (60 s) for each curve, made through the host measured next (or
+        // the fresh one, for native): the curve is shorter than its lifetime.
+        let warm_through = if label.starts_with("native") {
+            fresh_addr.as_str()
+        } else {
+            addr
+        };
+        client.block_on(async {
+            let mut http = Client::connect(warm_through).await?;
+            warm(&mut http, &path, &cache, &key).await.map(drop)
+        })?;
+        for connections in CONNECTIONS {
+            eprintln!("xtask: {label}, {connections} connections");
+            let report = loadgen::measure(&LoadArgs {
+                url: format!("http://{addr}{path}"),
+                connections,
+                seconds,
+                warmup: 1,
+                rate: None,
+            })?;
+            let row = [
+                label.to_owned(),
+                connections.to_string(),
+                format!("{:.0}", report.rps()),
+                format!("{:.3}", report.percentile_ms(0.5)),
+                format!("{:.3}", report.percentile_ms(0.99)),
+                report.errors.to_string(),
+            ];
+            println!("| {} |", row.join(" | "));
+            csv_row(&mut csv, &row);
+        }
+    }
+    reuse_host.stop();
+    fresh_host.stop();
+    Ok(csv)
 }
 
 /// `name,connections,rps,p50_ms,p99_ms,errors` rows, printed as a table too.

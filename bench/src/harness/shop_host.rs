@@ -76,6 +76,23 @@ pub(crate) fn with_reuse(
     reuse: u32,
     out: &Path,
 ) -> anyhow::Result<()> {
+    with_setting(
+        manifest,
+        component,
+        ("instances", "reuse", i64::from(reuse)),
+        out,
+    )
+}
+
+/// A copy of the manifest at `manifest` in which `component`'s `[component.TABLE]` has `KEY =
+/// value` (`setting` = (TABLE, KEY, value); the table's other keys kept), written to `out`.
+pub(crate) fn with_setting(
+    manifest: &Path,
+    component: &str,
+    setting: (&str, &str, i64),
+    out: &Path,
+) -> anyhow::Result<()> {
+    let (table_name, key, value) = setting;
     let mut table: toml::Table = std::fs::read_to_string(manifest)?.parse()?;
     let entry = table
         .get_mut("component")
@@ -86,9 +103,12 @@ pub(crate) fn with_reuse(
         })
         .and_then(|c| c.as_table_mut())
         .with_context(|| format!("{} has no component {component}", manifest.display()))?;
-    let mut instances = toml::Table::new();
-    instances.insert("reuse".into(), toml::Value::Integer(i64::from(reuse)));
-    entry.insert("instances".into(), toml::Value::Table(instances));
+    let settings = entry
+        .entry(table_name)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .with_context(|| format!("`{table_name}` of {component} is not a table"))?;
+    settings.insert(key.into(), toml::Value::Integer(value));
     std::fs::write(out, toml::to_string(&table)?)?;
     Ok(())
 }

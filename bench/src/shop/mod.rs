@@ -34,6 +34,8 @@ mod observability;
 mod orders;
 mod read;
 
+pub(crate) use read::start_native;
+
 use crate::harness::backends::{BackendUrls, check_backends};
 use crate::harness::process::{Host, spawn_and_read_addr};
 use crate::harness::shop_host::{host_command, replica_command, shop_manifest, with_reuse};

@@ -195,7 +195,7 @@ pub(super) async fn product_read(
 
 /// The native baseline: a hyper server on `server`'s workers answering
 /// `GET /api/products/{id}` with the bytes of the catalog's cache entry.
-async fn start_native(
+pub(crate) async fn start_native(
     server: &tokio::runtime::Runtime,
     cache: Arc<RedisCache>,
 ) -> anyhow::Result<String> {
