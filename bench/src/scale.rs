@@ -156,26 +156,7 @@ fn read_curve(
             let mut http = Client::connect(warm_through).await?;
             warm(&mut http, &path, &cache, &key).await.map(drop)
         })?;
-        for connections in CONNECTIONS {
-            eprintln!("xtask: {label}, {connections} connections");
-            let report = loadgen::measure(&LoadArgs {
-                url: format!("http://{addr}{path}"),
-                connections,
-                seconds,
-                warmup: 1,
-                rate: None,
-            })?;
-            let row = [
-                label.to_owned(),
-                connections.to_string(),
-                format!("{:.0}", report.rps()),
-                format!("{:.3}", report.percentile_ms(0.5)),
-                format!("{:.3}", report.percentile_ms(0.99)),
-                report.errors.to_string(),
-            ];
-            println!("| {} |", row.join(" | "));
-            csv_row(&mut csv, &row);
-        }
+        curve(label, &format!("http://{addr}{path}"), seconds, &mut csv)?;
     }
     reuse_host.stop();
     fresh_host.stop();
@@ -227,29 +208,36 @@ fn connections_curve(
     for (label, mut command) in servers {
         let (child, addr) = spawn_and_read_addr(&mut command)?;
         let mut host = Host(Some(child));
-        for connections in CONNECTIONS {
-            eprintln!("xtask: {label}, {connections} connections");
-            let report = loadgen::measure(&LoadArgs {
-                url: format!("http://{addr}/"),
-                connections,
-                seconds,
-                warmup: 1,
-                rate: None,
-            })?;
-            let row = [
-                label.to_owned(),
-                connections.to_string(),
-                format!("{:.0}", report.rps()),
-                format!("{:.3}", report.percentile_ms(0.5)),
-                format!("{:.3}", report.percentile_ms(0.99)),
-                report.errors.to_string(),
-            ];
-            println!("| {} |", row.join(" | "));
-            csv_row(&mut csv, &row);
-        }
+        curve(label, &format!("http://{addr}/"), seconds, &mut csv)?;
         host.stop();
     }
     Ok(csv)
+}
+
+/// Loads `url` with each of [`CONNECTIONS`] in turn: one table row and one CSV row (`label`,
+/// connections, req/s, p50, p99, errors) each.
+fn curve(label: &str, url: &str, seconds: u64, csv: &mut String) -> anyhow::Result<()> {
+    for connections in CONNECTIONS {
+        eprintln!("xtask: {label}, {connections} connections");
+        let report = loadgen::measure(&LoadArgs {
+            url: url.to_owned(),
+            connections,
+            seconds,
+            warmup: 1,
+            rate: None,
+        })?;
+        let row = [
+            label.to_owned(),
+            connections.to_string(),
+            format!("{:.0}", report.rps()),
+            format!("{:.3}", report.percentile_ms(0.5)),
+            format!("{:.3}", report.percentile_ms(0.99)),
+            report.errors.to_string(),
+        ];
+        println!("| {} |", row.join(" | "));
+        csv_row(csv, &row);
+    }
+    Ok(())
 }
 
 /// `components,start_cold_ms,start_warm_ms,rss_idle_mib,rps_one` rows.

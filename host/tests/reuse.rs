@@ -86,12 +86,7 @@ async fn an_instance_serves_up_to_reuse_requests_of_its_own_component() {
     for _ in 0..2 {
         counts.push(next(&host, "a").await);
     }
-    let scrape = reqwest::get(format!("http://{}/metrics", host.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = metrics(&host).await;
     assert!(
         scrape.contains("agora_instances_idle{component=\"a\"} 1\n"),
         "{scrape}"
@@ -230,15 +225,20 @@ async fn event(host: &TestHost, tag: &str) -> u64 {
     panic!("event {tag} was never handled");
 }
 
-/// Events of `ev` dead-lettered so far, from `/metrics`.
-async fn dead_lettered(host: &TestHost) -> u64 {
-    let scrape = reqwest::get(format!("http://{}/metrics", host.metrics_addr))
+/// The host's `/metrics` page.
+async fn metrics(host: &TestHost) -> String {
+    reqwest::get(format!("http://{}/metrics", host.metrics_addr))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    scrape
+        .unwrap()
+}
+
+/// Events of `ev` dead-lettered so far, from `/metrics`.
+async fn dead_lettered(host: &TestHost) -> u64 {
+    metrics(host)
+        .await
         .lines()
         .find(|line| {
             line.starts_with("agora_events_total{")
