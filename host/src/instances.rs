@@ -17,36 +17,20 @@
 //!   request that held a permit).
 
 use crate::manifest::Reuse;
-use crate::state::InstanceState;
+use crate::state::{self, InstanceState, StoreSpec};
 use agora_messaging::bindings::subscriber::Subscriber;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 
-/// An instance between two requests: its store and the handle of its exports (`E`: [`Proxy`]
-/// for requests, [`Subscriber`] for events).
+/// An instance between two requests: its store, the handle of its exports (`E`: [`Proxy`] for
+/// requests, [`Subscriber`] for events), the requests it has served and when it came back.
 pub struct Idle<E> {
-    /// The store, with the guest's memory as the last request left it.
-    pub store: Store<InstanceState>,
-    /// The instance's exports.
-    pub exports: E,
-    /// Requests it has served.
-    pub served: u32,
-    /// When it came back.
+    store: Store<InstanceState>,
+    exports: E,
+    served: u32,
     since: Instant,
-}
-
-impl<E> Idle<E> {
-    /// An instance that has just served its `served`-th request.
-    pub fn new(store: Store<InstanceState>, exports: E, served: u32) -> Idle<E> {
-        Idle {
-            store,
-            exports,
-            served,
-            since: Instant::now(),
-        }
-    }
 }
 
 /// The idle instances of one version of a component.
@@ -103,18 +87,34 @@ impl Instances {
         instances
     }
 
-    /// The reuse setting.
-    pub fn reuse(&self) -> Reuse {
-        self.reuse
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle instance for the next request (`E` = [`Proxy`]) or event (`E` =
-    /// [`Subscriber`]), if one is waiting and has not been idle too long.
-    pub fn take<E: Exports>(&self) -> Option<Idle<E>> {
+    /// The store for the next request (`E` = [`Proxy`]) or event (`E` = [`Subscriber`]) of
+    /// `component`, due by `deadline`: an idle instance's, readied by [`state::renew_store`],
+    /// with its exports and the requests it has served; or a new store, to instantiate in.
+    pub fn checkout<E: Exports>(
+        &self,
+        component: &StoreSpec<'_>,
+        deadline: Instant,
+    ) -> (Store<InstanceState>, Option<(E, u32)>) {
+        match self.take::<E>() {
+            Some(Idle {
+                mut store,
+                exports,
+                served,
+                ..
+            }) => {
+                state::renew_store(&mut store, component, deadline);
+                (store, Some((exports, served)))
+            }
+            None => (state::new_store(component, deadline), None),
+        }
+    }
+
+    /// An idle instance not idle too long, if reuse is on and one is waiting.
+    fn take<E: Exports>(&self) -> Option<Idle<E>> {
         if !self.reuse.enabled() {
             return None;
         }
@@ -127,10 +127,16 @@ impl Instances {
         taken
     }
 
-    /// Takes back an instance that served a request cleanly, unless it has served its
-    /// `reuse` requests or this version was retired (then it is dropped).
-    pub fn give_back<E: Exports>(&self, idle: Idle<E>) {
-        if idle.served >= self.reuse.requests {
+    /// Takes back the instance of a request or event whose call returned, now that it has
+    /// served `served`: it waits for the next one only if the call ended cleanly (no deadline,
+    /// no memory refusal, no host resource still held), it has served fewer than `reuse`, and
+    /// this version still serves. Otherwise it is dropped.
+    pub fn check_in<E: Exports>(&self, store: Store<InstanceState>, exports: E, served: u32) {
+        if served >= self.reuse.requests {
+            return;
+        }
+        let state = store.data();
+        if state.deadline_hit || state.limits.memory_denied || state.holds_resources() {
             return;
         }
         let mut inner = self.lock();
@@ -138,7 +144,12 @@ impl Instances {
             drop(inner);
             return;
         }
-        E::list(&mut inner).push(idle);
+        E::list(&mut inner).push(Idle {
+            store,
+            exports,
+            served,
+            since: Instant::now(),
+        });
     }
 
     /// Drops the idle instances and every instance that comes back later: this version stops

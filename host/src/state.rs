@@ -57,11 +57,7 @@ impl InstanceState {
     /// A fresh state for one instance of `component`, due by `deadline`.
     pub fn new(component: &StoreSpec<'_>, deadline: Instant) -> InstanceState {
         let name = component.name;
-        let mut slots = Slots::default();
-        let store = StoreInfo { deadline };
-        for (_, part) in component.capabilities.units.iter() {
-            slots.insert(part.instance(&store));
-        }
+        let slots = unit_slots(component, deadline);
         let wasi = WasiCtx::builder()
             .stdout(GuestLog::new(name.clone(), Stream::Stdout))
             .stderr(GuestLog::new(name.clone(), Stream::Stderr))
@@ -91,12 +87,7 @@ impl InstanceState {
     /// state starts again (a request's budgets are its own), the limits' flags are cleared.
     /// The guest's memory and the resource table stay as the last request left them.
     fn renew(&mut self, component: &StoreSpec<'_>, deadline: Instant) {
-        let store = StoreInfo { deadline };
-        let mut slots = Slots::default();
-        for (_, part) in component.capabilities.units.iter() {
-            slots.insert(part.instance(&store));
-        }
-        self.slots = slots;
+        self.slots = unit_slots(component, deadline);
         self.deadline = deadline;
         self.deadline_hit = false;
         self.limits.memory_denied = false;
@@ -113,6 +104,16 @@ impl InstanceState {
     pub fn set_call_context(&mut self, context: CallContext) {
         self.outbound.context = context;
     }
+}
+
+/// Each capability unit's per-store state for an instance of `component` due by `deadline`.
+fn unit_slots(component: &StoreSpec<'_>, deadline: Instant) -> Slots {
+    let store = StoreInfo { deadline };
+    let mut slots = Slots::default();
+    for (_, part) in component.capabilities.units.iter() {
+        slots.insert(part.instance(&store));
+    }
+    slots
 }
 
 /// A store for one request or event of `component`: its limits, and a deadline enforced by

@@ -8,9 +8,7 @@
 //! failing component never loses a message and never affects another component.
 
 use crate::component::LoadedComponent;
-use crate::instances::Idle;
 use crate::manifest::ComponentSpec;
-use crate::state;
 use crate::swap::Slot;
 use agora_messaging::bindings::subscriber::Subscriber;
 use agora_messaging::bindings::subscriber::exports::agora::platform::handler::Message;
@@ -148,18 +146,9 @@ async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), Stri
         .map_err(|_| "the component is shutting down".to_owned())?;
     let deadline = Instant::now() + Duration::from_millis(component.limits.deadline_ms);
     // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
-    let (mut store, reused) = match component.instances.take::<Subscriber>() {
-        Some(Idle {
-            mut store,
-            exports,
-            served,
-            ..
-        }) => {
-            state::renew_store(&mut store, &component.store_spec(), deadline);
-            (store, Some((exports, served)))
-        }
-        None => (state::new_store(&component.store_spec(), deadline), None),
-    };
+    let (mut store, reused) = component
+        .instances
+        .checkout::<Subscriber>(&component.store_spec(), deadline);
     let message = Message {
         id: delivery.message.id,
         subject: delivery.message.subject,
@@ -189,21 +178,14 @@ async fn run(component: &LoadedComponent, delivery: Delivery) -> Result<(), Stri
     let outcome = tokio::time::timeout_at(deadline.into(), run).await;
     let state = store.data();
     let (deadline_hit, memory_denied) = (state.deadline_hit, state.limits.memory_denied);
-    let clean = !deadline_hit && !memory_denied && !state.holds_resources();
-    // Only an instance whose handler returned (`Ok` or `Err`) within its deadline, without a
-    // memory refusal and holding no host resource, handles another event.
-    let outcome = match outcome {
-        Ok(Ok((handled, instance, served))) => {
-            if clean && component.instances.reuse().enabled() {
-                component
-                    .instances
-                    .give_back(Idle::new(store, instance, served));
-            }
-            Ok(Ok(handled))
-        }
-        Ok(Err(trap)) => Ok(Err(trap)),
-        Err(elapsed) => Err(elapsed),
-    };
+    // A handler that returned (`Ok` or `Err`) may leave its instance for the next event; a
+    // trap never.
+    let outcome = outcome.map(|called| {
+        called.map(|(handled, instance, served)| {
+            component.instances.check_in(store, instance, served);
+            handled
+        })
+    });
     match outcome {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(reason))) => Err(format!("the handler returned an error: {reason}")),

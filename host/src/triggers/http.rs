@@ -15,10 +15,8 @@
 use crate::calls::{Caller, InternalHandler};
 use crate::component::LoadedComponent;
 use crate::edge::Edge;
-use crate::instances::Idle;
 use crate::response::{REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::router::Router;
-use crate::state;
 use crate::swap::Slot;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -380,18 +378,9 @@ async fn invoke(
     });
 
     // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
-    let (mut store, reused) = match component.instances.take::<Proxy>() {
-        Some(Idle {
-            mut store,
-            exports: proxy,
-            served,
-            ..
-        }) => {
-            state::renew_store(&mut store, &component.store_spec(), deadline);
-            (store, Some((proxy, served)))
-        }
-        None => (state::new_store(&component.store_spec(), deadline), None),
-    };
+    let (mut store, reused) = component
+        .instances
+        .checkout::<Proxy>(&component.store_spec(), deadline);
     store.data_mut().set_call_context(context);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -463,14 +452,9 @@ async fn invoke(
             let state = store.data();
             let deadline_hit = timed_out || state.deadline_hit;
             let memory_denied = state.limits.memory_denied;
-            let clean = !deadline_hit && !memory_denied && !state.holds_resources();
-            // Only an instance whose request ended cleanly serves again: not after a trap, a
-            // deadline or a memory refusal, nor while the guest still holds host resources.
-            let result = result.map(|(instance, served)| {
-                if clean && instances.reuse().enabled() {
-                    instances.give_back(Idle::new(store, instance, served));
-                }
-            });
+            // A call that returned may leave its instance for the next request; a trap never.
+            let result =
+                result.map(|(instance, served)| instances.check_in(store, instance, served));
             TaskEnd {
                 result,
                 deadline_hit,
