@@ -1050,10 +1050,15 @@ impl Namespace for PgNamespace {
     }
 
     async fn relay_outbox(&self, limit: usize, publish: &PublishFn) -> Result<usize, SqlError> {
+        // The relay's commit only deletes rows it published (or moves refused ones aside), so
+        // it need not wait for the WAL to reach the disk: a crash that loses it brings the rows
+        // back, and the next pass publishes them again under the same message ids, which
+        // JetStream drops as repeats — the same as a crash between publish and commit.
         let mut tx = self
             .pool
             .begin_with(AssertSqlSafe(format!(
-                "BEGIN; SET LOCAL application_name = '{HOST_APPLICATION}'"
+                "BEGIN; SET LOCAL application_name = '{HOST_APPLICATION}'; \
+                 SET LOCAL synchronous_commit = off"
             )))
             .await?;
         let rows = sqlx::query(AssertSqlSafe(self.sql.outbox_claim.as_str()))
