@@ -4,7 +4,8 @@
 //! A message published with `transaction.publish` is a row written in the component's own
 //! transaction, so it exists exactly when the data does. One relay task per component with an
 //! sql grant publishes those rows in order and deletes them once the broker confirmed each one:
-//! right after every commit that wrote one (the namespace signals it), and every
+//! right after a commit that wrote one (the namespace signals it; under a stream of commits,
+//! passes start at most every [`GATHER`], each taking what the commits meanwhile wrote), and every
 //! [`SWEEP_INTERVAL`] anyway — which is what relays the rows a crashed host left behind when it
 //! (or another replica) starts again. A relay repeated after a crash between publish and delete
 //! publishes the same message id again, which JetStream deduplicates.
@@ -35,6 +36,11 @@ const SETTLE_POLL: Duration = Duration::from_millis(20);
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Rows relayed per transaction.
 const BATCH: usize = 100;
+/// The shortest time between the starts of two relay passes of one component woken by
+/// commits: under a stream of commits, a pass waits this long for more rows to take along
+/// (one transaction and one round of broker confirmations for all of them) instead of one
+/// pass per commit. A commit after a quiet spell is relayed at once.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// Starts the relay of `component`'s outbox; it stops when `stop` turns true, after a last
 /// pass.
@@ -60,7 +66,12 @@ pub fn spawn(
         // A pass woken by a commit that wrote the outbox is a span of its own; the sweeps
         // every SWEEP_INTERVAL, which mostly find nothing, are not.
         let mut woken = false;
+        let mut last_pass = Instant::now();
         loop {
+            if woken {
+                tokio::time::sleep_until((last_pass + GATHER).into()).await;
+            }
+            last_pass = Instant::now();
             let pass = relay_all(&component, database, &dead);
             if woken {
                 pass.instrument(tracing::debug_span!(
