@@ -20,7 +20,7 @@ impl Machine {
     /// The machine now, before the run.
     pub(crate) fn observe() -> Machine {
         Machine {
-            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            cores: cores(),
             load_before: load_average(),
         }
     }
@@ -52,4 +52,9 @@ pub(crate) fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
     }
     let index = ((sorted_us.len() - 1) as f64 * q).round() as usize;
     f64::from(sorted_us[index]) / 1000.0
+}
+
+/// The cores this process may run on (1 when unknown).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -4,6 +4,7 @@
 
 use super::Args;
 use crate::harness::client::Client;
+use crate::harness::cpu::CpuTimes;
 use crate::harness::shop_host::{Signer, create_product, order_body};
 use crate::harness::stats::{micros_since, percentile_ms};
 use anyhow::{Context as _, bail};
@@ -17,6 +18,9 @@ use std::time::{Duration, Instant};
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections the order poller uses.
 const POLL_CONNECTIONS: usize = 2;
+/// When a burst's orders are read back, how often one whose `order.paid` has not arrived is
+/// polled (to see one that ended otherwise, or whose event was lost).
+const STRAGGLER_POLL: Duration = Duration::from_secs(1);
 
 /// Latencies of one phase of orders, in µs, sorted.
 #[derive(Default)]
@@ -25,14 +29,22 @@ pub(super) struct Phase {
     pub(super) failed: usize,
     /// POST → 201.
     pub(super) post_us: Vec<u32>,
-    /// 201 → the first GET answering PAID.
+    /// 201 → the first GET answering PAID (one at a time; a burst reads its orders back
+    /// only after its last `order.paid`, untimed).
     pub(super) paid_us: Vec<u32>,
+    /// Orders seen paid: by GET one at a time, by `order.paid` in a burst.
+    pub(super) paid_count: usize,
     /// 201 → `order.paid` received from NATS.
     event_us: Vec<u32>,
     /// First POST sent → last 201 received.
     pub(super) post_window: Duration,
-    /// First POST sent → last PAID seen.
+    /// First POST sent → last PAID seen (a burst: the last `order.paid` received).
     pub(super) paid_window: Duration,
+    /// Orders answered 201 whose `order.paid` had not arrived when the last 201 did: the
+    /// backlog a pipeline that falls behind builds up (a few in flight when it keeps up).
+    unpaid_at_end: Option<usize>,
+    /// CPU seconds each serving process spent from the first POST to the last PAID.
+    cpu: Vec<(&'static str, f64)>,
     /// Polling rounds and their total time (the resolution of `paid_us`).
     poll_rounds: u64,
     poll_time: Duration,
@@ -48,17 +60,26 @@ impl Phase {
                 "—".to_owned()
             }
         };
+        let by_get = if self.paid_us.is_empty() {
+            "read back after".to_owned()
+        } else {
+            format!(
+                "{:.1} / {:.1}",
+                p(&self.paid_us, 0.5),
+                p(&self.paid_us, 0.99)
+            )
+        };
         format!(
-            "| {label} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} |",
+            "| {label} | {} | {} | {:.1} / {:.1} | {by_get} | {:.1} / {:.1} | {} | {} | {} |",
             self.orders,
             rate(self.post_us.len(), self.post_window),
             p(&self.post_us, 0.5),
             p(&self.post_us, 0.99),
-            p(&self.paid_us, 0.5),
-            p(&self.paid_us, 0.99),
             p(&self.event_us, 0.5),
             p(&self.event_us, 0.99),
-            rate(self.paid_us.len(), self.paid_window),
+            rate(self.paid_count, self.paid_window),
+            self.unpaid_at_end
+                .map_or_else(|| "—".to_owned(), |n| n.to_string()),
             self.failed
         )
     }
@@ -77,25 +98,47 @@ impl OrdersResult {
     pub(super) fn print(&self, args: &Args) {
         println!(
             "orders: one line of quantity 1, tok_visa, one customer (token) per order; \
-             {} products; PAID polled with GET /api/orders/{{id}} in rounds ≥ {} ms apart \
-             (one at a time: {:.1} ms per round; {} at a time: {} rounds of {:.1} ms on average \
-             over {POLL_CONNECTIONS} connections)",
+             {} products. One at a time: each polled with GET /api/orders/{{id}} every {} ms \
+             ({:.1} ms per round) until PAID. In the burst nothing polls: an order counts as \
+             paid when its order.paid arrives on NATS, and the burst ends with the last one; \
+             every order is then read back with GET ({} rounds over {POLL_CONNECTIONS} \
+             connections) and must be PAID",
             args.order_concurrency.max(1),
             args.poll_ms,
             self.idle.poll_resolution_ms(),
-            args.order_concurrency,
             self.burst.poll_rounds,
-            self.burst.poll_resolution_ms(),
         );
         println!();
         println!(
             "| orders placed | orders | orders/s (POST → 201) | POST p50 / p99 ms | \
              201 → PAID (GET) p50 / p99 ms | 201 → order.paid (NATS) p50 / p99 ms | \
-             paid/s (first POST → last PAID) | failed |"
+             paid/s (first POST → last paid) | not yet paid at the last 201 | failed |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         println!("{}", self.idle.row("one at a time, idle shop", false));
         println!("{}", self.burst.row(&placing(args), true));
+        if !self.burst.cpu.is_empty() {
+            let orders = self.burst.paid_count.max(1) as f64;
+            let total: f64 = self.burst.cpu.iter().map(|(_, s)| s).sum();
+            let each: Vec<String> = self
+                .burst
+                .cpu
+                .iter()
+                .map(|(name, seconds)| format!("{name} {:.2}", seconds * 1000.0 / orders))
+                .collect();
+            println!();
+            println!(
+                "CPU per paid order in the burst (ms, first POST → last PAID, {:.1} s on {} \
+                 cores): {}; all {:.2} ({:.0}% of the cores)",
+                self.burst.paid_window.as_secs_f64(),
+                crate::harness::stats::cores(),
+                each.join(", "),
+                total * 1000.0 / orders,
+                100.0 * total
+                    / (self.burst.paid_window.as_secs_f64()
+                        * crate::harness::stats::cores() as f64)
+            );
+        }
     }
 }
 
@@ -295,6 +338,7 @@ async fn idle_orders(
     }
     phase.post_us.sort_unstable();
     phase.paid_us.sort_unstable();
+    phase.paid_count = phase.paid_us.len();
     phase.event_us = event_latencies(events, &placed).await;
     Ok(phase)
 }
@@ -326,6 +370,7 @@ pub(super) async fn burst_orders(
         clients.push(Client::connect(&addrs[index % addrs.len()]).await?);
     }
     let addr = addrs[0].as_str();
+    let cpu_before = CpuTimes::now();
     let started = Instant::now();
     let rate = args.order_rate;
     for mut client in clients {
@@ -387,12 +432,13 @@ pub(super) async fn burst_orders(
     let print_progress = {
         let progress = progress.clone();
         let total = args.orders;
+        let events = events.clone();
         move || {
             eprintln!(
-                "xtask: {:>5.1} s: {} of {total} orders placed, {} paid, {} failed",
+                "xtask: {:>5.1} s: {} of {total} orders placed, {} order.paid seen, {} failed",
                 started.elapsed().as_secs_f64(),
                 progress.placed.load(Ordering::Relaxed),
-                progress.paid.load(Ordering::Relaxed),
+                events.lock().unwrap_or_else(|e| e.into_inner()).len(),
                 progress.failed.load(Ordering::Relaxed)
             );
         }
@@ -408,11 +454,6 @@ pub(super) async fn burst_orders(
             }
         })
     };
-    let poller = tokio::spawn(poll_until_paid(
-        addr.to_owned(),
-        progress.clone(),
-        Duration::from_millis(args.poll_ms),
-    ));
 
     let mut post_us = Vec::new();
     let mut last_created = started;
@@ -427,40 +468,92 @@ pub(super) async fn burst_orders(
         }
     }
     progress.placing_done.store(true, Ordering::Relaxed);
-    let polled = poller.await?;
+    let unpaid_at_end = {
+        let seen = events.lock().unwrap_or_else(|e| e.into_inner());
+        let placed = placed.lock().unwrap_or_else(|e| e.into_inner());
+        placed
+            .iter()
+            .filter(|(id, _)| !seen.contains_key(id))
+            .count()
+    };
+    // The burst ends with the last `order.paid` of its orders (or SETTLE_TIMEOUT after the
+    // last 201 without it); nothing polls the shop meanwhile.
+    let placed = placed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let last_event = loop {
+        let (missing, last) = {
+            let seen = events.lock().unwrap_or_else(|e| e.into_inner());
+            let missing = placed
+                .iter()
+                .filter(|(id, _)| !seen.contains_key(id))
+                .count();
+            let last = placed
+                .iter()
+                .filter_map(|(id, _)| seen.get(id))
+                .max()
+                .copied();
+            (missing, last)
+        };
+        if missing == 0 || last_created.elapsed() > SETTLE_TIMEOUT {
+            break last;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let cpu = CpuTimes::now().since(&cpu_before);
     ticker.abort();
     print_progress();
     if let Some(err) = placing_error {
         return Err(err.context("placing orders"));
     }
-    let (mut paid_us, last_paid, poll_rounds, poll_time) = polled?;
+    // Then every order is read back: PAID, or polled until it is (one whose event was lost).
+    eprintln!(
+        "xtask: checking that each of {} orders is PAID",
+        placed.len()
+    );
+    progress.placing_done.store(true, Ordering::Relaxed);
+    let (checked, _, poll_rounds, poll_time) = poll_until_paid(
+        addr.to_owned(),
+        progress.clone(),
+        events.clone(),
+        Duration::from_millis(args.poll_ms),
+    )
+    .await?;
     let failed = progress.report_failures();
-    if paid_us.is_empty() {
+    let Some(last_event) = last_event else {
         bail!("no order was placed and paid");
+    };
+    if checked.len() < placed.len() {
+        bail!(
+            "{} of {} orders were not PAID",
+            placed.len() - checked.len(),
+            placed.len()
+        );
     }
     post_us.sort_unstable();
-    paid_us.sort_unstable();
-    let placed = placed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let event_us = event_latencies(events, &placed).await;
     Ok(Phase {
         orders: args.orders,
         failed,
         post_us,
-        paid_us,
-        event_us: event_latencies(events, &placed).await,
+        paid_us: Vec::new(),
+        paid_count: event_us.len(),
+        event_us,
         post_window: last_created.duration_since(started),
-        paid_window: last_paid.duration_since(started),
+        paid_window: last_event.duration_since(started),
+        unpaid_at_end: Some(unpaid_at_end),
+        cpu,
         poll_rounds,
         poll_time,
     })
 }
 
-/// Polls every pending order once per round (rounds at least `every` apart, split over
-/// [`POLL_CONNECTIONS`] connections) until placing is done and nothing is pending. Returns
-/// the 201 → PAID times (µs), when the last order was seen PAID, the rounds and their total
-/// time.
+/// After a burst: polls the pending orders in rounds at least `every` apart, split over
+/// [`POLL_CONNECTIONS`] connections, until nothing is pending: an order once its `order.paid`
+/// arrived on NATS, or [`STRAGGLER_POLL`] after its 201 or its last poll without it. Returns the 201 → PAID times (µs), when the last order was seen PAID, the
+/// rounds and their total time.
 async fn poll_until_paid(
     addr: String,
     progress: Arc<Progress>,
+    events: PaidEvents,
     every: Duration,
 ) -> anyhow::Result<(Vec<u32>, Instant, u64, Duration)> {
     let mut clients = Vec::new();
@@ -469,15 +562,35 @@ async fn poll_until_paid(
     }
     let (mut paid, mut last_paid) = (Vec::new(), Instant::now());
     let (mut rounds, mut poll_time) = (0u64, Duration::ZERO);
+    let mut polled_at = std::collections::HashMap::<String, Instant>::new();
     loop {
         let round_started = Instant::now();
         let done_placing = progress.placing_done.load(Ordering::Relaxed);
-        let snapshot = progress
+        let snapshot: Vec<Pending> = {
+            let pending = progress.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = events.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .iter()
+                .filter(|order| {
+                    let last = polled_at.get(&order.id).copied().unwrap_or(order.created);
+                    seen.contains_key(&order.id) || last.elapsed() >= STRAGGLER_POLL
+                })
+                .cloned()
+                .collect()
+        };
+        let waiting = !progress
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .is_empty();
+        for order in &snapshot {
+            polled_at.insert(order.id.clone(), round_started);
+        }
         if snapshot.is_empty() {
+            if waiting {
+                tokio::time::sleep_until((round_started + every).into()).await;
+                continue;
+            }
             if done_placing {
                 break;
             }
@@ -514,7 +627,7 @@ async fn poll_until_paid(
                 anyhow::Ok((client, seen))
             });
         }
-        let mut settled = Vec::new();
+        let mut settled = std::collections::HashSet::new();
         while let Some(result) = tasks.join_next().await {
             let (client, seen) = result??;
             clients.push(client);
@@ -535,11 +648,11 @@ async fn poll_until_paid(
                         );
                         last_paid = last_paid.max(at);
                         progress.paid.fetch_add(1, Ordering::Relaxed);
-                        settled.push(order.id);
+                        settled.insert(order.id);
                     }
                     other => {
                         progress.fail(format!("order {} ended {other}, not PAID", order.id));
-                        settled.push(order.id);
+                        settled.insert(order.id);
                     }
                 }
             }
@@ -549,6 +662,7 @@ async fn poll_until_paid(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|order| !settled.contains(&order.id));
+        polled_at.retain(|id, _| !settled.contains(id));
         tokio::time::sleep_until((round_started + every).into()).await;
         rounds += 1;
         poll_time += round_started.elapsed();
