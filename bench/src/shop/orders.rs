@@ -117,6 +117,20 @@ impl OrdersResult {
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         println!("{}", self.idle.row("one at a time, idle shop", false));
         println!("{}", self.burst.row(&placing(args), true));
+        if let Some(unpaid) = self.burst.unpaid_at_end {
+            // What a sustained run settles at: a pipeline that falls behind pays its backlog
+            // only after placing stops, which the paid/s of the whole burst hides.
+            let window = self.burst.post_window.as_secs_f64();
+            let placed = self.burst.post_us.len();
+            println!();
+            println!(
+                "while placing (first POST → last 201, {window:.1} s): {:.1} orders paid per \
+                 second against {:.1} placed (paid ÷ placed {:.2})",
+                placed.saturating_sub(unpaid) as f64 / window,
+                placed as f64 / window,
+                placed.saturating_sub(unpaid) as f64 / placed.max(1) as f64,
+            );
+        }
         if !self.burst.cpu.is_empty() {
             let orders = self.burst.paid_count.max(1) as f64;
             let total: f64 = self.burst.cpu.iter().map(|(_, s)| s).sum();
