@@ -447,12 +447,22 @@ pub(super) async fn burst_orders(
         let progress = progress.clone();
         let total = args.orders;
         let events = events.clone();
+        let placed = placed.clone();
         move || {
+            // Of this burst's orders: the idle phase's are in `events` too.
+            let paid = {
+                let seen = events.lock().unwrap_or_else(|e| e.into_inner());
+                let placed = placed.lock().unwrap_or_else(|e| e.into_inner());
+                placed
+                    .iter()
+                    .filter(|(id, _)| seen.contains_key(id))
+                    .count()
+            };
             eprintln!(
-                "xtask: {:>5.1} s: {} of {total} orders placed, {} order.paid seen, {} failed",
+                "xtask: {:>5.1} s: {} of {total} orders placed, {paid} paid (order.paid seen), \
+                 {} failed",
                 started.elapsed().as_secs_f64(),
                 progress.placed.load(Ordering::Relaxed),
-                events.lock().unwrap_or_else(|e| e.into_inner()).len(),
                 progress.failed.load(Ordering::Relaxed)
             );
         }
