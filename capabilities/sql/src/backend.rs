@@ -232,29 +232,31 @@ pub(crate) async fn relay_rows(
     use futures::StreamExt as _;
     let mut outcomes = futures::stream::iter(rows)
         .map(|(seq, row)| async move {
-            let outcome = match &row {
-                Ok(message) => Some(publish(message).await),
-                Err(_) => None,
+            let row = match row {
+                Ok(message) => {
+                    let published = publish(&message).await;
+                    Ok((message, published))
+                }
+                Err(err) => Err(err),
             };
-            (seq, row, outcome)
+            (seq, row)
         })
         .buffered(RELAY_IN_FLIGHT);
     let mut plan = RelayPlan::default();
-    while let Some((seq, row, outcome)) = outcomes.next().await {
-        let rejected = match (row, outcome) {
-            (Ok(_), Some(Ok(()))) => None,
-            (Ok(message), Some(Err(RelayError::Retry(err)))) => {
+    while let Some((seq, row)) = outcomes.next().await {
+        let rejected = match row {
+            Ok((_, Ok(()))) => None,
+            Ok((message, Err(RelayError::Retry(err)))) => {
                 tracing::warn!(outbox = %place, id = %message.id,
                     subject = %message.subject, error = %err,
                     "outbox relay stopped: publish failed, the message stays");
                 break;
             }
-            (Ok(message), Some(Err(RelayError::Reject(reason)))) => Some(format!(
+            Ok((message, Err(RelayError::Reject(reason)))) => Some(format!(
                 "message {} to {}: {reason}",
                 message.id, message.subject
             )),
-            (Err(err), _) => Some(format!("the row cannot be read as a message: {err}")),
-            (Ok(_), None) => None,
+            Err(err) => Some(format!("the row cannot be read as a message: {err}")),
         };
         if let Some(reason) = rejected {
             tracing::error!(outbox = %place, seq, %reason,

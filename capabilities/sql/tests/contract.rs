@@ -1064,13 +1064,11 @@ async fn outbox_relays_committed_messages_in_order(setup: Setup) {
     assert_eq!(namespace.relay_outbox(100, &failing).await.unwrap(), 0);
     let before_last = published.lock().unwrap().len();
     assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 2);
-    let payloads = |from: usize| -> Vec<Vec<u8>> {
-        published.lock().unwrap()[from..]
-            .iter()
-            .map(|m| m.payload.clone())
-            .collect()
-    };
-    assert_eq!(payloads(before_last), [b"b".to_vec(), b"c".to_vec()]);
+    let last_pass: Vec<Vec<u8>> = published.lock().unwrap()[before_last..]
+        .iter()
+        .map(|m| m.payload.clone())
+        .collect();
+    assert_eq!(last_pass, [b"b".to_vec(), b"c".to_vec()]);
     let mut ids = HashSet::new();
     let once: Vec<Vec<u8>> = published
         .lock()
