@@ -10,7 +10,7 @@ use crate::harness::stats::{micros_since, percentile_ms};
 use anyhow::{Context as _, bail};
 use http::{Method, StatusCode};
 use serde_json::Value as Json;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,22 +167,19 @@ fn placing(args: &Args) -> String {
     }
 }
 
-/// An order answered 201 and not yet seen PAID.
+/// An order answered 201.
 #[derive(Clone)]
-struct Pending {
+struct Placed {
     id: String,
     token: String,
     created: Instant,
 }
 
-/// What the placing clients, the poller and the NATS listener share.
+/// What the placing clients and the read-back share.
 #[derive(Default)]
 struct Progress {
-    placed: AtomicUsize,
+    placed: Mutex<Vec<Placed>>,
     failed: AtomicUsize,
-    paid: AtomicUsize,
-    placing_done: AtomicBool,
-    pending: Mutex<Vec<Pending>>,
     first_failure: Mutex<Option<String>>,
 }
 
@@ -238,15 +235,28 @@ pub(super) async fn listen_for_paid(nats_url: &str) -> anyhow::Result<PaidEvents
     Ok(events)
 }
 
+/// Of `placed`: how many have no `order.paid` yet, and when the last one seen arrived.
+fn awaited(events: &PaidEvents, placed: &[Placed]) -> (usize, Option<Instant>) {
+    let seen = events.lock().unwrap_or_else(|e| e.into_inner());
+    let arrived: Vec<Instant> = placed
+        .iter()
+        .filter_map(|order| seen.get(&order.id).copied())
+        .collect();
+    (placed.len() - arrived.len(), arrived.into_iter().max())
+}
+
 /// 201 → `order.paid` for each of `placed`, waiting up to 5 s for stragglers.
-async fn event_latencies(events: &PaidEvents, placed: &[(String, Instant)]) -> Vec<u32> {
+async fn event_latencies(events: &PaidEvents, placed: &[Placed]) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let latencies: Vec<u32> = {
             let seen = events.lock().unwrap_or_else(|e| e.into_inner());
             placed
                 .iter()
-                .filter_map(|(id, created)| seen.get(id).map(|at| at.duration_since(*created)))
+                .filter_map(|order| {
+                    seen.get(&order.id)
+                        .map(|at| at.duration_since(order.created))
+                })
                 .map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
                 .collect()
         };
@@ -348,7 +358,7 @@ async fn idle_orders(
             }
             tokio::time::sleep_until((round + every).into()).await;
         }
-        placed.push((id, created));
+        placed.push(Placed { id, token, created });
     }
     phase.post_us.sort_unstable();
     phase.paid_us.sort_unstable();
@@ -357,8 +367,8 @@ async fn idle_orders(
     Ok(phase)
 }
 
-/// `--orders` orders placed by `--order-concurrency` closed-loop clients while a poller
-/// watches them turn PAID.
+/// `--orders` orders placed by `--order-concurrency` clients (a closed loop, or an open one at
+/// `--order-rate`), paid as their `order.paid` arrives, then each read back PAID.
 pub(super) async fn burst_orders(
     args: &Args,
     addrs: &[String],
@@ -377,7 +387,6 @@ pub(super) async fn burst_orders(
 
     let progress = Arc::new(Progress::default());
     let next = Arc::new(AtomicUsize::new(0));
-    let placed = Arc::new(Mutex::new(Vec::new()));
     let mut placers = tokio::task::JoinSet::new();
     let mut clients = Vec::new();
     for index in 0..concurrency {
@@ -388,12 +397,11 @@ pub(super) async fn burst_orders(
     let started = Instant::now();
     let rate = args.order_rate;
     for mut client in clients {
-        let (progress, next, tokens, products, placed) = (
+        let (progress, next, tokens, products) = (
             progress.clone(),
             next.clone(),
             tokens.clone(),
             products.clone(),
-            placed.clone(),
         );
         placers.spawn(async move {
             let mut latencies = Vec::new();
@@ -422,16 +430,11 @@ pub(super) async fn burst_orders(
                 match id {
                     Some(id) if answer.status == StatusCode::CREATED => {
                         latencies.push(micros_since(sent));
-                        progress.placed.fetch_add(1, Ordering::Relaxed);
-                        placed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((id.clone(), created));
                         progress
-                            .pending
+                            .placed
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push(Pending {
+                            .push(Placed {
                                 id,
                                 token: token.clone(),
                                 created,
@@ -447,22 +450,16 @@ pub(super) async fn burst_orders(
         let progress = progress.clone();
         let total = args.orders;
         let events = events.clone();
-        let placed = placed.clone();
         move || {
             // Of this burst's orders: the idle phase's are in `events` too.
-            let paid = {
-                let seen = events.lock().unwrap_or_else(|e| e.into_inner());
-                let placed = placed.lock().unwrap_or_else(|e| e.into_inner());
-                placed
-                    .iter()
-                    .filter(|(id, _)| seen.contains_key(id))
-                    .count()
-            };
+            let placed = progress.placed.lock().unwrap_or_else(|e| e.into_inner());
+            let (unpaid, _) = awaited(&events, &placed);
             eprintln!(
-                "xtask: {:>5.1} s: {} of {total} orders placed, {paid} paid (order.paid seen), \
+                "xtask: {:>5.1} s: {} of {total} orders placed, {} paid (order.paid seen), \
                  {} failed",
                 started.elapsed().as_secs_f64(),
-                progress.placed.load(Ordering::Relaxed),
+                placed.len(),
+                placed.len() - unpaid,
                 progress.failed.load(Ordering::Relaxed)
             );
         }
@@ -491,32 +488,16 @@ pub(super) async fn burst_orders(
             Err(err) => placing_error = placing_error.or(Some(err)),
         }
     }
-    progress.placing_done.store(true, Ordering::Relaxed);
-    let unpaid_at_end = {
-        let seen = events.lock().unwrap_or_else(|e| e.into_inner());
-        let placed = placed.lock().unwrap_or_else(|e| e.into_inner());
-        placed
-            .iter()
-            .filter(|(id, _)| !seen.contains_key(id))
-            .count()
-    };
+    let placed = progress
+        .placed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (unpaid_at_end, _) = awaited(events, &placed);
     // The burst ends with the last `order.paid` of its orders (or SETTLE_TIMEOUT after the
     // last 201 without it); nothing polls the shop meanwhile.
-    let placed = placed.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let last_event = loop {
-        let (missing, last) = {
-            let seen = events.lock().unwrap_or_else(|e| e.into_inner());
-            let missing = placed
-                .iter()
-                .filter(|(id, _)| !seen.contains_key(id))
-                .count();
-            let last = placed
-                .iter()
-                .filter_map(|(id, _)| seen.get(id))
-                .max()
-                .copied();
-            (missing, last)
-        };
+        let (missing, last) = awaited(events, &placed);
         if missing == 0 || last_created.elapsed() > SETTLE_TIMEOUT {
             break last;
         }
@@ -533,11 +514,11 @@ pub(super) async fn burst_orders(
         "xtask: checking that each of {} orders is PAID",
         placed.len()
     );
-    progress.placing_done.store(true, Ordering::Relaxed);
-    let (checked, _, poll_rounds, poll_time) = poll_until_paid(
-        addr.to_owned(),
-        progress.clone(),
-        events.clone(),
+    let (checked, poll_rounds, poll_time) = read_back(
+        addr,
+        placed.clone(),
+        &progress,
+        events,
         Duration::from_millis(args.poll_ms),
     )
     .await?;
@@ -545,10 +526,10 @@ pub(super) async fn burst_orders(
     let Some(last_event) = last_event else {
         bail!("no order was placed and paid");
     };
-    if checked.len() < placed.len() {
+    if checked < placed.len() {
         bail!(
             "{} of {} orders were not PAID",
-            placed.len() - checked.len(),
+            placed.len() - checked,
             placed.len()
         );
     }
@@ -570,28 +551,28 @@ pub(super) async fn burst_orders(
     })
 }
 
-/// After a burst: polls the pending orders in rounds at least `every` apart, split over
-/// [`POLL_CONNECTIONS`] connections, until nothing is pending: an order once its `order.paid`
-/// arrived on NATS, or [`STRAGGLER_POLL`] after its 201 or its last poll without it. Returns the 201 → PAID times (µs), when the last order was seen PAID, the
-/// rounds and their total time.
-async fn poll_until_paid(
-    addr: String,
-    progress: Arc<Progress>,
-    events: PaidEvents,
+/// After a burst: reads `orders` back in rounds at least `every` apart, split over
+/// [`POLL_CONNECTIONS`] connections, until none is pending: an order once its `order.paid`
+/// arrived on NATS, or [`STRAGGLER_POLL`] after its 201 or its last poll without it. An order
+/// that ended otherwise is a failure of `progress`; one still PENDING [`SETTLE_TIMEOUT`] after
+/// its 201 fails the run. Returns how many were PAID, the rounds and their total time.
+async fn read_back(
+    addr: &str,
+    mut pending: Vec<Placed>,
+    progress: &Progress,
+    events: &PaidEvents,
     every: Duration,
-) -> anyhow::Result<(Vec<u32>, Instant, u64, Duration)> {
+) -> anyhow::Result<(usize, u64, Duration)> {
     let mut clients = Vec::new();
     for _ in 0..POLL_CONNECTIONS {
-        clients.push(Client::connect(&addr).await?);
+        clients.push(Client::connect(addr).await?);
     }
-    let (mut paid, mut last_paid) = (Vec::new(), Instant::now());
+    let mut paid = 0;
     let (mut rounds, mut poll_time) = (0u64, Duration::ZERO);
     let mut polled_at = std::collections::HashMap::<String, Instant>::new();
-    loop {
+    while !pending.is_empty() {
         let round_started = Instant::now();
-        let done_placing = progress.placing_done.load(Ordering::Relaxed);
-        let snapshot: Vec<Pending> = {
-            let pending = progress.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot: Vec<Placed> = {
             let seen = events.lock().unwrap_or_else(|e| e.into_inner());
             pending
                 .iter()
@@ -602,29 +583,13 @@ async fn poll_until_paid(
                 .cloned()
                 .collect()
         };
-        let waiting = !progress
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
         for order in &snapshot {
             polled_at.insert(order.id.clone(), round_started);
-        }
-        if snapshot.is_empty() {
-            if waiting {
-                tokio::time::sleep_until((round_started + every).into()).await;
-                continue;
-            }
-            if done_placing {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
         }
         // Split the pending orders over the connections and poll each once.
         let mut tasks = tokio::task::JoinSet::new();
         for (slot, mut client) in clients.drain(..).enumerate() {
-            let mine: Vec<Pending> = snapshot
+            let mine: Vec<Placed> = snapshot
                 .iter()
                 .skip(slot)
                 .step_by(POLL_CONNECTIONS)
@@ -637,7 +602,6 @@ async fn poll_until_paid(
                     let answer = client
                         .send(Method::GET, &path, Some(&order.token), None)
                         .await?;
-                    let at = Instant::now();
                     let status = answer
                         .json()
                         .ok()
@@ -646,7 +610,7 @@ async fn poll_until_paid(
                         Some(status) if answer.status == StatusCode::OK => status,
                         _ => bail!("GET {path}: {}", answer.describe()),
                     };
-                    seen.push((order, status, at));
+                    seen.push((order, status));
                 }
                 anyhow::Ok((client, seen))
             });
@@ -655,7 +619,7 @@ async fn poll_until_paid(
         while let Some(result) = tasks.join_next().await {
             let (client, seen) = result??;
             clients.push(client);
-            for (order, status, at) in seen {
+            for (order, status) in seen {
                 match status.as_str() {
                     "PENDING" => {
                         if order.created.elapsed() > SETTLE_TIMEOUT {
@@ -666,12 +630,7 @@ async fn poll_until_paid(
                         }
                     }
                     "PAID" => {
-                        paid.push(
-                            u32::try_from(at.duration_since(order.created).as_micros())
-                                .unwrap_or(u32::MAX),
-                        );
-                        last_paid = last_paid.max(at);
-                        progress.paid.fetch_add(1, Ordering::Relaxed);
+                        paid += 1;
                         settled.insert(order.id);
                     }
                     other => {
@@ -681,15 +640,11 @@ async fn poll_until_paid(
                 }
             }
         }
-        progress
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|order| !settled.contains(&order.id));
+        pending.retain(|order| !settled.contains(&order.id));
         polled_at.retain(|id, _| !settled.contains(id));
         tokio::time::sleep_until((round_started + every).into()).await;
         rounds += 1;
         poll_time += round_started.elapsed();
     }
-    Ok((paid, last_paid, rounds, poll_time))
+    Ok((paid, rounds, poll_time))
 }
