@@ -18,7 +18,7 @@
 //! Raw results go to docs/bench/*.csv; `bench/plot.py` draws them (PNG beside them) when
 //! python3 has matplotlib.
 
-use crate::harness::backends::{BackendUrls, check_backends};
+use crate::harness::backends::{BackendUrls, client_and_server};
 use crate::harness::client::Client;
 use crate::harness::process::{Host, agora_serve, spawn_and_read_addr};
 use crate::harness::shop_host::{
@@ -87,13 +87,7 @@ fn read_curve(
     seconds: u64,
     reuse: u32,
 ) -> anyhow::Result<String> {
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    client.block_on(check_backends(backends, work))?;
+    let (client, server) = client_and_server(backends, work)?;
     let (catalog, auth) = shop_manifest(work, &["catalog"])?;
     // As for hello: room for every connection (the shop's catalog runs 100 at once, and
     // answers 503 past that).

@@ -27,6 +27,23 @@ pub(crate) struct BackendUrls {
     pub(crate) nats_url: String,
 }
 
+/// The runtimes of a bench on the production backends, once they answer: the client side on
+/// one thread, like `cargo xtask load`, and a multi-threaded one shaped like the host's for the
+/// native baseline.
+pub(crate) fn client_and_server(
+    backends: &BackendUrls,
+    work: &Path,
+) -> anyhow::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    client.block_on(check_backends(backends, work))?;
+    Ok((client, server))
+}
+
 /// Fails with one clear message per unreachable backend.
 pub(crate) async fn check_backends(backends: &BackendUrls, work: &Path) -> anyhow::Result<()> {
     let mut down = Vec::new();

@@ -36,7 +36,7 @@ mod read;
 
 pub(crate) use read::start_native;
 
-use crate::harness::backends::{BackendUrls, check_backends};
+use crate::harness::backends::{BackendUrls, client_and_server};
 use crate::harness::process::{Host, spawn_and_read_addr};
 use crate::harness::shop_host::{host_command, replica_command, shop_manifest, with_reuse};
 use crate::harness::stats::Machine;
@@ -106,15 +106,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let work = target_dir().join("bench-shop");
     std::fs::create_dir_all(&work)?;
 
-    // The client side: one thread, like `cargo xtask load`. The native baseline gets a
-    // multi-threaded runtime of its own, shaped like the host's.
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    client.block_on(check_backends(&args.backends, &work))?;
+    let (client, server) = client_and_server(&args.backends, &work)?;
 
     components::build_all()?;
     eprintln!("xtask: building agora (release)");
