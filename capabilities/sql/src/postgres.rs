@@ -79,6 +79,12 @@ const ADMIN_CONNECTIONS: u32 = 2;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle component connection is closed after this long, so quiet components hold none.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A pooled connection idle longer than this is checked with a round trip before a call gets
+/// it (one that fails the check is closed and another taken). One used more recently is lent
+/// as it is: under load that check was one round trip more for every call and transaction,
+/// and a connection that died within the window fails its call like a server lost mid-call
+/// (`unavailable`, the connection closed).
+const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
 /// How long the host waits for one of its advisory locks, unless
 /// [`PostgresBackend::with_lock_wait`] says otherwise.
 const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(120);
@@ -366,6 +372,19 @@ impl SqlBackend for PostgresBackend {
             .min_connections(0)
             .idle_timeout(IDLE_TIMEOUT)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .before_acquire(|conn, idle| {
+                Box::pin(async move {
+                    if idle.idle_for <= CHECK_IDLE_AFTER {
+                        return Ok(true);
+                    }
+                    let alive = conn.ping().await;
+                    if let Err(err) = &alive {
+                        tracing::info!(error = %err, "idle PostgreSQL connection lost; closed");
+                    }
+                    Ok(alive.is_ok())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|err| {

@@ -135,6 +135,9 @@ impl SqlBackend for SqliteBackend {
             let opened = SqlitePoolOptions::new()
                 .max_connections(connections)
                 .acquire_timeout(WAIT)
+                // A connection to a file in this process is not lost the way a server's can
+                // be: the check before each call was a round trip to its thread and nothing more.
+                .test_before_acquire(false)
                 .after_connect(|conn, _| Box::pin(confine(conn)))
                 .after_release(|conn, _| {
                     Box::pin(async move {

@@ -1521,6 +1521,62 @@ async fn postgres_a_dropped_call_gives_its_connection_back() {
     .await;
 }
 
+/// Ends every session of `component` on the server, as a restart or an operator would, and
+/// waits until none is left.
+async fn terminate_sessions(admin: &sqlx::PgPool, component: &str) {
+    let role = format!("agora_{}", component.replace('-', "_"));
+    let mut left = 0;
+    for _ in 0..100 {
+        left = sqlx::query_scalar::<_, i64>(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = $1",
+        )
+        .bind(&role)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{left} session(s) of {role} outlived pg_terminate_backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_connection_lost_in_the_pool_is_replaced() {
+    on_postgres(|setup: Setup| async move {
+        let backend = PostgresBackend::connect(&database_url())
+            .await
+            .unwrap()
+            .with_pool_size(1);
+        let namespace = backend.namespace(&setup.a).await.unwrap();
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_url())
+            .await
+            .unwrap();
+        let mut guest = Guest::bounded(namespace.clone(), bounds(Duration::from_secs(5), 1 << 20));
+        assert_eq!(guest.rows("select 1", vec![]).await, [[int(1)]]);
+
+        // Lost while idle for longer than the check's window: checked before it is lent,
+        // closed, and the call served on a new connection.
+        terminate_sessions(&admin, &setup.a).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(guest.rows("select 2", vec![]).await, [[int(2)]]);
+        let tx = guest.begin().await;
+        guest.commit(tx).await.unwrap();
+
+        // Lost just after its last use: lent unchecked, so that one call fails as `unavailable`
+        // (as a call does when the server goes away under it) and closes the connection; the
+        // next call gets a new one.
+        terminate_sessions(&admin, &setup.a).await;
+        let lost = guest.query("select 3", vec![]).await;
+        assert!(matches!(&lost, Err(Error::Unavailable(_))), "{lost:?}");
+        assert_eq!(guest.rows("select 4", vec![]).await, [[int(4)]]);
+    })
+    .await;
+}
+
 /// The advisory lock key the host used for `purpose` on `schema` before its keys were
 /// derived from the database URL: anyone could compute it.
 fn predictable_lock_key(purpose: &str, schema: &str) -> i64 {
