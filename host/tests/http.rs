@@ -236,6 +236,54 @@ async fn the_body_limit_answers_413() {
     assert_eq!(seen["body_len"], 600);
 }
 
+/// A client that goes away does not cut its request's run short: the guest runs to its end,
+/// holding its permit meanwhile, as if the client had stayed (a run dropped halfway could leave
+/// half of its work done).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_client_went_away_still_runs_to_its_end() {
+    let manifest = component_table(
+        "echo",
+        "fixture-echo",
+        &["/echo"],
+        "limits = { concurrency = 1 }",
+    );
+    let host = TestHost::start(&manifest).await;
+    let http = client();
+
+    let gone = tokio::spawn({
+        let http = http.clone();
+        let url = host.url("/echo?sleep_ms=4000");
+        async move { http.get(url).send().await }
+    });
+    host.wait_until_in_flight("echo", 1).await;
+    // Dropping the client's request closes its connection; the host notices at once (a run
+    // it dropped would give the permit back within milliseconds, long before the guest's
+    // 4 s are over).
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = http.get(host.url("/echo")).send().await.unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "the run of the request whose client went away still holds the only permit"
+    );
+    // It ends by itself and gives the permit back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http.get(host.url("/echo")).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned run never gave its permit back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_concurrency_cap_answers_503_and_recovers() {
     let manifest = [

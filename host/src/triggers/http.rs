@@ -9,8 +9,9 @@
 //! - Whatever the guest does — trap, loop, exhaust memory, read too much — only its own request
 //!   fails, with a JSON error carrying the request id; the answer's status tells which limit was
 //!   hit (413 body, 408 body too slow, 503 concurrency, 504 deadline, 500 trap).
-//! - The guest runs in its own task so it can keep streaming the body after the response head
-//!   has gone out; the concurrency permit and the deadline cover that whole task.
+//! - The guest runs on the request's task until it has answered; what it still does after that
+//!   (streaming the body after the response head has gone out) runs in a task of its own
+//!   ([`GuestTask`]); the concurrency permit and the deadline cover the whole run.
 
 use crate::calls::{Caller, InternalHandler};
 use crate::component::LoadedComponent;
@@ -413,7 +414,7 @@ async fn invoke(
     };
     let instantiation = component.series.instantiation.clone();
     let instances = component.instances.clone();
-    let task = tokio::spawn(
+    let mut guest = GuestTask::new(
         async move {
             let _permit = permit;
             let run = async {
@@ -464,7 +465,7 @@ async fn invoke(
         .in_current_span(),
     );
 
-    let outcome = receiver.await;
+    let outcome = guest.answer(receiver).await;
     if body_exceeded.load(Ordering::Relaxed) {
         return body_too_large(limits.body_bytes, request_id);
     }
@@ -483,6 +484,7 @@ async fn invoke(
     }
     match outcome {
         Ok(Ok(mut response)) => {
+            guest.detach();
             response.extensions_mut().insert(FromGuest);
             response
         }
@@ -496,18 +498,88 @@ async fn invoke(
             )
         }
         Err(_) => {
-            let end = match task.await {
-                Ok(end) => end,
-                Err(join_error) => TaskEnd {
-                    result: Err(wasmtime::Error::msg(format!(
-                        "guest task failed: {join_error}"
-                    ))),
-                    deadline_hit: false,
-                    memory_denied: false,
-                },
-            };
+            let end = guest.end().await;
             failure_response(component, end, request_id)
         }
+    }
+}
+
+/// The guest's run for one request (instantiate or take an instance, `handle`, give it back),
+/// driven on the request's own task until it has answered and either ended or has to wait
+/// (on a body the client reads, a timer, …); only then is the rest spawned as a task of its
+/// own. A small answer thus costs no task and no wake-up across threads. Once started, the run
+/// always goes to its end: if the request's future is dropped first (the client went away),
+/// the rest is spawned. A panic in it ends only this request, as in a spawned task.
+struct GuestTask {
+    run: Option<Pin<Box<dyn std::future::Future<Output = TaskEnd> + Send>>>,
+    ended: Option<TaskEnd>,
+}
+
+impl GuestTask {
+    fn new(run: impl std::future::Future<Output = TaskEnd> + Send + 'static) -> GuestTask {
+        GuestTask {
+            run: Some(Box::pin(run)),
+            ended: None,
+        }
+    }
+
+    /// Polls the run once, unless it has ended; keeps its end.
+    fn poll_run(&mut self, cx: &mut Context<'_>) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.as_mut().poll(cx)));
+        let end = match polled {
+            Ok(Poll::Pending) => return,
+            Ok(Poll::Ready(end)) => end,
+            Err(_) => TaskEnd {
+                result: Err(wasmtime::Error::msg("the guest's task panicked")),
+                deadline_hit: false,
+                memory_denied: false,
+            },
+        };
+        self.run = None;
+        self.ended = Some(end);
+    }
+
+    /// Runs the guest until `answer` (the response it sets, or its sender dropped).
+    async fn answer<T>(
+        &mut self,
+        mut answer: tokio::sync::oneshot::Receiver<T>,
+    ) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+        std::future::poll_fn(|cx| {
+            self.poll_run(cx);
+            Pin::new(&mut answer).poll(cx)
+        })
+        .await
+    }
+
+    /// Runs the guest to its end and says how it ended.
+    async fn end(&mut self) -> TaskEnd {
+        std::future::poll_fn(|cx| {
+            self.poll_run(cx);
+            match self.ended.take() {
+                Some(end) => Poll::Ready(end),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Lets the rest of the run (streaming the body, returning) go on in a task of its own.
+    fn detach(&mut self) {
+        if let Some(run) = self.run.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(run);
+        }
+    }
+}
+
+impl Drop for GuestTask {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 
