@@ -101,7 +101,15 @@ impl ReadResult {
                 agora.percentile_ms(0.99) / self.native.percentile_ms(0.99),
             );
         };
-        ratio("agora, fresh", &self.agora);
+        // The main host's row says its mode: fresh, or the shop's own reuse (`--shop-reuse`).
+        ratio(
+            if args.shop_reuse > 1 {
+                "agora, the shop reusing"
+            } else {
+                "agora, fresh"
+            },
+            &self.agora,
+        );
         if let Some(reused) = &self.reused {
             ratio("agora, reused", reused);
         }
