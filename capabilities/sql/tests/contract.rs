@@ -760,7 +760,7 @@ async fn components_are_isolated(setup: Setup) {
         Dialect::Postgres => {
             let a_schema = setup.a.replace('-', "_");
             let a_role = format!("agora_{a_schema}");
-            let b_role = format!("agora_{}", setup.b.replace('-', "_"));
+            let b_role = role_of(&setup.b);
             for sql in [
                 format!(r#"select * from "{a_schema}".secret"#),
                 format!(r#"insert into "{a_schema}".secret values ('b was here')"#),
@@ -1370,24 +1370,41 @@ async fn until_no_statement_runs(component: &str, text: &str) {
         .connect(&database_url())
         .await
         .unwrap();
-    let role = format!("agora_{}", component.replace('-', "_"));
-    let mut running = 0;
+    let role = role_of(component);
+    let running = until_zero(
+        &admin,
+        "select count(*) from pg_stat_activity where usename = $1 and state = 'active' \
+         and strpos(query, $2) > 0",
+        &[&role, text],
+    )
+    .await;
+    assert_eq!(
+        running, 0,
+        "statement(s) with {text:?} still run on the server as {role}"
+    );
+}
+
+/// The login role of `component`.
+fn role_of(component: &str) -> String {
+    format!("agora_{}", component.replace('-', "_"))
+}
+
+/// Runs `count` (one row, one count; `$1`… bound to `binds`) every 100 ms until it answers 0,
+/// for at most 10 s; returns the last count.
+async fn until_zero(admin: &sqlx::PgPool, count: &str, binds: &[&str]) -> i64 {
+    let mut last = 0;
     for _ in 0..100 {
-        running = sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_stat_activity where usename = $1 and state = 'active' \
-             and strpos(query, $2) > 0",
-        )
-        .bind(&role)
-        .bind(text)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-        if running == 0 {
-            return;
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count));
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        last = query.fetch_one(admin).await.unwrap();
+        if last == 0 {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{running} statement(s) with {text:?} still run on the server as {role}");
+    last
 }
 
 async fn results_are_capped(setup: Setup) {
@@ -1524,22 +1541,17 @@ async fn postgres_a_dropped_call_gives_its_connection_back() {
 /// Ends every session of `component` on the server, as a restart or an operator would, and
 /// waits until none is left.
 async fn terminate_sessions(admin: &sqlx::PgPool, component: &str) {
-    let role = format!("agora_{}", component.replace('-', "_"));
-    let mut left = 0;
-    for _ in 0..100 {
-        left = sqlx::query_scalar::<_, i64>(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = $1",
-        )
-        .bind(&role)
-        .fetch_one(admin)
-        .await
-        .unwrap();
-        if left == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{left} session(s) of {role} outlived pg_terminate_backend");
+    let role = role_of(component);
+    let left = until_zero(
+        admin,
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = $1",
+        &[&role],
+    )
+    .await;
+    assert_eq!(
+        left, 0,
+        "session(s) of {role} outlived pg_terminate_backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1673,7 +1685,7 @@ async fn postgres_one_component_cannot_take_every_connection() {
             .unwrap();
         let sessions: i64 =
             sqlx::query_scalar("select count(*) from pg_stat_activity where usename = $1")
-                .bind(format!("agora_{}", setup.a.replace('-', "_")))
+                .bind(role_of(&setup.a))
                 .fetch_one(&admin)
                 .await
                 .unwrap();
