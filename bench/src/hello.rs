@@ -109,6 +109,8 @@ pub(crate) fn run(
                         "pooling-memory-keep-resident=16777216",
                         "-O",
                         "pooling-table-keep-resident=65536",
+                        "-O",
+                        "pooling-pagemap-scan=auto",
                     ],
                 )
             }),

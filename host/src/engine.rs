@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -94,16 +94,24 @@ impl HostEngine {
                 .total_stacks(POOL_INSTANCES)
                 .total_core_instances(POOL_INSTANCES * 8)
                 .max_memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
-                // Reset the first KEEP_RESIDENT bytes of a slot in place (only the pages the
-                // guest dirtied, found with the kernel's pagemap) instead of madvise: a fresh
-                // instance per request reuses its slot at once, and madvise would make it fault
-                // every page back in. Worth 2x on `bench hello`; see BENCHMARKS.md.
+                // Reset the first KEEP_RESIDENT bytes of a slot in place instead of madvise: a
+                // fresh instance per request reuses its slot at once, and madvise would make it
+                // fault every page back in. Worth 2x on `bench hello`; see BENCHMARKS.md.
                 .linear_memory_keep_resident(KEEP_RESIDENT)
-                .table_keep_resident(1 << 16);
+                .table_keep_resident(1 << 16)
+                // Find the pages a guest wrote with the kernel's PAGEMAP_SCAN (Linux 6.7+) and
+                // reset only those; without it (wasmtime's default, and older kernels) every
+                // reset writes the whole accessible memory up to KEEP_RESIDENT, more than a MiB
+                // for each request of a shop component.
+                .pagemap_scan(Enabled::Auto);
             let mut config = base_config();
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&config) {
                 Ok(engine) => {
+                    tracing::debug!(
+                        pagemap_scan = PoolingAllocationConfig::is_pagemap_scan_available(),
+                        "instances from the pooling allocator"
+                    );
                     return Ok(HostEngine {
                         engine,
                         allocation: Allocation::Pooling,
