@@ -759,7 +759,7 @@ async fn components_are_isolated(setup: Setup) {
     match setup.dialect() {
         Dialect::Postgres => {
             let a_schema = setup.a.replace('-', "_");
-            let a_role = format!("agora_{a_schema}");
+            let a_role = role_of(&setup.a);
             let b_role = role_of(&setup.b);
             for sql in [
                 format!(r#"select * from "{a_schema}".secret"#),
@@ -933,11 +933,7 @@ async fn migrations_apply_once(setup: Setup) {
 async fn postgres_migrating_nothing_new_keeps_the_connection() {
     on_postgres(|setup: Setup| async move {
         // A pool of one connection: the session seen before and after is the pool's only one.
-        let backend = PostgresBackend::connect(&database_url())
-            .await
-            .unwrap()
-            .with_pool_size(1);
-        let namespace = backend.namespace(&setup.a).await.unwrap();
+        let namespace = pool_of_one(&setup.a).await;
         let mut guest = Guest::new(namespace.clone());
         let migrations = vec![Migration::new("0001_init", "create table t (id int);")];
         assert_eq!(namespace.migrate(&migrations).await.unwrap(), ["0001_init"]);
@@ -1365,11 +1361,7 @@ async fn statements_end_at_the_deadline(setup: Setup) {
 /// Waits (up to 10 s) until no session of `component`'s role runs a statement containing
 /// `text`; fails the test otherwise.
 async fn until_no_statement_runs(component: &str, text: &str) {
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let admin = admin().await;
     let role = role_of(component);
     let running = until_zero(
         &admin,
@@ -1382,6 +1374,22 @@ async fn until_no_statement_runs(component: &str, text: &str) {
         running, 0,
         "statement(s) with {text:?} still run on the server as {role}"
     );
+}
+
+/// A pool of one connection as the test database's superuser, to watch and end the
+/// components' sessions.
+async fn admin() -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .unwrap()
+}
+
+/// `component`'s namespace on a fresh backend whose pool holds one connection.
+async fn pool_of_one(component: &str) -> Arc<dyn Namespace> {
+    let backend = PostgresBackend::connect(&database_url()).await.unwrap();
+    backend.namespace_with(component, 1).await.unwrap()
 }
 
 /// The login role of `component`.
@@ -1501,11 +1509,7 @@ async fn transactions_end_at_the_deadline(setup: Setup) {
 async fn postgres_a_dropped_call_gives_its_connection_back() {
     on_postgres(|setup: Setup| async move {
         // One connection: the dropped call's, if it were held, would be the only one.
-        let backend = PostgresBackend::connect(&database_url())
-            .await
-            .unwrap()
-            .with_pool_size(1);
-        let namespace = backend.namespace(&setup.a).await.unwrap();
+        let namespace = pool_of_one(&setup.a).await;
         // The host drops a guest's future at its deadline; this drops it mid-statement.
         let mut guest = Guest::new(namespace.clone());
         let cut = tokio::time::timeout(
@@ -1557,16 +1561,8 @@ async fn terminate_sessions(admin: &sqlx::PgPool, component: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_connection_lost_in_the_pool_is_replaced() {
     on_postgres(|setup: Setup| async move {
-        let backend = PostgresBackend::connect(&database_url())
-            .await
-            .unwrap()
-            .with_pool_size(1);
-        let namespace = backend.namespace(&setup.a).await.unwrap();
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&database_url())
-            .await
-            .unwrap();
+        let namespace = pool_of_one(&setup.a).await;
+        let admin = admin().await;
         let mut guest = Guest::bounded(namespace.clone(), bounds(Duration::from_secs(5), 1 << 20));
         assert_eq!(guest.rows("select 1", vec![]).await, [[int(1)]]);
 
@@ -1678,11 +1674,7 @@ async fn postgres_one_component_cannot_take_every_connection() {
         // Component b is served meanwhile.
         let mut other = Guest::bounded(b, bounds(Duration::from_secs(5), 1 << 20));
         assert_eq!(other.rows("select 1", vec![]).await, [[int(1)]]);
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&database_url())
-            .await
-            .unwrap();
+        let admin = admin().await;
         let sessions: i64 =
             sqlx::query_scalar("select count(*) from pg_stat_activity where usename = $1")
                 .bind(role_of(&setup.a))
