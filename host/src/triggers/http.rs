@@ -484,7 +484,7 @@ async fn invoke(
     }
     match outcome {
         Ok(Ok(mut response)) => {
-            guest.detach();
+            // Returning drops `guest`, which spawns what its run still has to do.
             response.extensions_mut().insert(FromGuest);
             response
         }
@@ -566,20 +566,17 @@ impl GuestTask {
         })
         .await
     }
+}
 
-    /// Lets the rest of the run (streaming the body, returning) go on in a task of its own.
-    fn detach(&mut self) {
+/// The rest of the run (streaming the body, returning the instance) goes on in a task of its
+/// own, whether the request answered, failed early or was dropped.
+impl Drop for GuestTask {
+    fn drop(&mut self) {
         if let Some(run) = self.run.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(run);
         }
-    }
-}
-
-impl Drop for GuestTask {
-    fn drop(&mut self) {
-        self.detach();
     }
 }
 
