@@ -45,6 +45,7 @@
 mod backend;
 mod error;
 mod migrate;
+mod pg_pool;
 mod postgres;
 mod sqlite;
 mod unit;

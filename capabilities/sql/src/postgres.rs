@@ -46,6 +46,7 @@ use crate::backend::{
     Backlog, Bounds, Namespace, OutboxMessage, PublishFn, ResultBudget, SqlBackend, Tx, relay_rows,
 };
 use crate::migrate::{failed, pending};
+use crate::pg_pool::{ACQUIRE_TIMEOUT, PgConnPool, PooledConn};
 use crate::value::{
     from_pg_timestamp, pg_date_text, pg_numeric, pg_numeric_text, pg_time_text, pg_timestamp,
 };
@@ -54,7 +55,6 @@ use futures::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{
     PgArgumentBuffer, PgArguments, PgColumn, PgConnectOptions, PgConnection, PgPool, PgPoolOptions,
@@ -75,8 +75,6 @@ use tokio::sync::{Mutex, Notify};
 const DEFAULT_POOL_SIZE: u32 = crate::DEFAULT_CONNECTIONS;
 /// Connections of the administrative pool (namespace set-up only).
 const ADMIN_CONNECTIONS: u32 = 2;
-/// How long a call waits for a free connection (or a new one) before `unavailable`.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle component connection is closed after this long, so quiet components hold none.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A pooled connection idle longer than this is checked with a round trip before a call gets
@@ -367,25 +365,7 @@ impl SqlBackend for PostgresBackend {
             .password(&password)
             .application_name(&format!("agora:{component}"))
             .options(settings);
-        let pool = PgPoolOptions::new()
-            .max_connections(pool_size)
-            .min_connections(0)
-            .idle_timeout(IDLE_TIMEOUT)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
-            .before_acquire(|conn, idle| {
-                Box::pin(async move {
-                    if idle.idle_for <= CHECK_IDLE_AFTER {
-                        return Ok(true);
-                    }
-                    let alive = conn.ping().await;
-                    if let Err(err) = &alive {
-                        tracing::info!(error = %err, "idle PostgreSQL connection lost; closed");
-                    }
-                    Ok(alive.is_ok())
-                })
-            })
-            .connect_with(options)
+        let pool = PgConnPool::connect(options, pool_size, CHECK_IDLE_AFTER, IDLE_TIMEOUT)
             .await
             .map_err(|err| {
                 SqlError::Unavailable(format!(
@@ -396,7 +376,8 @@ impl SqlBackend for PostgresBackend {
             })?;
 
         // The host's own tables, owned by the component's role like the rest of its schema.
-        let mut tx = pool
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn
             .begin_with(AssertSqlSafe(format!(
                 "BEGIN; SET LOCAL lock_timeout = {}; \
                  SET LOCAL application_name = '{HOST_APPLICATION}'",
@@ -495,7 +476,7 @@ impl HostSql {
 
 struct PgNamespace {
     schema: String,
-    pool: PgPool,
+    pool: PgConnPool,
     pool_size: u32,
     lock_wait: Duration,
     migrate_key: i64,
@@ -552,7 +533,7 @@ impl Reaper {
 /// sqlx would otherwise hand it back and wait, in the pool, for the statement to end — an
 /// hour for `pg_sleep(3600)`, holding one of the component's connections all along.
 struct Lent {
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<PooledConn>,
     busy: bool,
     /// Who ends the statement on the server if the guest kept it from ending with the
     /// connection, and the longest a statement of the component may run.
@@ -560,7 +541,7 @@ struct Lent {
 }
 
 impl Lent {
-    fn new(conn: PoolConnection<Postgres>, namespace: &PgNamespace, bounds: &Bounds) -> Lent {
+    fn new(conn: PooledConn, namespace: &PgNamespace, bounds: &Bounds) -> Lent {
         Lent {
             conn: Some(conn),
             busy: false,
@@ -1073,8 +1054,8 @@ impl Namespace for PgNamespace {
         // it need not wait for the WAL to reach the disk: a crash that loses it brings the rows
         // back, and the next pass publishes them again under the same message ids, which
         // JetStream drops as repeats — the same as a crash between publish and commit.
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn
             .begin_with(AssertSqlSafe(format!(
                 "BEGIN; SET LOCAL application_name = '{HOST_APPLICATION}'; \
                  SET LOCAL synchronous_commit = off"
@@ -1121,7 +1102,7 @@ impl Namespace for PgNamespace {
                from "{}"._agora_outbox"#,
             self.schema
         )))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.pool.acquire().await?)
         .await?;
         Ok(Backlog {
             rows: u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
