@@ -1585,6 +1585,85 @@ async fn postgres_a_connection_lost_in_the_pool_is_replaced() {
     .await;
 }
 
+/// PostgreSQL's `Sync` message alone: what sqlx's pool sent to test every connection it took
+/// back, a round trip per call.
+const LONE_SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+/// A TCP proxy to `upstream` on a free local port that counts the client's writes made of a
+/// lone `Sync`; returns its address and the count.
+async fn sync_counting_proxy(upstream: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let counted = syncs.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                    if buf[..n] == LONE_SYNC {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    (addr, syncs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_connection_goes_back_without_a_round_trip() {
+    on_postgres(|setup: Setup| async move {
+        use std::str::FromStr as _;
+        let url = database_url();
+        let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        if !url.contains(&upstream) {
+            eprintln!("SKIPPED: {url} does not name {upstream} to route through a proxy");
+            return;
+        }
+        let (proxy, syncs) = sync_counting_proxy(upstream.clone()).await;
+        let backend = PostgresBackend::connect(&url.replacen(&upstream, &proxy, 1))
+            .await
+            .unwrap();
+        let namespace = backend.namespace_with(&setup.a, 1).await.unwrap();
+        let mut guest = Guest::new(namespace.clone());
+        assert_eq!(guest.rows("select 0::int8", vec![]).await, [[int(0)]]);
+
+        let before = syncs.load(std::sync::atomic::Ordering::SeqCst);
+        for i in 1..=10 {
+            assert_eq!(
+                guest.rows("select $1::int8", vec![int(i)]).await,
+                [[int(i)]]
+            );
+            let tx = guest.begin().await;
+            guest.tx_query(tx, "select 1", vec![]).await.unwrap();
+            guest.commit(tx).await.unwrap();
+        }
+        let pings = syncs.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(
+            pings, 0,
+            "10 calls and 10 transactions on a busy connection sent {pings} lone Sync round \
+             trips"
+        );
+    })
+    .await;
+}
+
 /// The advisory lock key the host used for `purpose` on `schema` before its keys were
 /// derived from the database URL: anyone could compute it.
 fn predictable_lock_key(purpose: &str, schema: &str) -> i64 {
