@@ -530,8 +530,8 @@ impl Reaper {
 
 /// A pooled connection lent to a guest's call or transaction. While it is busy (a statement
 /// in flight, a transaction open) dropping it closes it instead of returning it to the pool:
-/// sqlx would otherwise hand it back and wait, in the pool, for the statement to end — an
-/// hour for `pg_sleep(3600)`, holding one of the component's connections all along.
+/// the pool would otherwise lend it again and its next user wait for the statement to end —
+/// an hour for `pg_sleep(3600)`, holding one of the component's connections all along.
 struct Lent {
     conn: Option<PooledConn>,
     busy: bool,
