@@ -9,9 +9,9 @@
 //! - at most `size` connections are lent or being opened at once; a caller waits its turn,
 //!   at most [`ACQUIRE_TIMEOUT`] (the caller's own deadline may be shorter);
 //! - the connection lent is the one used most recently: under load a handful stay warm, and
-//!   the rest age out; one idle longer than `check_after` answers a round trip before it is
-//!   lent (a dead one is closed and the next one tried), one idle longer than `idle_timeout`
-//!   is closed, by a sweep even when nobody asks;
+//!   the rest age out; one idle longer than [`CHECK_IDLE_AFTER`] answers a round trip before
+//!   it is lent (a dead one is closed and the next one tried), and a sweep closes those idle
+//!   longer than [`IDLE_TIMEOUT`] even when nobody asks;
 //! - a connection comes back only when it is at rest: one marked to close, or with bytes still
 //!   to send (a `ROLLBACK` sqlx queued for a transaction dropped unfinished), is closed, which
 //!   ends whatever its server session still held.
@@ -24,6 +24,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long a caller without a deadline of its own waits for a connection.
 pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection is closed after this long (give or take half of it, the sweep's
+/// period), so quiet components hold none.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection idle longer than this is checked with a round trip before a call gets it (one
+/// that fails the check is closed and another taken). One used more recently is lent as it
+/// is: under load that check was one round trip more for every call and transaction, and a
+/// connection that died within the window fails its call like a server lost mid-call
+/// (`unavailable`, the connection closed).
+const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// A bounded set of connections opened with the same options.
 pub(crate) struct PgConnPool {
@@ -35,8 +44,6 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Oldest first: lent from the end, returned to the end.
     idle: Mutex<Vec<Idle>>,
-    check_after: Duration,
-    idle_timeout: Duration,
 }
 
 struct Idle {
@@ -58,16 +65,12 @@ impl PgConnPool {
     pub(crate) async fn connect(
         options: PgConnectOptions,
         size: u32,
-        check_after: Duration,
-        idle_timeout: Duration,
     ) -> Result<PgConnPool, sqlx::Error> {
         let pool = PgConnPool {
             inner: Arc::new(Inner {
                 options,
                 permits: Arc::new(Semaphore::new(usize::try_from(size.max(1)).unwrap_or(1))),
                 idle: Mutex::new(Vec::new()),
-                check_after,
-                idle_timeout,
             }),
         };
         drop(pool.acquire().await?);
@@ -99,12 +102,7 @@ impl PgConnPool {
             _permit: permit,
         };
         while let Some(Idle { mut conn, since }) = inner.take_idle() {
-            let idle_for = since.elapsed();
-            if idle_for > inner.idle_timeout {
-                let _ = conn.close().await;
-                continue;
-            }
-            if idle_for > inner.check_after
+            if since.elapsed() > CHECK_IDLE_AFTER
                 && let Err(err) = conn.ping().await
             {
                 tracing::info!(error = %err, "idle PostgreSQL connection lost; closed");
@@ -132,6 +130,8 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The most recently used idle connection. A function of its own so that the lock is
+    /// released before the caller awaits (a `while let` on `lock().pop()` would hold it).
     fn take_idle(&self) -> Option<Idle> {
         self.lock().pop()
     }
@@ -142,7 +142,7 @@ impl Inner {
         let mut idle = self.lock();
         let fresh = idle
             .iter()
-            .position(|i| now.duration_since(i.since) <= self.idle_timeout)
+            .position(|i| now.duration_since(i.since) <= IDLE_TIMEOUT)
             .unwrap_or(idle.len());
         idle.drain(..fresh).collect()
     }
@@ -158,12 +158,8 @@ async fn close_all(idle: Vec<Idle>) {
 /// Closes connections past the idle timeout while the pool lives, so a quiet component holds
 /// none.
 async fn sweep(pool: Weak<Inner>) {
-    let period = match pool.upgrade() {
-        Some(inner) => (inner.idle_timeout / 2).max(Duration::from_millis(100)),
-        None => return,
-    };
     loop {
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
         match pool.upgrade() {
             Some(inner) if !inner.permits.is_closed() => {
                 let expired = inner.expired();

@@ -75,14 +75,6 @@ use tokio::sync::{Mutex, Notify};
 const DEFAULT_POOL_SIZE: u32 = crate::DEFAULT_CONNECTIONS;
 /// Connections of the administrative pool (namespace set-up only).
 const ADMIN_CONNECTIONS: u32 = 2;
-/// An idle component connection is closed after this long, so quiet components hold none.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A pooled connection idle longer than this is checked with a round trip before a call gets
-/// it (one that fails the check is closed and another taken). One used more recently is lent
-/// as it is: under load that check was one round trip more for every call and transaction,
-/// and a connection that died within the window fails its call like a server lost mid-call
-/// (`unavailable`, the connection closed).
-const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
 /// How long the host waits for one of its advisory locks, unless
 /// [`PostgresBackend::with_lock_wait`] says otherwise.
 const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(120);
@@ -365,7 +357,7 @@ impl SqlBackend for PostgresBackend {
             .password(&password)
             .application_name(&format!("agora:{component}"))
             .options(settings);
-        let pool = PgConnPool::connect(options, pool_size, CHECK_IDLE_AFTER, IDLE_TIMEOUT)
+        let pool = PgConnPool::connect(options, pool_size)
             .await
             .map_err(|err| {
                 SqlError::Unavailable(format!(
