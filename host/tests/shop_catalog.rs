@@ -764,6 +764,16 @@ async fn reservations(backends: Backends) {
         "{}",
         replay.body
     );
+    // … and when the stock it would take is gone (the teapots are): still the stored answer.
+    let replay = shop
+        .reserve(&first, json!([{"product_id": pot_id, "quantity": 1}]))
+        .await;
+    assert_eq!(
+        (replay.status, &replay.body),
+        (200, &reserved.body),
+        "{}",
+        replay.body
+    );
     assert_eq!(
         (shop.stock(&mug_id).await, shop.stock(&pot_id).await),
         (2, 0)

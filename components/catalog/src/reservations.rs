@@ -34,14 +34,12 @@ const STORED: &str = "select line, product_id, name, sku, unit_price, quantity \
 /// Takes the stock of `request`, or answers the stored lines of the same reservation.
 pub fn reserve(request: &Reserve) -> Result<Reserved, ApiError> {
     let id = request.reservation_id.as_str();
-    // Read inside the transaction (on SQLite it holds the write lock: this read is final; on
-    // PostgreSQL a concurrent twin is caught by the unique key below). A replay is rare, so it
-    // gets no transaction-less read of its own: that read cost every new order a round trip.
+    // A replay is rare, so nothing reads the stored reservation up front (that read cost every
+    // new order a statement): the unique key on (reservation_id, line) refuses a replay's
+    // first line, which rolls back the stock it took, and the stored lines are answered — as
+    // for a concurrent twin. A replay that cannot take the stock (it is gone since) is
+    // recognised where that is found out, before any error is answered.
     let tx = sql::begin().map_err(ApiError::from)?;
-    if let Some(lines) = stored(tx.query(STORED, &params![id]).map_err(ApiError::from)?)? {
-        drop(tx);
-        return Ok(Reserved::Replayed(lines));
-    }
     // Rows are locked in product id order, so two reservations of the same products cannot
     // deadlock on PostgreSQL; the answer keeps the request's order.
     let mut order: Vec<usize> = (0..request.items.len()).collect();
@@ -58,6 +56,10 @@ pub fn reserve(request: &Reserve) -> Result<Reserved, ApiError> {
             )
             .map_err(ApiError::from)?;
         let Some(row) = taken.first() else {
+            if let Some(lines) = stored(tx.query(STORED, &params![id]).map_err(ApiError::from)?)? {
+                drop(tx);
+                return Ok(Reserved::Replayed(lines));
+            }
             let left = tx
                 .query(
                     "select sku, stock from products where id = $1",
@@ -112,7 +114,8 @@ pub fn reserve(request: &Reserve) -> Result<Reserved, ApiError> {
         );
         match inserted {
             Ok(_) => {}
-            // The same reservation committed concurrently (PostgreSQL): undo ours, answer theirs.
+            // The same reservation, stored before or committed concurrently: undo ours (the
+            // stock this transaction took comes back with it), answer the stored one.
             Err(SqlError::UniqueViolation(_)) => {
                 drop(tx);
                 let lines = stored(sql::query(STORED, &params![id]).map_err(ApiError::from)?)?
