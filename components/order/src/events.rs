@@ -6,7 +6,7 @@
 //! finds it moved on and is acknowledged without change.
 
 use crate::calls;
-use crate::orders::{self, CANCELLED, Order, PAID, PAYMENT_FAILED, PENDING, Standing};
+use crate::orders::{self, CANCELLED, Order, PAID, PAYMENT_FAILED};
 use agora_sdk::events::{Event, Handler, Message};
 use agora_sdk::log;
 use agora_sdk::sql::{self, Timestamp, Transaction};
@@ -128,44 +128,46 @@ impl Handler for Inbox {
 
 agora_sdk::export_handler!(Inbox);
 
-/// The order of a payment event, when it is still `PENDING`; `None` (logged) otherwise.
-fn pending_order(
+/// Moves the order of a payment event from `PENDING` to `status` inside `tx`, answering its
+/// owner and total; `None` (logged) when it is unknown or has left `PENDING` already (a
+/// redelivery, a cancelled order), found out then by reading it — one statement on the path
+/// every order takes.
+fn settle(
     tx: &Transaction,
     event: &Event<PaymentOutcome>,
+    status: &str,
 ) -> Result<Option<(String, i64)>, String> {
     let payment = &event.data;
-    let standing = orders::standing_in(tx, &payment.order_id).map_err(|err| err.to_string())?;
-    let Some(Standing {
-        user_id,
-        status,
-        total_cents,
-    }) = standing
+    let failed = |err: agora_sdk::sql::SqlError| err.to_string();
+    let Some((user_id, total_cents)) =
+        orders::settle(tx, &payment.order_id, status, Timestamp::now()).map_err(failed)?
     else {
-        log::warn(
-            "payments",
-            &format!(
-                "{} {} is about unknown order {}: acknowledged",
-                event.kind, event.id, payment.order_id
+        match orders::status_in(tx, &payment.order_id).map_err(failed)? {
+            None => log::warn(
+                "payments",
+                &format!(
+                    "{} {} is about unknown order {}: acknowledged",
+                    event.kind, event.id, payment.order_id
+                ),
             ),
-        );
+            Some(status) => {
+                let note = if status == CANCELLED && event.kind == "payment.succeeded" {
+                    log::warn
+                } else {
+                    log::info
+                };
+                note(
+                    "payments",
+                    &format!(
+                        "{} {} (payment {}) for order {} acknowledged without change: the \
+                         order is {status}",
+                        event.kind, event.id, payment.payment_id, payment.order_id
+                    ),
+                );
+            }
+        }
         return Ok(None);
     };
-    if status != PENDING {
-        let note = if status == CANCELLED && event.kind == "payment.succeeded" {
-            log::warn
-        } else {
-            log::info
-        };
-        note(
-            "payments",
-            &format!(
-                "{} {} (payment {}) for order {} acknowledged without change: the order is \
-                 {status}",
-                event.kind, event.id, payment.payment_id, payment.order_id
-            ),
-        );
-        return Ok(None);
-    }
     if user_id != payment.user_id || total_cents != payment.amount_cents {
         log::warn(
             "payments",
@@ -183,14 +185,9 @@ fn pending_order(
 fn paid(event: &Event<PaymentOutcome>) -> Result<(), String> {
     let payment = &event.data;
     let tx = sql::begin().map_err(|err| err.to_string())?;
-    let Some((user_id, total_cents)) = pending_order(&tx, event)? else {
+    let Some((user_id, total_cents)) = settle(&tx, event, PAID)? else {
         return Ok(());
     };
-    let changed = orders::leave_pending(&tx, &payment.order_id, PAID, Timestamp::now())
-        .map_err(|err| err.to_string())?;
-    if changed == 0 {
-        return Ok(());
-    }
     tx.publish_event(&Event::new(
         "order.paid",
         VERSION,
@@ -217,12 +214,7 @@ fn paid(event: &Event<PaymentOutcome>) -> Result<(), String> {
 async fn payment_failed(event: &Event<PaymentOutcome>) -> Result<(), String> {
     let payment = &event.data;
     let tx = sql::begin().map_err(|err| err.to_string())?;
-    if pending_order(&tx, event)?.is_none() {
-        return Ok(());
-    }
-    let changed = orders::leave_pending(&tx, &payment.order_id, PAYMENT_FAILED, Timestamp::now())
-        .map_err(|err| err.to_string())?;
-    if changed == 0 {
+    if settle(&tx, event, PAYMENT_FAILED)?.is_none() {
         return Ok(());
     }
     calls::release(&payment.order_id)

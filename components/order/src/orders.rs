@@ -2,8 +2,8 @@
 //! component, and the status an order moves through (`PENDING`, then `PAID`,
 //! `PAYMENT_FAILED` or `CANCELLED`).
 //!
-//! A status only ever leaves `PENDING` through [`leave_pending`], a conditional update, so
-//! two concurrent transitions cannot both succeed.
+//! A status only ever leaves `PENDING` through a conditional update ([`leave_pending`],
+//! [`settle`]), so two concurrent transitions cannot both succeed.
 
 use crate::events;
 use agora_sdk::http::{self, Page};
@@ -46,15 +46,6 @@ pub struct Item {
     pub name: String,
     pub quantity: i64,
     pub unit_price_cents: i64,
-}
-
-/// Who owns an order, where it stands and what it costs: what a payment event is checked
-/// against.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Standing {
-    pub user_id: String,
-    pub status: String,
-    pub total_cents: i64,
 }
 
 /// The order, its lines and `order.created`, in one transaction.
@@ -201,20 +192,29 @@ pub fn load_in(tx: &Transaction, id: &str) -> Result<Option<Order>, SqlError> {
     Ok(Some(order))
 }
 
-/// The owner, status and total of order `id`, inside `tx`; `None` for an unknown order.
-pub fn standing_in(tx: &Transaction, id: &str) -> Result<Option<Standing>, SqlError> {
+/// The status of order `id`, inside `tx`; `None` for an unknown order.
+pub fn status_in(tx: &Transaction, id: &str) -> Result<Option<String>, SqlError> {
+    let rows = tx.query("select status from orders where id = $1", &params![id])?;
+    rows.first().map(|row| row.get("status")).transpose()
+}
+
+/// Moves order `id` from `PENDING` to `status` inside `tx`, in the same statement answering
+/// its owner and total (what a payment is checked against); `None` when the order is unknown
+/// or had already left `PENDING`.
+pub fn settle(
+    tx: &Transaction,
+    id: &str,
+    status: &str,
+    now: Timestamp,
+) -> Result<Option<(String, i64)>, SqlError> {
     let rows = tx.query(
-        "select user_id, status, total_cents from orders where id = $1",
-        &params![id],
+        "update orders set status = $1, updated_at = $2 where id = $3 and status = $4 \
+         returning user_id, total_cents",
+        &params![status, now.micros(), id, PENDING],
     )?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
-    Ok(Some(Standing {
-        user_id: row.get("user_id")?,
-        status: row.get("status")?,
-        total_cents: row.get("total_cents")?,
-    }))
+    rows.first()
+        .map(|row| Ok((row.get("user_id")?, row.get("total_cents")?)))
+        .transpose()
 }
 
 /// Moves order `id` from `PENDING` to `status` inside `tx`; returns how many rows changed
