@@ -659,6 +659,20 @@ async fn payment_flow(shop: &Shop) {
     let mug = shop.product("Mug", 1250, 10).await;
     let db = shop.payment_db().await;
 
+    // Two lines (stored in one statement), read back as placed, and paid.
+    let (cup, tea) = (
+        shop.product("Cup", 800, 3).await,
+        shop.product("Tea", 499, 3).await,
+    );
+    let lines = json!([
+        { "product_id": tea, "quantity": 2 },
+        { "product_id": cup, "quantity": 1 },
+    ]);
+    let two = shop.place(&bob, lines, "tok_visa").await.ok(201).clone();
+    assert_eq!(two["items"].as_array().map(Vec::len), Some(2), "{two}");
+    let settled = shop.settled(&bob, &id_of(&two), "PAID").await;
+    assert_eq!(settled["items"], two["items"]);
+
     // Paid.
     let order = shop.order(&alice, &mug, 2, "tok_visa").await;
     let id = id_of(&order);
