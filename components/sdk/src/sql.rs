@@ -375,6 +375,26 @@ pub fn execute(statement: &str, params: &[Value]) -> Result<u64, SqlError> {
     Ok(wit::execute(statement, params)?)
 }
 
+/// The `VALUES` of a multi-row insert: `rows` groups of `columns` numbered parameters,
+/// `($1, $2), ($3, $4)` for 2 × 2 — one statement (one round trip) for all the rows, with
+/// their values given in row order. Both databases take up to 32 766 parameters in one
+/// statement (SQLite's limit; PostgreSQL's is 65 535).
+pub fn values(rows: usize, columns: usize) -> String {
+    let mut text = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        text.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                text.push_str(", ");
+            }
+            text.push('$');
+            text.push_str(&(row * columns + column + 1).to_string());
+        }
+        text.push(')');
+    }
+    text
+}
+
 /// Starts a transaction; dropping it without [`Transaction::commit`] rolls it back.
 pub fn begin() -> Result<Transaction, SqlError> {
     Ok(Transaction(wit::begin()?))
@@ -425,6 +445,14 @@ impl Transaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_number_the_parameters_row_by_row() {
+        assert_eq!(values(1, 3), "($1, $2, $3)");
+        assert_eq!(values(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(values(3, 1), "($1), ($2), ($3)");
+        assert_eq!(values(0, 4), "");
+    }
 
     #[test]
     fn rows_read_into_rust_types_by_name_or_position() {
