@@ -97,33 +97,39 @@ pub fn reserve(request: &Reserve) -> Result<Reserved, ApiError> {
     }
     let lines: Vec<Line> = lines.into_iter().flatten().collect();
     total_cents(&lines)?;
+    // All lines in one statement (at most 100 lines, 800 parameters).
+    let mut values = Vec::with_capacity(lines.len() * 8);
     for (number, line) in lines.iter().enumerate() {
-        let inserted = tx.execute(
+        values.extend(params![
+            id,
+            i64::try_from(number).unwrap_or(i64::MAX),
+            &line.product_id,
+            &line.name,
+            &line.sku,
+            line.quantity,
+            line.unit_price_cents,
+            now,
+        ]);
+    }
+    let inserted = tx.execute(
+        &format!(
             "insert into reservations (reservation_id, line, product_id, name, sku, quantity, \
-             unit_price, released, created_at) values ($1, $2, $3, $4, $5, $6, $7, false, $8)",
-            &params![
-                id,
-                i64::try_from(number).unwrap_or(i64::MAX),
-                &line.product_id,
-                &line.name,
-                &line.sku,
-                line.quantity,
-                line.unit_price_cents,
-                now,
-            ],
-        );
-        match inserted {
-            Ok(_) => {}
-            // The same reservation, stored before or committed concurrently: undo ours (the
-            // stock this transaction took comes back with it), answer the stored one.
-            Err(SqlError::UniqueViolation(_)) => {
-                drop(tx);
-                let lines = stored(sql::query(STORED, &params![id]).map_err(ApiError::from)?)?
-                    .ok_or_else(|| ApiError::internal(format!("reservation {id} vanished")))?;
-                return Ok(Reserved::Replayed(lines));
-            }
-            Err(err) => return Err(ApiError::from(err)),
+             unit_price, created_at) values {}",
+            sql::values(lines.len(), 8)
+        ),
+        &values,
+    );
+    match inserted {
+        Ok(_) => {}
+        // The same reservation, stored before or committed concurrently: undo ours (the stock
+        // this transaction took comes back with it), answer the stored one.
+        Err(SqlError::UniqueViolation(_)) => {
+            drop(tx);
+            let lines = stored(sql::query(STORED, &params![id]).map_err(ApiError::from)?)?
+                .ok_or_else(|| ApiError::internal(format!("reservation {id} vanished")))?;
+            return Ok(Reserved::Replayed(lines));
         }
+        Err(err) => return Err(ApiError::from(err)),
     }
     tx.commit().map_err(ApiError::from)?;
     Ok(Reserved::Taken(lines))

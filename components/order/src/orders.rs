@@ -10,7 +10,6 @@ use agora_sdk::http::{self, Page};
 use agora_sdk::params;
 use agora_sdk::sql::{self, Row, SqlError, Timestamp, Transaction};
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 
 /// Placed, stock reserved, waiting for the payment.
 pub const PENDING: &str = "PENDING";
@@ -66,26 +65,9 @@ pub fn insert(order: &Order, now: Timestamp) -> Result<(), SqlError> {
         ],
     )?;
     // All lines in one statement: an order of N lines costs the same round trips as one of
-    // one line (at most 100 lines, 600 parameters: within both databases' limits).
-    let mut statement = String::from(
-        "insert into order_items (order_id, line, product_id, name, quantity, \
-         unit_price_cents) values ",
-    );
+    // one line (at most 100 lines, 600 parameters).
     let mut values = Vec::with_capacity(order.items.len() * 6);
     for (line, item) in order.items.iter().enumerate() {
-        let first = values.len() + 1;
-        if line > 0 {
-            statement.push_str(", ");
-        }
-        let _ = write!(
-            statement,
-            "(${first}, ${}, ${}, ${}, ${}, ${})",
-            first + 1,
-            first + 2,
-            first + 3,
-            first + 4,
-            first + 5
-        );
         values.extend(params![
             &order.id,
             i64::try_from(line).unwrap_or(i64::MAX),
@@ -95,7 +77,14 @@ pub fn insert(order: &Order, now: Timestamp) -> Result<(), SqlError> {
             item.unit_price_cents,
         ]);
     }
-    tx.execute(&statement, &values)?;
+    tx.execute(
+        &format!(
+            "insert into order_items (order_id, line, product_id, name, quantity, \
+             unit_price_cents) values {}",
+            sql::values(order.items.len(), 6)
+        ),
+        &values,
+    )?;
     tx.publish_event(&events::order_created(order))?;
     tx.commit()
 }
