@@ -140,7 +140,7 @@ fn settle(
     let payment = &event.data;
     let failed = |err: agora_sdk::sql::SqlError| err.to_string();
     let Some((user_id, total_cents)) =
-        orders::settle(tx, &payment.order_id, status, Timestamp::now()).map_err(failed)?
+        orders::leave_pending(tx, &payment.order_id, status, Timestamp::now()).map_err(failed)?
     else {
         match orders::status_in(tx, &payment.order_id).map_err(failed)? {
             None => log::warn(

@@ -89,12 +89,11 @@ pub async fn cancel(identity: &Identity, id: &str) -> Answer {
         });
     }
     let now = Timestamp::now();
-    let changed = if order.status == PENDING {
-        orders::leave_pending(&tx, id, CANCELLED, now).map_err(ApiError::from)?
-    } else {
-        0
-    };
-    if changed == 0 {
+    let changed = order.status == PENDING
+        && orders::leave_pending(&tx, id, CANCELLED, now)
+            .map_err(ApiError::from)?
+            .is_some();
+    if !changed {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_cancellable",

@@ -2,8 +2,8 @@
 //! component, and the status an order moves through (`PENDING`, then `PAID`,
 //! `PAYMENT_FAILED` or `CANCELLED`).
 //!
-//! A status only ever leaves `PENDING` through a conditional update ([`leave_pending`],
-//! [`settle`]), so two concurrent transitions cannot both succeed.
+//! A status only ever leaves `PENDING` through [`leave_pending`], a conditional update, so
+//! two concurrent transitions cannot both succeed.
 
 use crate::events;
 use agora_sdk::http::{self, Page};
@@ -208,7 +208,7 @@ pub fn status_in(tx: &Transaction, id: &str) -> Result<Option<String>, SqlError>
 /// Moves order `id` from `PENDING` to `status` inside `tx`, in the same statement answering
 /// its owner and total (what a payment is checked against); `None` when the order is unknown
 /// or had already left `PENDING`.
-pub fn settle(
+pub fn leave_pending(
     tx: &Transaction,
     id: &str,
     status: &str,
@@ -222,18 +222,4 @@ pub fn settle(
     rows.first()
         .map(|row| Ok((row.get("user_id")?, row.get("total_cents")?)))
         .transpose()
-}
-
-/// Moves order `id` from `PENDING` to `status` inside `tx`; returns how many rows changed
-/// (0 when the order had already left `PENDING`).
-pub fn leave_pending(
-    tx: &Transaction,
-    id: &str,
-    status: &str,
-    now: Timestamp,
-) -> Result<u64, SqlError> {
-    tx.execute(
-        "update orders set status = $1, updated_at = $2 where id = $3 and status = $4",
-        &params![status, now.micros(), id, PENDING],
-    )
 }
