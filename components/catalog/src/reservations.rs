@@ -36,7 +36,7 @@ pub fn reserve(request: &Reserve) -> Result<Reserved, ApiError> {
     let id = request.reservation_id.as_str();
     // A replay is rare, so nothing reads the stored reservation up front (that read cost every
     // new order a statement): the unique key on (reservation_id, line) refuses a replay's
-    // first line, which rolls back the stock it took, and the stored lines are answered — as
+    // insert of its lines, which rolls back the stock it took, and the stored lines are answered — as
     // for a concurrent twin. A replay that cannot take the stock (it is gone since) is
     // recognised where that is found out, before any error is answered.
     let tx = sql::begin().map_err(ApiError::from)?;
