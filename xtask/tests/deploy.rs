@@ -718,11 +718,16 @@ fn yaml_files_pass_yamllint() {
 /// deny.toml holds for the dependency tree: every license allowed, no wildcard version, every
 /// crate from crates.io. Advisories need the RustSec database from GitHub, which the CI
 /// workflow's `deny` job fetches; offline, they are not checked here.
+///
+/// cargo-deny reads the metadata of every platform's crates, and a build downloads only this
+/// platform's: on a machine whose registry is empty, `cargo fetch` (crates.io) comes first.
 #[test]
 fn dependency_tree_passes_cargo_deny() {
     let Some(deny) = tool("cargo-deny") else {
         return;
     };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo).args(["fetch", "--locked"]));
     run(Command::new(deny).args(["--offline", "check", "licenses", "bans", "sources"]));
 }
 
