@@ -43,7 +43,7 @@ def hello(out):
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], padding=3, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("requests per second (median round)")
-    ax.set_title("bench hello: the same component, side by side")
+    ax.set_title("bench hello: the same answer, side by side")
     ax.margins(x=0.15)
     save(fig, out / "hello.png")
 

@@ -10,6 +10,7 @@ use crate::harness::process::{
     agora_serve, free_port, otlp_sink, scrape_every_second, spawn_and_read_addr,
 };
 use crate::loadgen::{self, LoadArgs, Report};
+use crate::scale::{hello_table, reusing_manifest};
 use crate::{cargo, components, root, target_dir};
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
@@ -30,31 +31,19 @@ pub(crate) fn run(
     rounds: usize,
     reuse: u32,
 ) -> anyhow::Result<()> {
-    let hello = build_hello_and_servers()?;
+    let Hellos { hello, hello_wasi } = build_hello_and_servers()?;
     let wasmtime = ensure_wasmtime_cli()?;
     let release = target_dir().join("release");
     let work = target_dir().join("bench-hello");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let manifest = work.join("agora.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[component]]\nname = \"hello\"\nsource = {:?}\nroutes = [\"/...\"]\n\
-             [component.limits]\nconcurrency = 1000\n",
-            hello.display().to_string()
-        ),
-    )?;
+    std::fs::write(&manifest, hello_table("hello", &hello, r#"["/..."]"#, ""))?;
 
     let reuse_manifest = work.join("agora-reuse.toml");
-    std::fs::write(
-        &reuse_manifest,
-        format!(
-            "[[component]]\nname = \"hello\"\nsource = {:?}\nroutes = [\"/...\"]\n\
-             [component.limits]\nconcurrency = 1000\n[component.instances]\nreuse = {reuse}\n",
-            hello.display().to_string()
-        ),
-    )?;
+    std::fs::write(&reuse_manifest, reusing_manifest(&hello, reuse))?;
+    let wasi_manifest = work.join("agora-reuse-wasi.toml");
+    std::fs::write(&wasi_manifest, reusing_manifest(&hello_wasi, reuse))?;
 
     let native = release.join("agora-native-hello");
     let data_dir = work.join("data");
@@ -62,6 +51,7 @@ pub(crate) fn run(
     let (manifest_scraped, data_scraped) = (manifest.clone(), data_dir.clone());
     let (manifest_traced, data_traced) = (manifest.clone(), data_dir.clone());
     let data_reusing = data_dir.clone();
+    let data_wasi = data_dir.clone();
     let (hello_for_reuse, wasmtime_reuse) = (hello.clone(), wasmtime.clone());
     let reuse_count = reuse.to_string();
     let hello_for_wasmtime = hello.clone();
@@ -119,6 +109,12 @@ pub(crate) fn run(
             label: "agora serve, instances reused ([component.instances] reuse)",
             start: Box::new(move || {
                 spawn_and_read_addr(&mut agora_serve(&reuse_manifest, &data_reusing))
+            }),
+        },
+        Server {
+            label: WASI_LABEL,
+            start: Box::new(move || {
+                spawn_and_read_addr(&mut agora_serve(&wasi_manifest, &data_wasi))
             }),
         },
         Server {
@@ -223,18 +219,43 @@ pub(crate) fn run(
     println!(
         "side by side, same mode: fresh instances agora ÷ wasmtime serve {:.2}; instances reused \
          (up to {reuse} requests each) agora ÷ wasmtime serve {:.2}; agora ÷ native hyper: fresh \
-         {:.2}, reused {:.2}",
+         {:.2}, reused {:.2}; reused, hello on wasi:http's bindings instead of wstd ÷ native \
+         {:.2}",
         agora_rps / rps("wasmtime serve -Scli"),
         reusing / rps("wasmtime serve -Scli, --max-instance-reuse-count"),
         agora_rps / native,
-        reusing / native
+        reusing / native,
+        rps(WASI_LABEL) / native
     );
     Ok(())
 }
 
-/// Builds the components (returning hello's file), agora and the native baseline (release).
-pub(crate) fn build_hello_and_servers() -> anyhow::Result<PathBuf> {
-    let hello = components::build_and_find("hello")?;
+/// The row of hello written on wasi:http's own bindings (components/fixtures/hello-wasi).
+const WASI_LABEL: &str = "agora serve, instances reused, hello on wasi:http's bindings (no wstd)";
+
+/// The two builds of the hello answer the bench serves.
+pub(crate) struct Hellos {
+    /// components/hello (wstd).
+    pub(crate) hello: PathBuf,
+    /// components/fixtures/hello-wasi (wasi:http's bindings).
+    pub(crate) hello_wasi: PathBuf,
+}
+
+/// Builds the components (returning both hellos' files), agora and the native baseline
+/// (release).
+pub(crate) fn build_hello_and_servers() -> anyhow::Result<Hellos> {
+    let built = components::build_all()?;
+    let find = |name: &str| {
+        built
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.path.clone())
+            .with_context(|| format!("no component named {name} was built"))
+    };
+    let hellos = Hellos {
+        hello: find("hello")?,
+        hello_wasi: find("fixture-hello-wasi")?,
+    };
     eprintln!("xtask: building agora and the native baseline (release)");
     crate::run(cargo().args([
         "build",
@@ -244,7 +265,7 @@ pub(crate) fn build_hello_and_servers() -> anyhow::Result<PathBuf> {
         "--package",
         "agora-native-hello",
     ]))?;
-    Ok(hello)
+    Ok(hellos)
 }
 
 /// Starts `wasmtime serve -Scli` on a free port with `options`.

@@ -44,7 +44,7 @@ pub(crate) fn results_dir() -> PathBuf {
 }
 
 pub(crate) fn run(seconds: u64, reuse: u32, backends: &BackendUrls) -> anyhow::Result<()> {
-    let hello = crate::hello::build_hello_and_servers()?;
+    let hello = crate::hello::build_hello_and_servers()?.hello;
     let work = target_dir().join("bench-scale");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -169,16 +169,7 @@ fn connections_curve(
         "fresh.toml",
         &hello_table("hello", hello, r#"["/..."]"#, ""),
     )?;
-    let reusing = write_manifest(
-        work,
-        "reuse.toml",
-        &hello_table(
-            "hello",
-            hello,
-            r#"["/..."]"#,
-            &format!("[component.instances]\nreuse = {reuse}\n"),
-        ),
-    )?;
+    let reusing = write_manifest(work, "reuse.toml", &reusing_manifest(hello, reuse))?;
     let native = target_dir().join("release/agora-native-hello");
     let mut csv = String::from("server,connections,rps,p50_ms,p99_ms,errors\n");
     println!();
@@ -393,11 +384,21 @@ fn load_times(log: &str) -> (u64, u64, usize) {
 }
 
 /// A `[[component]]` table serving hello as `name` on `routes`, with `extra` TOML after it.
-fn hello_table(name: &str, hello: &Path, routes: &str, extra: &str) -> String {
+pub(crate) fn hello_table(name: &str, hello: &Path, routes: &str, extra: &str) -> String {
     format!(
         "[[component]]\nname = \"{name}\"\nsource = {:?}\nroutes = {routes}\n\
          [component.limits]\nconcurrency = 1000\n{extra}\n",
         hello.display().to_string(),
+    )
+}
+
+/// A manifest serving `component` on every path, its instances reused for `reuse` requests.
+pub(crate) fn reusing_manifest(component: &Path, reuse: u32) -> String {
+    hello_table(
+        "hello",
+        component,
+        r#"["/..."]"#,
+        &format!("[component.instances]\nreuse = {reuse}\n"),
     )
 }
 

@@ -266,3 +266,45 @@ async fn by_default_every_event_gets_a_fresh_instance() {
     assert_eq!(event(&host, "a").await, 1);
     assert_eq!(event(&host, "b").await, 1);
 }
+
+/// The bench's two hellos (`cargo xtask bench hello`) give the same answer, reused: hello on
+/// wstd and fixture-hello-wasi on wasi:http's own bindings. The bench compares their speed,
+/// so they must do the same work for the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_on_wasi_bindings_answers_as_hello_does_and_is_reused() {
+    let manifest = [
+        component_table("hello", "hello", &["/hello"], "instances = { reuse = 10 }"),
+        component_table(
+            "wasi",
+            "fixture-hello-wasi",
+            &["/wasi"],
+            "instances = { reuse = 10 }",
+        ),
+    ]
+    .concat();
+    let host = TestHost::start(&manifest).await;
+    for _ in 0..3 {
+        let mut answers = Vec::new();
+        for name in ["hello", "wasi"] {
+            let response = reqwest::get(host.url(&format!("/{name}"))).await.unwrap();
+            let mut headers: Vec<String> = response
+                .headers()
+                .keys()
+                .filter(|name| *name != "x-request-id" && *name != "date")
+                .map(ToString::to_string)
+                .collect();
+            headers.sort();
+            answers.push((
+                response.status().as_u16(),
+                headers,
+                response.text().await.unwrap(),
+            ));
+            until_idle(&host, name, 1).await;
+        }
+        assert_eq!(
+            answers[0],
+            (200, answers[0].1.clone(), "Hello, world!\n".into())
+        );
+        assert_eq!(answers[1], answers[0]);
+    }
+}
