@@ -5,6 +5,8 @@
 //! hyper handler — and prints a Markdown table for BENCHMARKS.md. Both wasm servers run in both
 //! isolation modes: a fresh instance per request, and instances reused for up to `--reuse`
 //! requests (agora's `[component.instances] reuse`, wasmtime's `--max-instance-reuse-count`).
+//! One more row serves the same answer written on wasi:http's own bindings instead of wstd
+//! (components/fixtures/hello-wasi), reused, to show what the guest's binding costs a request.
 
 use crate::harness::process::{
     agora_serve, free_port, otlp_sink, scrape_every_second, spawn_and_read_addr,
