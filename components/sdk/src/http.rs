@@ -143,15 +143,7 @@ impl ApiError {
 
     /// The JSON answer, carrying `request_id`.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
-        let mut error = serde_json::json!({
-            "code": self.code,
-            "message": self.message,
-            "request_id": request_id,
-        });
-        if let Some(field) = self.field {
-            error["field"] = serde_json::Value::String(field);
-        }
-        let mut response = json(self.status, &serde_json::json!({ "error": error }));
+        let mut response = json_bytes(self.status, self.body(request_id));
         // A backend that is down for now (a database restarting): say when to try again.
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
@@ -160,6 +152,21 @@ impl ApiError {
             );
         }
         response
+    }
+}
+
+impl ApiError {
+    /// The error's JSON body: `{"error": {"code", "message", "request_id"}}`, plus `field`.
+    pub(crate) fn body(&self, request_id: &str) -> Vec<u8> {
+        let mut error = serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "request_id": request_id,
+        });
+        if let Some(field) = &self.field {
+            error["field"] = serde_json::Value::String(field.clone());
+        }
+        encode(&serde_json::json!({ "error": error }))
     }
 }
 

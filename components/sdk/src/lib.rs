@@ -18,9 +18,14 @@
 //! - [`auth`]: issue, refresh and revoke session tokens (the host keeps the signing key), and
 //!   read the caller's verified [`auth::Identity`] from the headers the host injects.
 //!
+//! - [`serve`]: [`serve_http!`] exports a component's wasi:http handler with a first look at
+//!   each request that may answer it whole, before wstd reads all of it (a hot path such as
+//!   a cached read).
+//!
 //! Every call returns a `Result` whose error says what went wrong; nothing here panics on bad
 //! input or a backend outage. HTTP handling itself is [wstd]'s: a component depends on both
-//! crates and marks its handler `#[wstd::http_server]` (the macro refers to `::wstd`).
+//! crates and marks its handler `#[wstd::http_server]` (the macro refers to `::wstd`), or
+//! exports it with [`serve_http!`].
 //!
 //! ```ignore
 //! use agora_sdk::{cache, http};
@@ -51,5 +56,10 @@ pub mod events;
 pub mod http;
 pub mod input;
 pub mod log;
+pub mod serve;
 pub mod sql;
 pub mod time;
+
+/// The wasi:http bindings [`serve_http!`] exports through (the version wstd uses).
+#[doc(hidden)]
+pub use wasip2 as __wasip2;

@@ -1,0 +1,229 @@
+//! A component's wasi:http entry point with a first look at each request
+//! ([`serve_http!`](crate::serve_http)).
+//!
+//! wstd's `#[wstd::http_server]` reads the whole request before the handler runs: every
+//! header (lowered into the guest one `realloc` at a time and parsed into a `HeaderMap`), the
+//! method, scheme, authority, path and body; then it writes the answer through its async
+//! reactor. On a path as short as a cached read that is a large share of the request: about
+//! 12 µs of core time on the bench machine, a fifth of a reused hello (BENCHMARKS.md, sixth
+//! session). A [`Peek`] reads from the host only what it is asked (the method, the path, one
+//! header), and a [`Quick`] answer is written with four host calls; a request the first look
+//! does not answer goes to the component's usual wstd handler, unchanged.
+
+use crate::http::{
+    ApiError, Body, Error, Method, REQUEST_ID_HEADER, RETRY_AFTER_SECONDS, Request, Response,
+    StatusCode,
+};
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method as WasiMethod, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+/// The request as a first look sees it: each accessor asks the host for that part only.
+pub struct Peek<'a> {
+    request: &'a IncomingRequest,
+}
+
+impl Peek<'_> {
+    /// The request's method (`None` for a name the `http` crate refuses, which the host's
+    /// HTTP parser does not let through).
+    pub fn method(&self) -> Option<Method> {
+        Some(match self.request.method() {
+            WasiMethod::Get => Method::GET,
+            WasiMethod::Head => Method::HEAD,
+            WasiMethod::Post => Method::POST,
+            WasiMethod::Put => Method::PUT,
+            WasiMethod::Delete => Method::DELETE,
+            WasiMethod::Connect => Method::CONNECT,
+            WasiMethod::Options => Method::OPTIONS,
+            WasiMethod::Trace => Method::TRACE,
+            WasiMethod::Patch => Method::PATCH,
+            WasiMethod::Other(name) => Method::from_bytes(name.as_bytes()).ok()?,
+        })
+    }
+
+    /// The path, without the query (`/` when the request names none).
+    pub fn path(&self) -> String {
+        path_of(self.request.path_with_query())
+    }
+
+    /// The id the host gave this request (as [`crate::http::request_id`]; empty outside
+    /// agora's HTTP trigger).
+    pub fn request_id(&self) -> String {
+        self.header(REQUEST_ID_HEADER).unwrap_or_default()
+    }
+
+    /// The first value of header `name` (lower case), when present and text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values = self.request.headers().get(name);
+        let first = values.into_iter().next()?;
+        String::from_utf8(first).ok()
+    }
+}
+
+/// The path of a request's `path_with_query`, as `http::Uri::path` gives it.
+fn path_of(path_with_query: Option<String>) -> String {
+    let mut path = path_with_query.unwrap_or_default();
+    if let Some(query) = path.find('?') {
+        path.truncate(query);
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+/// A whole answer given at the first look: a status, headers and the complete body.
+pub struct Quick {
+    status: StatusCode,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+impl Quick {
+    /// A JSON answer with `status` whose body is `body`, already encoded (the same answer as
+    /// [`crate::http::json_bytes`]).
+    pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Quick {
+        Quick {
+            status,
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body,
+        }
+    }
+
+    /// `error` as agora's error answer for request `request_id` (the same answer as
+    /// [`ApiError::into_response`]).
+    pub fn error(error: &ApiError, request_id: &str) -> Quick {
+        let quick = Quick::json_bytes(error.status, error.body(request_id));
+        // A backend that is down for now (a database restarting): say when to try again.
+        if error.status == StatusCode::SERVICE_UNAVAILABLE {
+            quick.header("retry-after", RETRY_AFTER_SECONDS)
+        } else {
+            quick
+        }
+    }
+
+    /// The answer with header `name: value` added.
+    pub fn header(mut self, name: &str, value: &str) -> Quick {
+        self.headers.push((name.into(), value.as_bytes().to_vec()));
+        self
+    }
+
+    /// Writes the answer to `out`. A client gone away fails the write; the request is over
+    /// either way, so that is not an error here.
+    fn send(self, out: ResponseOutparam) {
+        let headers = match Fields::from_list(&self.headers) {
+            Ok(headers) => headers,
+            Err(err) => {
+                let message = format!("the component's answer has a bad header: {err:?}");
+                ResponseOutparam::set(
+                    out,
+                    Err(wasip2::http::types::ErrorCode::InternalError(Some(message))),
+                );
+                return;
+            }
+        };
+        let response = OutgoingResponse::new(headers);
+        // A StatusCode is 100..=999, which wasi:http takes.
+        let _ = response.set_status_code(self.status.as_u16());
+        let Ok(body) = response.body() else {
+            return;
+        };
+        ResponseOutparam::set(out, Ok(response));
+        let Ok(stream) = body.write() else {
+            return;
+        };
+        // `blocking-write-and-flush` takes at most 4 096 bytes a call.
+        for chunk in self.body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                return;
+            }
+        }
+        drop(stream);
+        let _ = OutgoingBody::finish(body, None);
+    }
+}
+
+/// Serves one request: `peek` looks first and may answer; otherwise wstd reads the request
+/// and `serve` answers it, as `#[wstd::http_server]` would. Used by [`serve_http!`](crate::serve_http).
+#[doc(hidden)]
+pub fn handle<F>(
+    request: IncomingRequest,
+    out: ResponseOutparam,
+    peek: fn(&Peek<'_>) -> Option<Quick>,
+    serve: fn(Request<Body>) -> F,
+) where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    if let Some(quick) = peek(&Peek { request: &request }) {
+        drop(request);
+        quick.send(out);
+        return;
+    }
+    let responder = wstd::http::server::Responder::new(out);
+    wstd::runtime::block_on(async move {
+        match wstd::http::request::try_from_incoming(request) {
+            Ok(request) => match serve(request).await {
+                Ok(response) => {
+                    // As wstd's macro: the answer's status and headers are already sent, so
+                    // a body that cannot be written has no one left to tell.
+                    let _ = responder.respond(response).await;
+                }
+                Err(err) => responder.fail(err),
+            },
+            Err(err) => responder.fail(err),
+        }
+    });
+}
+
+/// Exports the component's wasi:http handler, in place of `#[wstd::http_server]`: `peek`
+/// (`fn(&Peek) -> Option<Quick>`) looks at each request first and may answer it whole;
+/// every other request goes to `serve` (`async fn(Request<Body>) -> Result<Response<Body>,
+/// Error>`) as wstd reads it. Also defines the binary's `main`, which wasi:http never calls.
+///
+/// ```ignore
+/// fn peek(request: &agora_sdk::serve::Peek) -> Option<agora_sdk::serve::Quick> { None }
+/// async fn serve(request: Request<Body>) -> Result<Response<Body>, Error> { … }
+/// agora_sdk::serve_http!(peek, serve);
+/// ```
+#[macro_export]
+macro_rules! serve_http {
+    ($peek:path, $serve:path) => {
+        struct AgoraHttpServer;
+
+        impl $crate::__wasip2::exports::http::incoming_handler::Guest for AgoraHttpServer {
+            fn handle(
+                request: $crate::__wasip2::http::types::IncomingRequest,
+                out: $crate::__wasip2::http::types::ResponseOutparam,
+            ) {
+                $crate::serve::handle(request, out, $peek, $serve)
+            }
+        }
+
+        $crate::__wasip2::http::proxy::export!(AgoraHttpServer with_types_in $crate::__wasip2);
+
+        fn main() {}
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_of;
+
+    #[test]
+    fn the_path_is_the_uri_path_without_its_query() {
+        for (given, path) in [
+            (Some("/api/products/1?fields=all"), "/api/products/1"),
+            (Some("/api/products/1"), "/api/products/1"),
+            (Some("/?"), "/"),
+            (Some("?a=1"), "/"),
+            (Some(""), "/"),
+            (None, "/"),
+        ] {
+            assert_eq!(path_of(given.map(str::to_owned)), path, "{given:?}");
+            if let Some(given) = given.filter(|g| g.starts_with('/')) {
+                let uri: wstd::http::Uri = given.parse().unwrap();
+                assert_eq!(uri.path(), path, "{given}");
+            }
+        }
+    }
+}
