@@ -593,6 +593,20 @@ async fn cache(backends: Backends) {
     assert_eq!((second.status, cache.as_str()), (200, "hit"));
     assert_eq!(first.body, second.body);
     assert_eq!(second.body, product);
+    // A hit is answered at the catalog's first look (agora_sdk::serve_http!), a miss by its
+    // wstd handler: the same bytes and the same content type either way, and a query string
+    // changes neither.
+    assert_eq!(first.text, second.text);
+    assert_eq!(
+        (first.header("content-type"), second.header("content-type")),
+        (Some("application/json"), Some("application/json"))
+    );
+    let queried = shop.get(&format!("{path}?fields=all"), None).await;
+    assert_eq!(
+        (queried.status, queried.header("x-cache"), &queried.text),
+        (200, Some("hit"), &first.text)
+    );
+    shop.hits.fetch_add(1, Ordering::Relaxed);
 
     // A change drops the entry: the next read is a miss with the new values.
     let patched = shop

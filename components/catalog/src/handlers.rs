@@ -15,28 +15,36 @@ pub type Answer = Result<Response<Body>, ApiError>;
 
 /// `GET /api/products/{id}`, through the cache. Also a 404 carries `x-cache: miss`.
 pub fn get(id: &str, request_id: &str) -> Answer {
+    match read(id)? {
+        Some((body, cached)) => Ok(cache::x_cache(
+            http::json_bytes(StatusCode::OK, body),
+            cached,
+        )),
+        None => Ok(cache::x_cache(
+            not_found(id).into_response(request_id),
+            "miss",
+        )),
+    }
+}
+
+/// Product `id`'s JSON through the cache, and `hit` or `miss` (the `x-cache` it is answered
+/// with); `None` when there is no such product. A miss reads the database and fills the cache.
+pub fn read(id: &str) -> Result<Option<(Vec<u8>, &'static str)>, ApiError> {
     let ttl = cache::ttl();
     if ttl.is_some()
         && http::is_uuid(id)
         && let Some(body) = cache::read(id)
     {
-        return Ok(cache::x_cache(
-            http::json_bytes(StatusCode::OK, body),
-            "hit",
-        ));
+        return Ok(Some((body, "hit")));
     }
     let Some(product) = products::find(id)? else {
-        let missing = not_found(id);
-        return Ok(cache::x_cache(missing.into_response(request_id), "miss"));
+        return Ok(None);
     };
     let body = http::encode(&product);
     if let Some(ttl) = ttl {
         cache::write(id, &body, ttl);
     }
-    Ok(cache::x_cache(
-        http::json_bytes(StatusCode::OK, body),
-        "miss",
-    ))
+    Ok(Some((body, "miss")))
 }
 
 /// `GET /api/products?page&page_size&category&q`.
@@ -153,7 +161,8 @@ fn reservation_answer(id: &str, lines: &[Line]) -> Response<Body> {
     )
 }
 
-fn not_found(id: &str) -> ApiError {
+/// The 404 of an unknown product `id`.
+pub fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no product {id}"))
 }
 

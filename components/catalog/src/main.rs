@@ -14,7 +14,8 @@
 //! - `GET /api/products/{id}` → 200 the product, 404 `not_found`; read through the cache
 //!   (config `cache_ttl_s`, default 60, `0` turns caching off) and answered with
 //!   `x-cache: hit` or `x-cache: miss`. Every change of a product (PATCH, DELETE, reserve,
-//!   release) drops its cache entry after the commit.
+//!   release) drops its cache entry after the commit. For a UUID id it is answered at the
+//!   first look (`agora_sdk::serve_http!`), before wstd reads the whole request.
 //! - `GET /api/products?page&page_size&category&q` → `{items, total, page, page_size}`,
 //!   newest first (ties by id, ascending); `category` matches exactly, `q` is a
 //!   case-insensitive substring of the name or the description (LIKE wildcards escaped; on
@@ -74,9 +75,35 @@ mod samples;
 use agora_sdk::auth::{self, Identity};
 use agora_sdk::http::{self, ApiError, Body, Error, Method, Request, Response, StatusCode};
 use agora_sdk::input::json_object;
+use agora_sdk::serve::{Peek, Quick};
 
-#[wstd::http_server]
-async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
+agora_sdk::serve_http!(product_read, serve);
+
+/// `GET /api/products/{id}` for a UUID id, answered at the first look, before wstd reads the
+/// whole request: the product's read (see [`handlers::read`]) needs only the path, and the
+/// request id when it fails. Every other request goes to [`serve`].
+fn product_read(request: &Peek<'_>) -> Option<Quick> {
+    if request.method()? != Method::GET {
+        return None;
+    }
+    let path = request.path();
+    // Ids are UUIDs, whose hex digits carry no case (as in `route`).
+    let id = path.strip_prefix("/api/products/")?.to_ascii_lowercase();
+    if !http::is_uuid(&id) {
+        return None;
+    }
+    Some(match handlers::read(&id) {
+        Ok(Some((body, cached))) => {
+            Quick::json_bytes(StatusCode::OK, body).header("x-cache", cached)
+        }
+        Ok(None) => {
+            Quick::error(&handlers::not_found(&id), &request.request_id()).header("x-cache", "miss")
+        }
+        Err(error) => Quick::error(&error, &request.request_id()),
+    })
+}
+
+async fn serve(mut request: Request<Body>) -> Result<Response<Body>, Error> {
     let request_id = http::request_id(&request).to_owned();
     Ok(route(&mut request, &request_id)
         .await
