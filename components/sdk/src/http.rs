@@ -141,21 +141,6 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
-    /// The JSON answer, carrying `request_id`.
-    pub fn into_response(self, request_id: &str) -> Response<Body> {
-        let mut response = json_bytes(self.status, self.body(request_id));
-        // A backend that is down for now (a database restarting): say when to try again.
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                "retry-after",
-                wstd::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
-        }
-        response
-    }
-}
-
-impl ApiError {
     /// The error's JSON body: `{"error": {"code", "message", "request_id"}}`, plus `field`.
     pub(crate) fn body(&self, request_id: &str) -> Vec<u8> {
         let mut error = serde_json::json!({
@@ -167,6 +152,19 @@ impl ApiError {
             error["field"] = serde_json::Value::String(field.clone());
         }
         encode(&serde_json::json!({ "error": error }))
+    }
+
+    /// The JSON answer, carrying `request_id`.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let mut response = json_bytes(self.status, self.body(request_id));
+        // A backend that is down for now (a database restarting): say when to try again.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                "retry-after",
+                wstd::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 

@@ -7,8 +7,9 @@
 //! reactor. On a path as short as a cached read that is a large share of the request: about
 //! 12 µs of core time on the bench machine, a fifth of a reused hello (BENCHMARKS.md, sixth
 //! session). A [`Peek`] reads from the host only what it is asked (the method, the path, one
-//! header), and a [`Quick`] answer is written with four host calls; a request the first look
-//! does not answer goes to the component's usual wstd handler, unchanged.
+//! header), and a [`Quick`] answer is written straight (nine host calls for a body under
+//! 4 KiB), without wstd's reactor; a request the first look does not answer goes to the
+//! component's usual wstd handler, unchanged.
 
 use crate::http::{
     ApiError, Body, Error, Method, REQUEST_ID_HEADER, RETRY_AFTER_SECONDS, Request, Response,
@@ -144,7 +145,8 @@ impl Quick {
 }
 
 /// Serves one request: `peek` looks first and may answer; otherwise wstd reads the request
-/// and `serve` answers it, as `#[wstd::http_server]` would. Used by [`serve_http!`](crate::serve_http).
+/// and `serve` answers it, as `#[wstd::http_server]` would. Used by
+/// [`serve_http!`](crate::serve_http).
 #[doc(hidden)]
 pub fn handle<F>(
     request: IncomingRequest,
