@@ -166,8 +166,9 @@ pub fn handle<F>(
         match wstd::http::request::try_from_incoming(request) {
             Ok(request) => match serve(request).await {
                 Ok(response) => {
-                    // As wstd's macro: the answer's status and headers are already sent, so
-                    // a body that cannot be written has no one left to tell.
+                    // wstd's macro panics here; but the answer's status and headers are
+                    // already sent, so a body that cannot be written (the client went away)
+                    // has no one left to tell, and the instance may serve again.
                     let _ = responder.respond(response).await;
                 }
                 Err(err) => responder.fail(err),
