@@ -58,7 +58,7 @@ pub use backend::{
 pub use bindings::agora::platform::sql::{Rows, Value};
 pub use error::SqlError;
 pub use migrate::Migration;
-pub use postgres::PostgresBackend;
+pub use postgres::{OUTBOX_VACUUM_EVERY, PostgresBackend};
 pub use sqlite::SqliteBackend;
 pub use unit::{Database, Sql};
 

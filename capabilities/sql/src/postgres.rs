@@ -67,7 +67,8 @@ use sqlx::{
 use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify};
 
 /// Connections per component opened with [`SqlBackend::namespace`], unless
@@ -422,6 +423,7 @@ impl SqlBackend for PostgresBackend {
             pool_size,
             lock_wait: self.lock_wait,
             signal: Arc::new(Notify::new()),
+            deleted_since_vacuum: AtomicU64::new(0),
         });
         namespaces.insert(component.to_owned(), namespace.clone());
         Ok(namespace)
@@ -433,6 +435,7 @@ impl SqlBackend for PostgresBackend {
 struct HostSql {
     outbox_claim: String,
     outbox_delete: String,
+    outbox_vacuum: String,
     outbox_dead: String,
     outbox_insert: String,
     migrations_applied: String,
@@ -449,6 +452,11 @@ impl HostSql {
                  order by seq limit $1 for update skip locked"
             ),
             outbox_delete: format!("delete from {outbox} where seq = any($1)"),
+            // SKIP_LOCKED: another replica's relay vacuuming it is as good. TRUNCATE false: giving
+            // the emptied pages back to the file system takes an exclusive lock, which waits on
+            // (up to 5 s) and then blocks every transaction writing to the outbox. PARALLEL 0:
+            // no worker process for an index of a few pages.
+            outbox_vacuum: format!("vacuum (skip_locked, truncate false, parallel 0) {outbox}"),
             outbox_dead: format!(
                 r#"insert into "{schema}"._agora_outbox_dead
                    (id, subject, payload, headers, created_at, reason)
@@ -475,7 +483,21 @@ struct PgNamespace {
     reaper: Arc<Reaper>,
     sql: HostSql,
     signal: Arc<Notify>,
+    /// Outbox rows this host's relay deleted since it last vacuumed the outbox.
+    deleted_since_vacuum: AtomicU64,
 }
+
+/// Rows the relay deletes from a component's outbox between two `VACUUM`s of it.
+///
+/// The outbox is a queue: every row is inserted, relayed and deleted within milliseconds, and
+/// its dead versions stay in the table and in its primary key until a vacuum removes them. The
+/// relay's claim reads the queue's head in key order, so it walks every dead entry left there:
+/// measured on PostgreSQL 15, a claim on an empty outbox took 1.4 ms (240 buffers) after
+/// 200 000 orders with nothing vacuumed, 0.05 ms after a `VACUUM`. Autovacuum's default
+/// schedule (a visit a minute, once a fifth of the table is dead) lets a busy shop leave tens
+/// of thousands of dead rows between visits, and a server with autovacuum off never removes
+/// them; so the relay vacuums its own outbox, which as the component's role it owns.
+pub const OUTBOX_VACUUM_EVERY: u64 = 4096;
 
 /// Ends the sessions of a component's role still running a statement the host gave up on.
 struct Reaper {
@@ -1046,11 +1068,16 @@ impl Namespace for PgNamespace {
         // it need not wait for the WAL to reach the disk: a crash that loses it brings the rows
         // back, and the next pass publishes them again under the same message ids, which
         // JetStream drops as repeats — the same as a crash between publish and commit.
+        // The claim reads the queue's head through the primary key, never by a sequential scan:
+        // a vacuum leaves the table's statistics saying "empty" while its file keeps the pages
+        // it emptied, and the planner's sequential scan then reads all of them for every claim
+        // (`bench shop`, outboxes vacuumed by the relay: PostgreSQL spent 3.5–3.9 ms of CPU per
+        // order with the claim scanning, 2.7–2.9 ms with it reading the key).
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn
             .begin_with(AssertSqlSafe(format!(
                 "BEGIN; SET LOCAL application_name = '{HOST_APPLICATION}'; \
-                 SET LOCAL synchronous_commit = off"
+                 SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off"
             )))
             .await?;
         let rows = sqlx::query(AssertSqlSafe(self.sql.outbox_claim.as_str()))
@@ -1077,6 +1104,34 @@ impl Namespace for PgNamespace {
                 .await?;
         }
         tx.commit().await?;
+        // `done` holds every row deleted, the refused ones moved aside included.
+        let deleted = u64::try_from(relayed).unwrap_or(u64::MAX);
+        let since = self
+            .deleted_since_vacuum
+            .fetch_add(deleted, Ordering::Relaxed)
+            + deleted;
+        if since >= OUTBOX_VACUUM_EVERY {
+            self.deleted_since_vacuum.store(0, Ordering::Relaxed);
+            // The rows are relayed and their deletion committed: a failed vacuum only leaves
+            // the dead rows to the next one.
+            let started = Instant::now();
+            match sqlx::query(AssertSqlSafe(self.sql.outbox_vacuum.as_str()))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => tracing::debug!(
+                    schema = %self.schema,
+                    deleted = since,
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "outbox vacuumed"
+                ),
+                Err(err) => tracing::warn!(
+                    schema = %self.schema,
+                    error = %err,
+                    "outbox vacuum failed; its dead rows wait for the next one"
+                ),
+            }
+        }
         Ok(relayed)
     }
 

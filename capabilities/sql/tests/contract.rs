@@ -10,8 +10,8 @@
 
 use agora_sql::bindings::agora::platform::sql::{Error, Host, HostTransaction};
 use agora_sql::{
-    Bounds, Dialect, Migration, Namespace, OutboxMessage, PostgresBackend, RelayError, Rows,
-    SqlBackend, SqlCtx, SqlError, SqlView, SqliteBackend, Transaction, Value,
+    Bounds, Dialect, Migration, Namespace, OUTBOX_VACUUM_EVERY, OutboxMessage, PostgresBackend,
+    RelayError, Rows, SqlBackend, SqlCtx, SqlError, SqlView, SqliteBackend, Transaction, Value,
 };
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
@@ -1212,6 +1212,109 @@ async fn concurrent_relays_never_share_a_row(setup: Setup) {
     let two: HashSet<String> = two.lock().unwrap().iter().map(|m| m.id.clone()).collect();
     assert!(one.is_disjoint(&two), "no message relayed twice");
     assert_eq!(&one | &two, ids);
+}
+
+/// PostgreSQL: the relay vacuums a component's outbox once it has deleted
+/// [`OUTBOX_VACUUM_EVERY`] rows from it, so the dead rows of a queue do not pile up at the head
+/// its claim reads, whether autovacuum is off, late or on (`vacuum_count` counts only vacuums
+/// run by a client, not autovacuum's); and after a vacuum the claim still reads the primary
+/// key rather than scanning the emptied pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_relay_vacuums_its_outbox() {
+    on_postgres(|setup: Setup| async move {
+        let namespace = setup.namespace(&setup.a).await;
+        let schema = setup.a.replace('-', "_");
+        let admin = admin().await;
+        let fill = |rows: u64| {
+            let insert = format!(
+                r#"insert into "{schema}"._agora_outbox (id, subject, payload, headers)
+                   select 'm' || g, 'order.created', 'x', '[]' from generate_series(1, $1) g"#
+            );
+            let admin = admin.clone();
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(insert))
+                    .bind(i64::try_from(rows).unwrap())
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+            }
+        };
+        // Relays `rows` rows, in passes of at most 1 000.
+        let relay = |rows: usize| {
+            let namespace = namespace.clone();
+            async move {
+                let published: Published = Arc::default();
+                let all = recorder(published, HashSet::new());
+                let mut relayed = 0;
+                while relayed < rows {
+                    match namespace
+                        .relay_outbox((rows - relayed).min(1000), &all)
+                        .await
+                        .unwrap()
+                    {
+                        0 => break,
+                        n => relayed += n,
+                    }
+                }
+                relayed
+            }
+        };
+        let vacuums = "select vacuum_count from pg_stat_user_tables \
+                       where schemaname = $1 and relname = '_agora_outbox'";
+        let vacuum_count = || async {
+            sqlx::query_scalar::<_, i64>(vacuums)
+                .bind(&schema)
+                .fetch_one(&admin)
+                .await
+                .unwrap()
+        };
+
+        // Fifty rows more than the threshold: the vacuum finds rows still queued, as under
+        // load, and records the table as holding that few rows in all its pages.
+        fill(OUTBOX_VACUUM_EVERY + 50).await;
+        assert_eq!(
+            relay(OUTBOX_VACUUM_EVERY as usize - 1).await,
+            OUTBOX_VACUUM_EVERY as usize - 1
+        );
+        assert_eq!(vacuum_count().await, 0, "one row short of the threshold");
+        assert_eq!(relay(1).await, 1);
+        let not_yet = until_zero(
+            &admin,
+            &format!("select 1 - ({vacuums})"),
+            &[schema.as_str()],
+        )
+        .await;
+        // How many dead rows it removed is not asserted: a vacuum keeps those a snapshot still
+        // open elsewhere on the server (another test's) may see.
+        assert_eq!(not_yet, 0, "the relay's vacuum, counted by the server");
+
+        // After it the statistics say the outbox holds 50 rows while its file keeps every page
+        // it emptied: the claim must still read the primary key, not scan all those pages.
+        let scans = "select seq_scan, coalesce(idx_scan, 0) from pg_stat_user_tables \
+                     where schemaname = $1 and relname = '_agora_outbox'";
+        let scans = || async {
+            sqlx::query_as::<_, (i64, i64)>(scans)
+                .bind(&schema)
+                .fetch_one(&admin)
+                .await
+                .unwrap()
+        };
+        // An idle backend reports its counts to the server's statistics within 10 s.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let (seq_before, idx_before) = scans().await;
+        assert_eq!(relay(100).await, 50);
+        let mut after = scans().await;
+        for _ in 0..100 {
+            if after.1 > idx_before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            after = scans().await;
+        }
+        assert!(after.1 > idx_before, "the claims read the primary key");
+        assert_eq!(after.0, seq_before, "no claim scanned the table");
+    })
+    .await;
 }
 
 async fn namespaces_are_reused(setup: Setup) {
