@@ -1114,12 +1114,22 @@ impl Namespace for PgNamespace {
         if since >= OUTBOX_VACUUM_EVERY {
             self.deleted_since_vacuum.store(0, Ordering::Relaxed);
             // The rows are relayed and their deletion committed: a failed vacuum only leaves
-            // the dead rows to the next one.
+            // the dead rows to the next one. A vacuum runs outside any transaction, so the
+            // host's application_name (the reaper spares it) is set for the session, and the
+            // connection is closed afterwards rather than lent to a guest under that name.
+            conn.close_on_drop();
             let started = Instant::now();
-            match sqlx::query(AssertSqlSafe(self.sql.outbox_vacuum.as_str()))
+            let vacuum = async {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "SET application_name = '{HOST_APPLICATION}'"
+                )))
                 .execute(&mut *conn)
-                .await
-            {
+                .await?;
+                sqlx::query(AssertSqlSafe(self.sql.outbox_vacuum.as_str()))
+                    .execute(&mut *conn)
+                    .await
+            };
+            match vacuum.await {
                 Ok(_) => tracing::debug!(
                     schema = %self.schema,
                     deleted = since,
