@@ -593,9 +593,9 @@ async fn cache(backends: Backends) {
     assert_eq!((second.status, cache.as_str()), (200, "hit"));
     assert_eq!(first.body, second.body);
     assert_eq!(second.body, product);
-    // A hit is answered at the catalog's first look (agora_sdk::serve_http!), a miss by its
-    // wstd handler: the same bytes and the same content type either way, and a query string
-    // changes neither.
+    // Reads by id, miss and hit alike, are answered at the catalog's first look
+    // (agora_sdk::serve_http!): the same bytes and the same content type either way, and a
+    // query string changes neither.
     assert_eq!(first.text, second.text);
     assert_eq!(
         (first.header("content-type"), second.header("content-type")),

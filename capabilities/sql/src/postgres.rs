@@ -1071,9 +1071,9 @@ impl Namespace for PgNamespace {
         // The claim reads the queue's head through the primary key, never by a sequential scan:
         // after a vacuum the table's statistics count only the few rows then queued while its
         // file keeps the pages it emptied, and the planner's sequential scan (with a sort) then
-        // reads all of them for every claim
-        // (`bench shop`, outboxes vacuumed by the relay: PostgreSQL spent 3.5–3.9 ms of CPU per
-        // order with the claim scanning, 2.7–2.9 ms with it reading the key).
+        // reads all of them for every claim (`bench shop`, outboxes vacuumed by the relay:
+        // PostgreSQL spent 3.5–3.9 ms of CPU per order with the claim scanning, 2.7–2.9 ms
+        // with it reading the key).
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn
             .begin_with(AssertSqlSafe(format!(
