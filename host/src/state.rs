@@ -83,11 +83,15 @@ impl InstanceState {
         }
     }
 
-    /// Readies a reused instance for its next request, due by `deadline`: the units' per-store
-    /// state starts again (a request's budgets are its own), the limits' flags are cleared.
+    /// Readies a reused instance for its next request, due by `deadline`: each unit's per-store
+    /// state starts again (a request's budgets are its own; a unit whose state no call changes
+    /// keeps it, `Prepared::renew`), the limits' flags are cleared.
     /// The guest's memory and the resource table stay as the last request left them.
     fn renew(&mut self, component: &StoreSpec<'_>, deadline: Instant) {
-        self.slots = unit_slots(component, deadline);
+        self.slots.renew_units(
+            component.capabilities.units.iter().map(|(_, part)| &**part),
+            &StoreInfo { deadline },
+        );
         self.deadline = deadline;
         self.deadline_hit = false;
         self.limits.memory_denied = false;
@@ -108,12 +112,10 @@ impl InstanceState {
 
 /// Each capability unit's per-store state for an instance of `component` due by `deadline`.
 fn unit_slots(component: &StoreSpec<'_>, deadline: Instant) -> Slots {
-    let store = StoreInfo { deadline };
-    let mut slots = Slots::default();
-    for (_, part) in component.capabilities.units.iter() {
-        slots.insert(part.instance(&store));
-    }
-    slots
+    Slots::of_units(
+        component.capabilities.units.iter().map(|(_, part)| &**part),
+        &StoreInfo { deadline },
+    )
 }
 
 /// A store for one request or event of `component`: its limits, and a deadline enforced by
@@ -191,6 +193,12 @@ type SendFuture = Box<
 >;
 
 impl WasiHttpHooks for OutboundHttp {
+    // The same headers as wasmtime-wasi-http's default, without the `Arc` its default builds
+    // for every header of every request and response (`forbidden_header_filter`).
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

@@ -327,6 +327,10 @@ impl agora_capability::Prepared for CacheCtx {
         Box::new(self.clone())
     }
 
+    // The state is the part itself, which no call changes (the counts are shared atomics): a
+    // reused instance keeps it.
+    fn renew(&self, _: &mut Box<dyn std::any::Any + Send>, _: &agora_capability::StoreInfo) {}
+
     /// The hits and misses of the component's `get` calls (shared by all its stores).
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "hits": self.stats.hits(), "misses": self.stats.misses() })

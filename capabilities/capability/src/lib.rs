@@ -36,9 +36,52 @@ use wasmtime::component::{Linker, ResourceTable};
 #[derive(Default)]
 pub struct Slots {
     values: Vec<(TypeId, Box<dyn Any + Send>)>,
+    /// Made by [`Slots::of_units`]: the first `units` values are the units' states, in the
+    /// order of their parts (none replaced another of its type).
+    units: Option<usize>,
 }
 
 impl Slots {
+    /// The slots a store of a component starts with: each of `parts`' [`Prepared::instance`].
+    pub fn of_units<'a>(
+        parts: impl ExactSizeIterator<Item = &'a dyn Prepared>,
+        store: &StoreInfo,
+    ) -> Slots {
+        let count = parts.len();
+        let mut slots = Slots {
+            values: Vec::with_capacity(count),
+            units: None,
+        };
+        for part in parts {
+            slots.insert(part.instance(store));
+        }
+        if slots.values.len() == count {
+            slots.units = Some(count);
+        }
+        slots
+    }
+
+    /// Readies the slots [`Slots::of_units`] made from the same `parts` for the store's next
+    /// request or event (a reused instance): each part's [`Prepared::renew`] on its own state,
+    /// in place; the denied states created since are dropped, as a new store would not have
+    /// them. Slots made otherwise are made again.
+    pub fn renew_units<'a>(
+        &mut self,
+        parts: impl ExactSizeIterator<Item = &'a dyn Prepared>,
+        store: &StoreInfo,
+    ) {
+        match self.units {
+            Some(count) if count == parts.len() => {
+                self.values.truncate(count);
+                for (part, (id, state)) in parts.zip(&mut self.values) {
+                    part.renew(state, store);
+                    *id = (**state).type_id();
+                }
+            }
+            _ => *self = Slots::of_units(parts, store),
+        }
+    }
+
     /// Puts `value` in its type's slot, replacing what was there.
     pub fn insert(&mut self, value: Box<dyn Any + Send>) {
         let id = (*value).type_id();
@@ -234,6 +277,14 @@ pub trait Prepared: Any + Send + Sync {
     /// The state one store of the component starts with, put in its [`Slots`].
     fn instance(&self, store: &StoreInfo) -> Box<dyn Any + Send>;
 
+    /// Readies `state` — what [`Prepared::instance`] gave a store of this component, as the
+    /// last request or event left it — for the next one of the same instance (reused
+    /// instances), due as `store` says. By default a new state replaces it; a part whose state
+    /// holds nothing a request could change keeps it as it is (no allocation per request).
+    fn renew(&self, state: &mut Box<dyn Any + Send>, store: &StoreInfo) {
+        *state = self.instance(store);
+    }
+
     /// What the admin API shows of the capability for this component (`null`: nothing).
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -346,6 +397,63 @@ mod tests {
         assert_eq!(part::<Part>(&parts).map(|p| p.0), Some(7));
         assert!(part::<Other>(&parts[1..]).is_none());
         assert!(part::<Part>(&[]).is_none());
+    }
+
+    /// A part whose state counts the calls of one request (renewed by default).
+    struct Budget;
+    impl Prepared for Budget {
+        fn instance(&self, _: &StoreInfo) -> Box<dyn Any + Send> {
+            Box::new(Counter(0))
+        }
+    }
+
+    /// A part whose state nothing changes (kept by a renew).
+    struct Fixed;
+    impl Prepared for Fixed {
+        fn instance(&self, _: &StoreInfo) -> Box<dyn Any + Send> {
+            Box::new(Denied(true))
+        }
+        fn renew(&self, _: &mut Box<dyn Any + Send>, _: &StoreInfo) {}
+    }
+
+    #[test]
+    fn renewed_slots_start_each_request_as_a_new_store_would() {
+        let store = StoreInfo {
+            deadline: Instant::now(),
+        };
+        let parts: [&dyn Prepared; 2] = [&Budget, &Fixed];
+        let mut slots = Slots::of_units(parts.into_iter(), &store);
+        slots.get_mut::<Counter>().0 += 5;
+        let kept: *const Denied = slots.get_mut::<Denied>();
+        #[derive(Default)]
+        struct NotGranted(u8);
+        slots.get_mut::<NotGranted>().0 = 9;
+        slots.renew_units(parts.into_iter(), &store);
+        assert_eq!(
+            *slots.get_mut::<Counter>(),
+            Counter(0),
+            "the budget starts again"
+        );
+        assert_eq!(*slots.get_mut::<Denied>(), Denied(true));
+        assert!(
+            std::ptr::eq(kept, slots.get_mut::<Denied>()),
+            "kept in place"
+        );
+        assert_eq!(
+            slots.get_mut::<NotGranted>().0,
+            0,
+            "a denied state is made again"
+        );
+
+        // Two parts of one state type: the slots are not in the parts' order, so a renew
+        // makes them again rather than guess.
+        let twice: [&dyn Prepared; 2] = [&Budget, &Budget];
+        let mut slots = Slots::of_units(twice.into_iter(), &store);
+        assert_eq!(slots.units, None);
+        slots.get_mut::<Counter>().0 = 3;
+        slots.renew_units(twice.into_iter(), &store);
+        assert_eq!(*slots.get_mut::<Counter>(), Counter(0));
+        assert_eq!(slots.values.len(), 1);
     }
 
     #[test]

@@ -29,6 +29,9 @@ impl Prepared for ConfigCtx {
     fn instance(&self, _: &StoreInfo) -> Box<dyn Any + Send> {
         Box::new(self.clone())
     }
+
+    // The state is the part itself, which no call changes: a reused instance keeps it.
+    fn renew(&self, _: &mut Box<dyn Any + Send>, _: &StoreInfo) {}
 }
 
 /// The capability unit: `wasi:config/store`, granted unless the manifest says

@@ -52,6 +52,9 @@ impl Prepared for LoggingCtx {
     fn instance(&self, _: &StoreInfo) -> Box<dyn Any + Send> {
         Box::new(self.clone())
     }
+
+    // The state is the part itself, which no call changes: a reused instance keeps it.
+    fn renew(&self, _: &mut Box<dyn Any + Send>, _: &StoreInfo) {}
 }
 
 /// The capability unit: `wasi:logging/logging`, granted unless the manifest says
