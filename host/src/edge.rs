@@ -351,7 +351,8 @@ fn strip_reserved(headers: &mut HeaderMap) {
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     // Subjects and roles are checked at issue time (no control characters), so this holds.
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
+        // A `&str` name would be copied into a new header name on every call.
+        headers.insert(HeaderName::from_static(name), value);
     }
 }
 

@@ -20,7 +20,7 @@ use crate::response::{REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::router::Router;
 use crate::swap::Slot;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future as _;
 use std::pin::Pin;
@@ -147,7 +147,9 @@ impl HttpTrigger {
         let request_id = self.ids.next();
         let mut response = self.route(request, caller, target, &request_id).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
         }
         response
     }
@@ -162,10 +164,10 @@ impl HttpTrigger {
         request_id: &str,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let path = request.uri().path().to_owned();
+        let path = request.uri().path();
         let route = self
             .router
-            .lookup(&path)
+            .lookup(path)
             .filter(|route| target.is_none_or(|target| **route.target.name() == *target));
         let Some(route) = route else {
             tracing::debug!(%request_id, %path, target, "no route");
@@ -338,6 +340,7 @@ async fn invoke(
     request_id: &str,
 ) -> Response<ResponseBody> {
     let limits = component.limits;
+    let has_body = !request.body().is_end_stream();
     let declared_length = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -485,7 +488,11 @@ async fn invoke(
     match outcome {
         Ok(Ok(mut response)) => {
             // Returning drops `guest`, which spawns what its run still has to do.
-            response.extensions_mut().insert(FromGuest);
+            if has_body {
+                // Only [`HttpTrigger::handle`]'s check of a request with a body reads it (an
+                // extension costs a map's allocation per response).
+                response.extensions_mut().insert(FromGuest);
+            }
             response
         }
         Ok(Err(code)) => {
