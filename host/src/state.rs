@@ -10,7 +10,7 @@ use crate::calls::{CallContext, Caller, InternalCalls};
 use crate::granted::Granted;
 use crate::manifest::INTERNAL_DOMAIN;
 use crate::manifest::Limits;
-use agora_capability::{Slots, StoreData, StoreInfo};
+use agora_capability::{Prepared, Slots, StoreData, StoreInfo};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -57,7 +57,7 @@ impl InstanceState {
     /// A fresh state for one instance of `component`, due by `deadline`.
     pub fn new(component: &StoreSpec<'_>, deadline: Instant) -> InstanceState {
         let name = component.name;
-        let slots = unit_slots(component, deadline);
+        let slots = Slots::of_units(units(component), &StoreInfo { deadline });
         let wasi = WasiCtx::builder()
             .stdout(GuestLog::new(name.clone(), Stream::Stdout))
             .stderr(GuestLog::new(name.clone(), Stream::Stderr))
@@ -88,10 +88,8 @@ impl InstanceState {
     /// keeps it, `Prepared::renew`), the limits' flags are cleared.
     /// The guest's memory and the resource table stay as the last request left them.
     fn renew(&mut self, component: &StoreSpec<'_>, deadline: Instant) {
-        self.slots.renew_units(
-            component.capabilities.units.iter().map(|(_, part)| &**part),
-            &StoreInfo { deadline },
-        );
+        self.slots
+            .renew_units(units(component), &StoreInfo { deadline });
         self.deadline = deadline;
         self.deadline_hit = false;
         self.limits.memory_denied = false;
@@ -110,12 +108,10 @@ impl InstanceState {
     }
 }
 
-/// Each capability unit's per-store state for an instance of `component` due by `deadline`.
-fn unit_slots(component: &StoreSpec<'_>, deadline: Instant) -> Slots {
-    Slots::of_units(
-        component.capabilities.units.iter().map(|(_, part)| &**part),
-        &StoreInfo { deadline },
-    )
+/// The parts of the capability units `component` holds, in order: what its stores' slots are
+/// made and renewed from.
+fn units<'a>(component: &'a StoreSpec<'_>) -> impl ExactSizeIterator<Item = &'a dyn Prepared> {
+    component.capabilities.units.iter().map(|(_, part)| &**part)
 }
 
 /// A store for one request or event of `component`: its limits, and a deadline enforced by
