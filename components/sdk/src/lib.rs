@@ -48,6 +48,17 @@ pub mod bindings {
     });
 }
 
+/// The first look's export (`wit/first-look.wit`), exported by [`serve_http!`].
+#[doc(hidden)]
+pub mod first_look_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "agora:platform/http-first-look",
+        pub_export_macro: true,
+        default_bindings_module: "agora_sdk::first_look_bindings",
+    });
+}
+
 pub mod auth;
 pub mod cache;
 pub mod call;

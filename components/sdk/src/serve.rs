@@ -6,11 +6,16 @@
 //! method, scheme, authority, path and body; then it writes the answer through its async
 //! reactor. On a path as short as a cached read that is a large share of the request: about
 //! 12 µs of core time on the bench machine, a fifth of a reused hello (BENCHMARKS.md, sixth
-//! session). A [`Peek`] reads from the host only what it is asked (the method, the path, one
-//! header), and a [`Quick`] answer is written straight (nine host calls for a body under
-//! 4 KiB), without wstd's reactor; a request the first look does not answer goes to the
-//! component's usual wstd handler, unchanged.
+//! session). The first look costs less again under agora: the component also exports
+//! `agora:platform/first-look` (`wit/first-look.wit`), and the host hands it a request without
+//! a body as plain values in one call and takes a [`Quick`] answer back as one value — no
+//! wasi:http resource made, no host call. Elsewhere (`wasmtime serve`, a request with a body)
+//! the same `peek` runs inside wasi:http's handler: a [`Peek`] reads from the host only what
+//! it is asked (the method, the path, one header), and a [`Quick`] answer is written straight
+//! (nine host calls for a body under 4 KiB), without wstd's reactor. A request the first look
+//! does not answer goes to the component's usual wstd handler, unchanged.
 
+use crate::first_look_bindings::exports::agora::platform::first_look::{Answer, RequestHead};
 use crate::http::{
     ApiError, Body, Error, Method, REQUEST_ID_HEADER, RETRY_AFTER_SECONDS, Request, Response,
     StatusCode,
@@ -19,16 +24,26 @@ use wasip2::http::types::{
     Fields, IncomingRequest, Method as WasiMethod, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
-/// The request as a first look sees it: each accessor asks the host for that part only.
+/// The request as a first look sees it: under agora's first look, the head the host passed;
+/// inside wasi:http's handler, the request, each accessor asking the host for that part only.
 pub struct Peek<'a> {
-    request: &'a IncomingRequest,
+    request: Looked<'a>,
+}
+
+enum Looked<'a> {
+    Head(&'a RequestHead),
+    Wasi(&'a IncomingRequest),
 }
 
 impl Peek<'_> {
     /// The request's method (`None` for a name the `http` crate refuses, which the host's
     /// HTTP parser does not let through).
     pub fn method(&self) -> Option<Method> {
-        Some(match self.request.method() {
+        let request = match self.request {
+            Looked::Head(head) => return Method::from_bytes(head.method.as_bytes()).ok(),
+            Looked::Wasi(request) => request,
+        };
+        Some(match request.method() {
             WasiMethod::Get => Method::GET,
             WasiMethod::Head => Method::HEAD,
             WasiMethod::Post => Method::POST,
@@ -44,7 +59,10 @@ impl Peek<'_> {
 
     /// The path, without the query (`/` when the request names none).
     pub fn path(&self) -> String {
-        path_of(self.request.path_with_query())
+        match self.request {
+            Looked::Head(head) => path_of(Some(head.path_with_query.clone())),
+            Looked::Wasi(request) => path_of(request.path_with_query()),
+        }
     }
 
     /// The id the host gave this request (as [`crate::http::request_id`]; empty outside
@@ -55,8 +73,14 @@ impl Peek<'_> {
 
     /// The first value of header `name` (lower case), when present and text.
     pub fn header(&self, name: &str) -> Option<String> {
-        let values = self.request.headers().get(name);
-        let first = values.into_iter().next()?;
+        let first = match self.request {
+            Looked::Head(head) => head
+                .headers
+                .iter()
+                .find(|(header, _)| header.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.clone())?,
+            Looked::Wasi(request) => request.headers().get(name).into_iter().next()?,
+        };
         String::from_utf8(first).ok()
     }
 }
@@ -81,14 +105,19 @@ pub struct Quick {
 }
 
 impl Quick {
+    /// An answer with `status` and `body`, and no header of its own.
+    pub fn new(status: StatusCode, body: Vec<u8>) -> Quick {
+        Quick {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
     /// A JSON answer with `status` whose body is `body`, already encoded (the same answer as
     /// [`crate::http::json_bytes`]).
     pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Quick {
-        Quick {
-            status,
-            headers: vec![("content-type".into(), b"application/json".to_vec())],
-            body,
-        }
+        Quick::new(status, body).header("content-type", "application/json")
     }
 
     /// `error` as agora's error answer for request `request_id` (the same answer as
@@ -107,6 +136,15 @@ impl Quick {
     pub fn header(mut self, name: &str, value: &str) -> Quick {
         self.headers.push((name.into(), value.as_bytes().to_vec()));
         self
+    }
+
+    /// The answer as agora's first look returns it.
+    fn into_answer(self) -> Answer {
+        Answer {
+            status: self.status.as_u16(),
+            headers: self.headers,
+            body: self.body,
+        }
     }
 
     /// Writes the answer to `out`. A client gone away fails the write; the request is over
@@ -156,7 +194,13 @@ pub fn handle<F>(
 ) where
     F: Future<Output = Result<Response<Body>, Error>>,
 {
-    if let Some(quick) = peek(&Peek { request: &request }) {
+    // A request agora's first look has just passed on is not looked at twice.
+    let looked = PASSED_ON.replace(false);
+    if !looked
+        && let Some(quick) = peek(&Peek {
+            request: Looked::Wasi(&request),
+        })
+    {
         drop(request);
         quick.send(out);
         return;
@@ -178,7 +222,27 @@ pub fn handle<F>(
     });
 }
 
-/// Exports the component's wasi:http handler, in place of `#[wstd::http_server]`: `peek`
+std::thread_local! {
+    /// Set when agora's first look passed a request on: the host calls wasi:http's handler
+    /// for that request next, on the same instance, and [`handle`] then skips `peek`.
+    static PASSED_ON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// agora's first look at a request without a body: `peek` sees its head and may answer it
+/// whole; `None` passes the request on to the wasi:http handler ([`handle`]), where `peek`
+/// does not run again. Used by [`serve_http!`](crate::serve_http).
+#[doc(hidden)]
+pub fn look(request: RequestHead, peek: fn(&Peek<'_>) -> Option<Quick>) -> Option<Answer> {
+    let answer = peek(&Peek {
+        request: Looked::Head(&request),
+    })
+    .map(Quick::into_answer);
+    PASSED_ON.set(answer.is_none());
+    answer
+}
+
+/// Exports the component's wasi:http handler, in place of `#[wstd::http_server]`, and agora's
+/// first look (`agora:platform/first-look`): `peek`
 /// (`fn(&Peek) -> Option<Quick>`) looks at each request first and may answer it whole;
 /// every other request goes to `serve` (`async fn(Request<Body>) -> Result<Response<Body>,
 /// Error>`) as wstd reads it. Also defines the binary's `main`, which wasi:http never calls.
@@ -203,6 +267,20 @@ macro_rules! serve_http {
         }
 
         $crate::__wasip2::http::proxy::export!(AgoraHttpServer with_types_in $crate::__wasip2);
+
+        impl $crate::first_look_bindings::exports::agora::platform::first_look::Guest
+            for AgoraHttpServer
+        {
+            fn look(
+                request: $crate::first_look_bindings::exports::agora::platform::first_look::RequestHead,
+            ) -> ::core::option::Option<
+                $crate::first_look_bindings::exports::agora::platform::first_look::Answer,
+            > {
+                $crate::serve::look(request, $peek)
+            }
+        }
+
+        $crate::first_look_bindings::export!(AgoraHttpServer with_types_in $crate::first_look_bindings);
 
         fn main() {}
     };
