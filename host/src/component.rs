@@ -11,6 +11,7 @@ pub use crate::granted::Granted;
 use crate::manifest::{ComponentSpec, Limits, one_line};
 use crate::policy::Policy;
 use crate::state::InstanceState;
+use crate::triggers::first_look::HttpPre;
 use agora_cache::CacheBackend;
 use agora_messaging::MessagingBackend;
 use agora_messaging::bindings::subscriber::SubscriberPre;
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// A component ready to serve: pre-linked, with its limits and its concurrency gate.
 pub struct LoadedComponent {
@@ -37,8 +37,9 @@ pub struct LoadedComponent {
     pub limits: Limits,
     /// The engine it was compiled for.
     pub engine: Engine,
-    /// Pre-linked for requests, when it exports wasi:http/incoming-handler.
-    pub proxy: Option<ProxyPre<InstanceState>>,
+    /// Pre-linked for requests, when it exports wasi:http/incoming-handler (and its first
+    /// look, when it exports agora:platform/first-look).
+    pub proxy: Option<HttpPre>,
     /// Pre-linked for messages, when it exports agora:platform/handler.
     pub subscriber: Option<SubscriberPre<InstanceState>>,
     /// One permit per instance allowed to run at once (requests and events together).
@@ -131,7 +132,7 @@ pub struct Code {
     /// Compiled now or read from the cache.
     pub origin: Origin,
     /// Pre-linked for requests.
-    pub proxy: Option<ProxyPre<InstanceState>>,
+    pub proxy: Option<HttpPre>,
     /// Pre-linked for messages.
     pub subscriber: Option<SubscriberPre<InstanceState>>,
 }
@@ -172,7 +173,7 @@ pub fn prepare(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|err| format!("cannot be linked: {err:#}"))?;
-    let proxy = match ProxyPre::new(pre.clone()) {
+    let proxy = match HttpPre::new(pre.clone()) {
         Ok(proxy) => Some(proxy),
         Err(_) if spec.routes.is_empty() => None,
         Err(err) => {

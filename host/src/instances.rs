@@ -18,13 +18,13 @@
 
 use crate::manifest::Reuse;
 use crate::state::{self, InstanceState, StoreSpec};
+use crate::triggers::first_look::HttpExports;
 use agora_messaging::bindings::subscriber::Subscriber;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy;
 
-/// An instance between two requests: its store, the handle of its exports (`E`: [`Proxy`] for
+/// An instance between two requests: its store, the handle of its exports (`E`: [`HttpExports`] for
 /// requests, [`Subscriber`] for events), the requests it has served and when it came back.
 pub struct Idle<E> {
     store: Store<InstanceState>,
@@ -45,7 +45,7 @@ pub trait Exports: Sized {
     fn list(inner: &mut Inner) -> &mut Vec<Idle<Self>>;
 }
 
-impl Exports for Proxy {
+impl Exports for HttpExports {
     fn list(inner: &mut Inner) -> &mut Vec<Idle<Self>> {
         &mut inner.requests
     }
@@ -61,14 +61,14 @@ impl Exports for Subscriber {
 #[derive(Default)]
 pub struct Inner {
     /// Oldest first; taken from the end (the most recently used is the warmest).
-    requests: Vec<Idle<Proxy>>,
+    requests: Vec<Idle<HttpExports>>,
     /// The same, for events.
     events: Vec<Idle<Subscriber>>,
     retired: bool,
 }
 
 /// Instances taken out of the lists, dropped once the lock is released.
-type Dropped = (Vec<Idle<Proxy>>, Vec<Idle<Subscriber>>);
+type Dropped = (Vec<Idle<HttpExports>>, Vec<Idle<Subscriber>>);
 
 impl Instances {
     /// A pool for a component reusing instances as `reuse` says. With reuse on and a tokio
@@ -91,7 +91,7 @@ impl Instances {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The store for the next request (`E` = [`Proxy`]) or event (`E` = [`Subscriber`]) of
+    /// The store for the next request (`E` = [`HttpExports`]) or event (`E` = [`Subscriber`]) of
     /// `component`, due by `deadline`: an idle instance's, readied by [`state::renew_store`],
     /// with its exports and the requests it has served; or a new store, to instantiate in.
     pub fn checkout<E: Exports>(

@@ -337,7 +337,7 @@ async fn probe(candidate: &LoadedComponent) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_millis(candidate.limits.deadline_ms);
     let mut store = state::new_store(&candidate.store_spec(), deadline);
     let instantiated = if let Some(proxy) = &candidate.proxy {
-        proxy.instantiate_async(&mut store).await.map(drop)
+        proxy.instantiate(&mut store).await.map(drop)
     } else if let Some(subscriber) = &candidate.subscriber {
         subscriber.instantiate_async(&mut store).await.map(drop)
     } else {

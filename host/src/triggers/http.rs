@@ -19,6 +19,7 @@ use crate::edge::Edge;
 use crate::response::{REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::router::Router;
 use crate::swap::Slot;
+use crate::triggers::first_look::{self, HttpExports};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
@@ -29,8 +30,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
-use wasmtime_wasi_http::p2::bindings::Proxy;
+use wasmtime::component::Resource;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
 
 /// How deep in-process calls may nest (a component calling a component calling …) before the
@@ -321,6 +324,28 @@ impl InternalHandler for HttpTrigger {
     }
 }
 
+/// How a request reaches its guest: as wasi:http's resources made before the run, or, for a
+/// first look, as its head, with the request and the answer's sender kept for wasi:http's
+/// handler in case the look passes. One per request, moved once into the guest's run: its
+/// size costs nothing a box would not cost more.
+#[allow(clippy::large_enum_variant)]
+enum Handed<B> {
+    Now {
+        request: Resource<HostIncomingRequest>,
+        outparam: Resource<HostResponseOutparam>,
+    },
+    AfterLook {
+        head: first_look::bindings::exports::agora::platform::first_look::RequestHead,
+        request: Request<B>,
+        sender: tokio::sync::oneshot::Sender<
+            Result<
+                Response<HyperOutgoingBody>,
+                wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+            >,
+        >,
+    },
+}
+
 /// Marks a response the component itself gave (it had the request body to read).
 #[derive(Debug, Clone, Copy)]
 struct FromGuest;
@@ -381,30 +406,6 @@ async fn invoke(
         }
     });
 
-    // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
-    let (mut store, reused) = component
-        .instances
-        .checkout::<Proxy>(&component.store_spec(), deadline);
-    store.data_mut().set_call_context(context);
-
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    let resources = store
-        .data_mut()
-        .http()
-        .new_incoming_request(Scheme::Http, request)
-        .and_then(|req| Ok((req, store.data_mut().http().new_response_outparam(sender)?)));
-    let (guest_request, outparam) = match resources {
-        Ok(resources) => resources,
-        Err(err) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("the request cannot be passed to the component: {err}"),
-                request_id,
-            );
-        }
-    };
-
     let Some(proxy) = component.proxy.clone() else {
         // The manifest check at load makes this unreachable: only components exporting
         // wasi:http get routes.
@@ -415,6 +416,46 @@ async fn invoke(
             request_id,
         );
     };
+
+    // A reused instance (`[component.instances] reuse = N`) when one is idle, else a fresh one.
+    let (mut store, reused) = component
+        .instances
+        .checkout::<HttpExports>(&component.store_spec(), deadline);
+    store.data_mut().set_call_context(context);
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    // A request the component's first look may answer reaches wasi:http only if it does not:
+    // its resources are made after the look, so an answered request leaves none behind.
+    let handed = match proxy
+        .has_first_look()
+        .then(|| first_look::head_of(&request))
+        .flatten()
+    {
+        Some(head) => Handed::AfterLook {
+            head,
+            request,
+            sender,
+        },
+        None => {
+            let resources = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request)
+                .and_then(|req| Ok((req, store.data_mut().http().new_response_outparam(sender)?)));
+            match resources {
+                Ok((request, outparam)) => Handed::Now { request, outparam },
+                Err(err) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        &format!("the request cannot be passed to the component: {err}"),
+                        request_id,
+                    );
+                }
+            }
+        }
+    };
+
     let instantiation = component.series.instantiation.clone();
     let instances = component.instances.clone();
     let mut guest = GuestTask::new(
@@ -428,7 +469,7 @@ async fn invoke(
                     }
                     None => {
                         let instantiating = Instant::now();
-                        let instance = proxy.instantiate_async(&mut store).await?;
+                        let instance = proxy.instantiate(&mut store).await?;
                         let took = instantiating.elapsed();
                         instantiation.observe(took);
                         tracing::Span::current().record(
@@ -438,7 +479,27 @@ async fn invoke(
                         (instance, 0)
                     }
                 };
+                let (guest_request, outparam) = match handed {
+                    Handed::Now { request, outparam } => (request, outparam),
+                    Handed::AfterLook {
+                        head,
+                        request,
+                        sender,
+                    } => {
+                        if let Some(answer) = instance.look(&mut store, &head).await? {
+                            let _ = sender.send(first_look::response_of(answer));
+                            return Ok((instance, served + 1));
+                        }
+                        let request = store
+                            .data_mut()
+                            .http()
+                            .new_incoming_request(Scheme::Http, request)?;
+                        let outparam = store.data_mut().http().new_response_outparam(sender)?;
+                        (request, outparam)
+                    }
+                };
                 instance
+                    .proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, guest_request, outparam)
                     .await?;

@@ -1,0 +1,260 @@
+//! What an HTTP component exports, pre-linked: wasi:http's handler, and `agora:platform/
+//! first-look` when the component has one (`wit/first-look.wit`).
+//!
+//! Invariants:
+//! - The first look sees only requests without a body, and only ones wasi:http would take
+//!   (they name an authority): a request it does not answer goes to wasi:http's `handle` on
+//!   the same instance, as if the first look had not been there.
+//! - An answer is held to what wasi:http holds a component's response to: a status of
+//!   100–999, header names and values `fields` accepts, none of the headers a component may
+//!   not set, and a `content-length`, if given, that is the body's. Otherwise the request
+//!   fails with the 500 a bad response in wasi:http gets.
+
+use crate::state::InstanceState;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Generated bindings of `agora:platform/http-first-look`.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "agora:platform/http-first-look",
+        exports: { default: async },
+    });
+}
+
+use bindings::exports::agora::platform::first_look::{Answer, RequestHead};
+use bindings::{HttpFirstLook, HttpFirstLookIndices};
+
+/// The interface a first look is exported under.
+pub const FIRST_LOOK_INTERFACE: &str = "agora:platform/first-look@0.1.0";
+
+/// A component's HTTP exports, pre-linked: instantiating it gives [`HttpExports`].
+#[derive(Clone)]
+pub struct HttpPre {
+    pre: InstancePre<InstanceState>,
+    proxy: ProxyIndices,
+    first_look: Option<HttpFirstLookIndices>,
+}
+
+impl HttpPre {
+    /// The exports of `pre`: an error when it does not export wasi:http's handler; the first
+    /// look when it exports one.
+    pub fn new(pre: InstancePre<InstanceState>) -> wasmtime::Result<HttpPre> {
+        let proxy = ProxyIndices::new(&pre)?;
+        let first_look = HttpFirstLookIndices::new(&pre).ok();
+        Ok(HttpPre {
+            pre,
+            proxy,
+            first_look,
+        })
+    }
+
+    /// Whether the component answers at a first look.
+    pub fn has_first_look(&self) -> bool {
+        self.first_look.is_some()
+    }
+
+    /// A new instance in `store`, and its exports.
+    pub async fn instantiate(
+        &self,
+        store: &mut Store<InstanceState>,
+    ) -> wasmtime::Result<HttpExports> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let proxy = self.proxy.load(&mut *store, &instance)?;
+        let first_look = match &self.first_look {
+            Some(indices) => Some(indices.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(HttpExports { proxy, first_look })
+    }
+}
+
+/// The HTTP exports of one instance.
+pub struct HttpExports {
+    /// wasi:http's `incoming-handler`.
+    pub proxy: Proxy,
+    /// `agora:platform/first-look`, when exported.
+    pub first_look: Option<HttpFirstLook>,
+}
+
+impl HttpExports {
+    /// Asks the first look about `head`: `Ok(None)` passes the request on to wasi:http.
+    pub async fn look(
+        &self,
+        store: &mut Store<InstanceState>,
+        head: &RequestHead,
+    ) -> wasmtime::Result<Option<Answer>> {
+        match &self.first_look {
+            Some(first_look) => {
+                first_look
+                    .agora_platform_first_look()
+                    .call_look(store, head)
+                    .await
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the first look sees of `request`, when it may see it: no body, and an authority (in
+/// the URI or a `host` header) wasi:http would take.
+pub fn head_of<B: hyper::body::Body>(request: &Request<B>) -> Option<RequestHead> {
+    if !request.body().is_end_stream() {
+        return None;
+    }
+    let has_authority = request.uri().authority().is_some()
+        || request
+            .headers()
+            .get(http::header::HOST)
+            .is_some_and(|host| host.to_str().is_ok());
+    if !has_authority {
+        return None;
+    }
+    Some(RequestHead {
+        method: request.method().as_str().to_owned(),
+        path_with_query: request
+            .uri()
+            .path_and_query()
+            .map_or("/", |path| path.as_str())
+            .to_owned(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect(),
+    })
+}
+
+/// The response for a first look's `answer`, or the error wasi:http gives a bad response.
+pub fn response_of(answer: Answer) -> Result<Response<HyperOutgoingBody>, ErrorCode> {
+    let bad = |what: String| ErrorCode::InternalError(Some(what));
+    let status = StatusCode::from_u16(answer.status)
+        .map_err(|_| bad(format!("status {} is not 100–999", answer.status)))?;
+    let length = answer.body.len() as u64;
+    let mut response = Response::new(
+        http_body_util::Full::new(Bytes::from(answer.body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.reserve(answer.headers.len());
+    for (name, value) in answer.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad(format!("header name {name:?} is not valid")))?;
+        if wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(&name) {
+            return Err(bad(format!("header {name} may not be set by a component")));
+        }
+        let value = HeaderValue::from_bytes(&value)
+            .map_err(|_| bad(format!("the value of header {name} is not valid")))?;
+        if name == http::header::CONTENT_LENGTH
+            && value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) != Some(length)
+        {
+            return Err(bad(format!(
+                "content-length {value:?} is not the body's {length} bytes"
+            )));
+        }
+        headers.append(name, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
+        Answer {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_becomes_the_response_it_describes() {
+        let response = response_of(answer(
+            201,
+            &[
+                ("content-type", "application/json"),
+                ("x-cache", "hit"),
+                ("x-cache", "again"),
+            ],
+            "{}",
+        ))
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let caches: Vec<_> = response.headers().get_all("x-cache").iter().collect();
+        assert_eq!(caches, ["hit", "again"]);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{}");
+    }
+
+    #[test]
+    fn a_response_wasi_http_would_refuse_is_an_error() {
+        for (bad, why) in [
+            (answer(99, &[], ""), "status"),
+            (answer(1000, &[], ""), "status"),
+            (answer(200, &[("bad name", "x")], ""), "name"),
+            (answer(200, &[("x-a", "line\nbreak")], ""), "value"),
+            (answer(200, &[("connection", "close")], ""), "forbidden"),
+            (
+                answer(200, &[("transfer-encoding", "chunked")], ""),
+                "forbidden",
+            ),
+            (answer(200, &[("content-length", "3")], "four"), "length"),
+            (answer(200, &[("content-length", "x")], "four"), "length"),
+        ] {
+            let Err(ErrorCode::InternalError(Some(message))) = response_of(bad) else {
+                panic!("{why}: accepted");
+            };
+            assert!(!message.is_empty(), "{why}");
+        }
+        assert!(response_of(answer(200, &[("content-length", "4")], "four")).is_ok());
+    }
+
+    #[test]
+    fn only_a_request_without_a_body_and_with_an_authority_is_looked_at() {
+        let get = Request::get("http://shop.example/api/products/1?x=1")
+            .header("x-agora-request-id", "r1")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let head = head_of(&get).unwrap();
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path_with_query, "/api/products/1?x=1");
+        assert_eq!(
+            head.headers,
+            [("x-agora-request-id".to_owned(), b"r1".to_vec())]
+        );
+
+        let host_only = Request::get("/")
+            .header("host", "shop.example")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(head_of(&host_only).unwrap().path_with_query, "/");
+
+        let no_authority = Request::get("/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        assert!(head_of(&no_authority).is_none());
+
+        let with_body = Request::post("http://shop.example/")
+            .body(http_body_util::Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        assert!(head_of(&with_body).is_none());
+    }
+}
