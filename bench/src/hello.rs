@@ -33,7 +33,11 @@ pub(crate) fn run(
     rounds: usize,
     reuse: u32,
 ) -> anyhow::Result<()> {
-    let Hellos { hello, hello_wasi } = build_hello_and_servers()?;
+    let Hellos {
+        hello,
+        hello_wasi,
+        hello_first_look,
+    } = build_hello_and_servers()?;
     let wasmtime = ensure_wasmtime_cli()?;
     let release = target_dir().join("release");
     let work = target_dir().join("bench-hello");
@@ -46,6 +50,16 @@ pub(crate) fn run(
     std::fs::write(&reuse_manifest, reusing_manifest(&hello, reuse))?;
     let wasi_manifest = work.join("agora-reuse-wasi.toml");
     std::fs::write(&wasi_manifest, reusing_manifest(&hello_wasi, reuse))?;
+    let look_manifest = work.join("agora-first-look.toml");
+    std::fs::write(
+        &look_manifest,
+        hello_table("hello", &hello_first_look, r#"["/..."]"#, ""),
+    )?;
+    let look_reuse_manifest = work.join("agora-reuse-first-look.toml");
+    std::fs::write(
+        &look_reuse_manifest,
+        reusing_manifest(&hello_first_look, reuse),
+    )?;
 
     let native = release.join("agora-native-hello");
     let data_dir = work.join("data");
@@ -54,6 +68,7 @@ pub(crate) fn run(
     let (manifest_traced, data_traced) = (manifest.clone(), data_dir.clone());
     let data_reusing = data_dir.clone();
     let data_wasi = data_dir.clone();
+    let (data_look, data_look_reusing) = (data_dir.clone(), data_dir.clone());
     let (hello_for_reuse, wasmtime_reuse) = (hello.clone(), wasmtime.clone());
     let reuse_count = reuse.to_string();
     let hello_for_wasmtime = hello.clone();
@@ -117,6 +132,18 @@ pub(crate) fn run(
             label: WASI_LABEL,
             start: Box::new(move || {
                 spawn_and_read_addr(&mut agora_serve(&wasi_manifest, &data_wasi))
+            }),
+        },
+        Server {
+            label: LOOK_LABEL,
+            start: Box::new(move || {
+                spawn_and_read_addr(&mut agora_serve(&look_manifest, &data_look))
+            }),
+        },
+        Server {
+            label: LOOK_REUSED_LABEL,
+            start: Box::new(move || {
+                spawn_and_read_addr(&mut agora_serve(&look_reuse_manifest, &data_look_reusing))
             }),
         },
         Server {
@@ -222,12 +249,14 @@ pub(crate) fn run(
         "side by side, same mode: fresh instances agora ÷ wasmtime serve {:.2}; instances reused \
          (up to {reuse} requests each) agora ÷ wasmtime serve {:.2}; agora ÷ native hyper: fresh \
          {:.2}, reused {:.2}; reused, hello on wasi:http's bindings instead of wstd ÷ native \
-         {:.2}",
+         {:.2}; hello answered at agora's first look ÷ native: fresh {:.2}, reused {:.2}",
         agora_rps / rps("wasmtime serve -Scli"),
         reusing / rps("wasmtime serve -Scli, --max-instance-reuse-count"),
         agora_rps / native,
         reusing / native,
-        rps(WASI_LABEL) / native
+        rps(WASI_LABEL) / native,
+        rps(LOOK_LABEL) / native,
+        rps(LOOK_REUSED_LABEL) / native
     );
     Ok(())
 }
@@ -235,12 +264,19 @@ pub(crate) fn run(
 /// The row of hello written on wasi:http's own bindings (components/fixtures/hello-wasi).
 const WASI_LABEL: &str = "agora serve, instances reused, hello on wasi:http's bindings (no wstd)";
 
-/// The two builds of the hello answer the bench serves.
+/// The rows of hello answered at agora's first look (components/fixtures/hello-first-look).
+const LOOK_LABEL: &str =
+    "agora serve, hello at agora's first look (one call, no wasi:http resource)";
+const LOOK_REUSED_LABEL: &str = "agora serve, instances reused, hello at agora's first look";
+
+/// The three builds of the hello answer the bench serves.
 pub(crate) struct Hellos {
     /// components/hello (wstd).
     pub(crate) hello: PathBuf,
     /// components/fixtures/hello-wasi (wasi:http's bindings).
     pub(crate) hello_wasi: PathBuf,
+    /// components/fixtures/hello-first-look (agora's first look, wasi:http behind it).
+    pub(crate) hello_first_look: PathBuf,
 }
 
 /// Builds the components (returning both hellos' files), agora and the native baseline
@@ -257,6 +293,7 @@ pub(crate) fn build_hello_and_servers() -> anyhow::Result<Hellos> {
     let hellos = Hellos {
         hello: find("hello")?,
         hello_wasi: find("fixture-hello-wasi")?,
+        hello_first_look: find("fixture-hello-first-look")?,
     };
     eprintln!("xtask: building agora and the native baseline (release)");
     crate::run(cargo().args([
