@@ -9,6 +9,9 @@
 //! - Whatever the guest does — trap, loop, exhaust memory, read too much — only its own request
 //!   fails, with a JSON error carrying the request id; the answer's status tells which limit was
 //!   hit (413 body, 408 body too slow, 503 concurrency, 504 deadline, 500 trap).
+//! - A component that exports a first look ([`first_look`]) is asked about a request without a
+//!   body before wasi:http: an answer goes out whole and no wasi:http resource is made; a pass
+//!   makes them from the kept request and calls `handle` on the same instance.
 //! - The guest runs on the request's task until it has answered; what it still does after that
 //!   (streaming the body after the response head has gone out) runs in a task of its own
 //!   ([`GuestTask`]); the concurrency permit and the deadline cover the whole run.
