@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 
-/// An instance between two requests: its store, the handle of its exports (`E`: [`HttpExports`] for
-/// requests, [`Subscriber`] for events), the requests it has served and when it came back.
+/// An instance between two requests: its store, the handle of its exports (`E`:
+/// [`HttpExports`] for requests, [`Subscriber`] for events), the requests it has served and
+/// when it came back.
 pub struct Idle<E> {
     store: Store<InstanceState>,
     exports: E,
@@ -91,9 +92,10 @@ impl Instances {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The store for the next request (`E` = [`HttpExports`]) or event (`E` = [`Subscriber`]) of
-    /// `component`, due by `deadline`: an idle instance's, readied by [`state::renew_store`],
-    /// with its exports and the requests it has served; or a new store, to instantiate in.
+    /// The store for the next request (`E` = [`HttpExports`]) or event (`E` =
+    /// [`Subscriber`]) of `component`, due by `deadline`: an idle instance's, readied by
+    /// [`state::renew_store`], with its exports and the requests it has served; or a new
+    /// store, to instantiate in.
     pub fn checkout<E: Exports>(
         &self,
         component: &StoreSpec<'_>,

@@ -114,6 +114,13 @@ fn units<'a>(component: &'a StoreSpec<'_>) -> impl ExactSizeIterator<Item = &'a 
     component.capabilities.units.iter().map(|(_, part)| &**part)
 }
 
+/// Whether a component may not set header `name` on what it sends (wasi:http's `fields`, a
+/// first look's answer): wasmtime-wasi-http's default headers, without the `Arc` its default
+/// hook builds for every header of every request and response (`forbidden_header_filter`).
+pub fn forbidden_header(name: &http::HeaderName) -> bool {
+    wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+}
+
 /// A store for one request or event of `component`: its limits, and a deadline enforced by
 /// epoch interruption (a guest computing past it is interrupted; before it, the guest yields at
 /// every epoch tick so other tasks on the thread run).
@@ -189,10 +196,8 @@ type SendFuture = Box<
 >;
 
 impl WasiHttpHooks for OutboundHttp {
-    // The same headers as wasmtime-wasi-http's default, without the `Arc` its default builds
-    // for every header of every request and response (`forbidden_header_filter`).
     fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
-        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+        forbidden_header(name)
     }
 
     fn send_request(

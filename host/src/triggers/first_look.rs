@@ -10,7 +10,7 @@
 //!   not set, and a `content-length`, if given, that is the body's. Otherwise the request
 //!   fails with the 500 a bad response in wasi:http gets.
 
-use crate::state::InstanceState;
+use crate::state::{InstanceState, forbidden_header};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -32,9 +32,6 @@ pub mod bindings {
 
 use bindings::exports::agora::platform::first_look::{Answer, RequestHead};
 use bindings::{HttpFirstLook, HttpFirstLookIndices};
-
-/// The interface a first look is exported under.
-pub const FIRST_LOOK_INTERFACE: &str = "agora:platform/first-look@0.1.0";
 
 /// A component's HTTP exports, pre-linked: instantiating it gives [`HttpExports`].
 #[derive(Clone)]
@@ -150,7 +147,7 @@ pub fn response_of(answer: Answer) -> Result<Response<HyperOutgoingBody>, ErrorC
     for (name, value) in answer.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| bad(format!("header name {name:?} is not valid")))?;
-        if wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(&name) {
+        if forbidden_header(&name) {
             return Err(bad(format!("header {name} may not be set by a component")));
         }
         let value = HeaderValue::from_bytes(&value)
