@@ -105,10 +105,28 @@ impl Policy {
 /// The policy that applies to `method` `path` among `policies`: the most specific match, the
 /// first in manifest order on a tie; [`OPEN`] when none matches.
 pub fn resolve<'a>(policies: &'a [Policy], method: &str, path: &str) -> (usize, &'a Policy) {
-    let segments = segments(path);
+    if policies.is_empty() {
+        return (usize::MAX, &OPEN);
+    }
+    // The segments of a usual path fit on the stack: no allocation per request.
+    let mut stack = [""; 16];
+    let mut count = 0;
+    let mut split = path.split('/').filter(|s| !s.is_empty());
+    for (slot, segment) in stack.iter_mut().zip(&mut split) {
+        *slot = segment;
+        count += 1;
+    }
+    let longer: Vec<&str>;
+    let segments = match split.next() {
+        None => &stack[..count],
+        Some(more) => {
+            longer = stack.iter().copied().chain([more]).chain(split).collect();
+            &longer[..]
+        }
+    };
     let mut best: Option<((usize, bool, bool), usize)> = None;
     for (index, policy) in policies.iter().enumerate() {
-        if let Some(rank) = policy.specificity(method, &segments)
+        if let Some(rank) = policy.specificity(method, segments)
             && best.is_none_or(|(best_rank, _)| rank > best_rank)
         {
             best = Some((rank, index));
@@ -118,10 +136,6 @@ pub fn resolve<'a>(policies: &'a [Policy], method: &str, path: &str) -> (usize, 
         Some((_, index)) => (index, &policies[index]),
         None => (usize::MAX, &OPEN),
     }
-}
-
-fn segments(path: &str) -> Vec<&str> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
 }
 
 /// A policy path pattern: literal segments, `*` for any one segment, and an optional final
@@ -237,6 +251,33 @@ mod tests {
         assert_eq!(access("GET", "/api/products/7/stock"), Access::Internal);
         assert_eq!(access("DELETE", "/api/products/special"), Access::Public);
         assert_eq!(access("GET", "/elsewhere"), Access::Authenticated);
+    }
+
+    #[test]
+    fn paths_longer_than_the_stack_buffer_resolve_on_every_segment() {
+        let long: String = (1..=20).map(|n| format!("/s{n}")).collect();
+        let exact: String = long.clone();
+        let policies = [
+            policy(&["/s1/..."], &[], Access::Authenticated),
+            policy(&[&exact], &[], Access::Internal),
+        ];
+        assert_eq!(resolve(&policies, "GET", &long).1.access, Access::Internal);
+        // The 17th segment and on count: one more, or one different, is not the exact route.
+        let longer = format!("{long}/s21");
+        assert_eq!(
+            resolve(&policies, "GET", &longer).1.access,
+            Access::Authenticated
+        );
+        let different = long.replace("/s17", "/x17");
+        assert_eq!(
+            resolve(&policies, "GET", &different).1.access,
+            Access::Authenticated
+        );
+        let sixteen: String = (1..=16).map(|n| format!("/s{n}")).collect();
+        assert_eq!(
+            resolve(&policies, "GET", &sixteen).1.access,
+            Access::Authenticated
+        );
     }
 
     #[test]
