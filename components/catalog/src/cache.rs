@@ -8,6 +8,7 @@
 
 use agora_sdk::http::{Body, Response};
 use agora_sdk::{cache, config, log};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Cache TTL when `cache_ttl_s` is not configured.
@@ -15,16 +16,28 @@ const DEFAULT_CACHE_TTL_S: u64 = 60;
 
 /// The cache key of product `id` (a UUID: one key whatever the case of its digits).
 pub fn key(id: &str) -> String {
-    format!("product:{}", id.to_ascii_lowercase())
+    const PREFIX: &str = "product:";
+    let mut key = String::with_capacity(PREFIX.len() + id.len());
+    key.push_str(PREFIX);
+    key.push_str(id);
+    key[PREFIX.len()..].make_ascii_lowercase();
+    key
 }
 
 /// How long a product stays cached; `None` when `cache_ttl_s` is 0 (no caching).
+///
+/// Read once per instance: a component's configuration cannot change under an instance (a new
+/// version or a restart brings new instances), and a reused instance would otherwise ask the
+/// host for it on every read.
 pub fn ttl() -> Option<Duration> {
-    let seconds = config::get_or("cache_ttl_s", DEFAULT_CACHE_TTL_S).unwrap_or_else(|err| {
-        log::warn("config", &format!("{err}; using {DEFAULT_CACHE_TTL_S}"));
-        DEFAULT_CACHE_TTL_S
-    });
-    (seconds > 0).then(|| Duration::from_secs(seconds))
+    static TTL: OnceLock<Option<Duration>> = OnceLock::new();
+    *TTL.get_or_init(|| {
+        let seconds = config::get_or("cache_ttl_s", DEFAULT_CACHE_TTL_S).unwrap_or_else(|err| {
+            log::warn("config", &format!("{err}; using {DEFAULT_CACHE_TTL_S}"));
+            DEFAULT_CACHE_TTL_S
+        });
+        (seconds > 0).then(|| Duration::from_secs(seconds))
+    })
 }
 
 /// Drops the cached copies of products that changed (after the commit). A failure is logged:
