@@ -154,8 +154,17 @@ fn base_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    if std::env::var_os(PERF_MAP_ENV).is_some_and(|value| value != "0") {
+        // `/tmp/perf-<pid>.map` names each guest function for `perf report` (from the
+        // component's name section; a stripped build shows indices only).
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
+
+/// Set (to anything but `0`) to have the engine write a perf map of the guests' code, so that
+/// `perf` names their functions: for profiling, not for production (the map only grows).
+pub const PERF_MAP_ENV: &str = "AGORA_PERF_MAP";
 
 /// Probes whether the pool's address space (1000 slots of 4 GiB plus guards) can be reserved,
 /// by reserving a single memory of that size once.
