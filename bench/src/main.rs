@@ -7,6 +7,8 @@
 //! - `bench shop`: the shop on PostgreSQL, Redis and NATS: a cached product read, orders
 //! - `bench swap`: hot swap on the shop: upload → serving per component, latency under swaps
 //! - `load URL`: the closed-loop load generator on its own
+//! - `native-read`: `bench shop`'s native baseline of the cached read, served on its own (to
+//!   profile or load it by hand beside a host)
 //!
 //! This file holds the command line and the dispatch only. Each bench is a module of its own
 //! (`hello`, `capabilities`, `shop/`, `swap/`); what more than one of them uses is in
@@ -40,6 +42,15 @@ enum Task {
     },
     /// Run a load generator against a URL (used by `bench`; handy on its own).
     Load(loadgen::LoadArgs),
+    /// Serve `bench shop`'s native baseline of the cached product read on its own: one Redis
+    /// GET of the catalog's cache entry per `GET /api/products/{id}`, until interrupted.
+    NativeRead {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        #[command(flatten)]
+        backends: harness::backends::BackendUrls,
+    },
 }
 
 // The benchmarks `bench` runs (the help shows `Task::Bench`'s doc comment).
@@ -91,6 +102,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Bench { which } => bench(which),
         Task::Load(args) => loadgen::run_cli(args),
+        Task::NativeRead { listen, backends } => shop::serve_native(&listen, &backends),
     }
 }
 

@@ -27,9 +27,12 @@ pub(crate) struct BackendUrls {
     pub(crate) nats_url: String,
 }
 
+/// The name of the server runtime's threads ([`crate::harness::cpu::CpuOf::OwnThreads`]).
+pub(crate) const SERVER_THREADS: &str = "bench-server";
+
 /// The runtimes of a bench on the production backends, once they answer: the client side on
 /// one thread, like `cargo xtask load`, and a multi-threaded one shaped like the host's for the
-/// native baseline.
+/// native baseline (its threads named [`SERVER_THREADS`]).
 pub(crate) fn client_and_server(
     backends: &BackendUrls,
     work: &Path,
@@ -38,6 +41,7 @@ pub(crate) fn client_and_server(
         .enable_all()
         .build()?;
     let server = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(SERVER_THREADS)
         .enable_all()
         .build()?;
     client.block_on(check_backends(backends, work))?;

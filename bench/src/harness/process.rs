@@ -57,6 +57,11 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 pub(crate) struct Host(pub(crate) Option<Child>);
 
 impl Host {
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     pub(crate) fn stop(&mut self) {
         let Some(mut child) = self.0.take() else {
             return;

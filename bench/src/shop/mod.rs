@@ -34,7 +34,7 @@ mod observability;
 mod orders;
 mod read;
 
-pub(crate) use read::start_native;
+pub(crate) use read::{serve_native, start_native};
 
 use crate::harness::backends::{BackendUrls, client_and_server};
 use crate::harness::process::{Host, spawn_and_read_addr};
@@ -155,8 +155,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let mut replicas = Vec::new();
     let outcome = client.block_on(async {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-        let reuse_addr = reusing.as_ref().map(|(_, addr)| addr.clone());
-        let read = product_read(args, &addr, reuse_addr.as_deref(), &signer, &tag, &server).await;
+        let reuse = reusing
+            .as_ref()
+            .and_then(|(host, addr)| Some((addr.as_str(), host.pid()?)));
+        let pid = host.pid().unwrap_or_default();
+        let read = product_read(args, (&addr, pid), reuse, &signer, &tag, &server).await;
         // The second host is stopped before the orders: it would share the machine's cores.
         if let Some((host, _)) = reusing.as_mut() {
             host.stop();

@@ -2,7 +2,9 @@
 //! this process doing the same work (one Redis GET of the catalog's cache entry).
 
 use super::Args;
+use crate::harness::backends::{BackendUrls, SERVER_THREADS};
 use crate::harness::client::{Amount, Client, WARMUP_PER_CONNECTION, closed_loop};
+use crate::harness::cpu::CpuOf;
 use crate::harness::shop_host::{Signer, create_product, warm};
 use crate::harness::stats::median;
 use crate::loadgen::Report;
@@ -23,6 +25,10 @@ pub(super) struct ReadResult {
     same_body: bool,
     /// Per round: agora, agora reusing (0 when not measured), native req/s.
     rounds: Vec<(f64, f64, f64)>,
+    /// Median over the rounds of each side's CPU time per request, in µs (the host's process;
+    /// the native side's server threads, not the load generator's): agora, agora reusing,
+    /// native. `None` where `/proc` cannot tell.
+    cpu_us: [Option<f64>; 3],
 }
 
 impl ReadResult {
@@ -51,8 +57,8 @@ impl ReadResult {
             rounds.join(", ")
         );
         println!();
-        println!("| server | per request | req/s | p50 ms | p99 ms | errors |");
-        println!("|---|---|---:|---:|---:|---:|");
+        println!("| server | per request | req/s | p50 ms | p99 ms | errors | CPU µs/request |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
         let reuse_work = format!(
             "edge checks, catalog instance reused (up to {} requests each), cache.get → Redis GET, cached bytes answered",
             args.reuse
@@ -71,31 +77,41 @@ impl ReadResult {
                 "edge checks, fresh catalog instance, cache.get → Redis GET, cached bytes answered",
             )
         };
-        let mut rows = vec![(main_label.as_str(), main_work, &self.agora)];
+        let [agora_cpu, reused_cpu, native_cpu] = self.cpu_us;
+        let mut rows = vec![(main_label.as_str(), main_work, &self.agora, agora_cpu)];
         if let Some(reused) = &self.reused {
             rows.push((
                 "agora serve (release), reused instances",
                 &reuse_work,
                 reused,
+                reused_cpu,
             ));
         }
         rows.push((
             "native hyper",
             "one Redis GET (agora-cache client, kept connection), bytes answered",
             &self.native,
+            native_cpu,
         ));
-        for (label, work, report) in rows {
+        let shown = |cpu: Option<f64>| cpu.map_or_else(|| "—".to_owned(), |us| format!("{us:.1}"));
+        for (label, work, report, cpu) in rows {
             println!(
-                "| {label} | {work} | {:.0} | {:.3} | {:.3} | {} |",
+                "| {label} | {work} | {:.0} | {:.3} | {:.3} | {} | {} |",
                 report.rps(),
                 report.percentile_ms(0.5),
                 report.percentile_ms(0.99),
-                report.errors
+                report.errors,
+                shown(cpu),
             );
         }
-        let ratio = |label: &str, agora: &Report| {
+        // CPU per request: native ÷ agora, so that above 1 is agora ahead, like the req/s one.
+        let ratio = |label: &str, agora: &Report, cpu: Option<f64>| {
+            let cpu = match (cpu, native_cpu) {
+                (Some(agora), Some(native)) if agora > 0.0 => format!("{:.2}", native / agora),
+                _ => "—".to_owned(),
+            };
             println!(
-                "| **{label} ÷ native** | | **{:.2}** | {:.2} | {:.2} | |",
+                "| **{label} ÷ native** | | **{:.2}** | {:.2} | {:.2} | | {cpu} (native ÷ agora) |",
                 agora.rps() / self.native.rps(),
                 agora.percentile_ms(0.5) / self.native.percentile_ms(0.5),
                 agora.percentile_ms(0.99) / self.native.percentile_ms(0.99),
@@ -109,17 +125,20 @@ impl ReadResult {
                 "agora, fresh"
             },
             &self.agora,
+            agora_cpu,
         );
         if let Some(reused) = &self.reused {
-            ratio("agora, reused", reused);
+            ratio("agora, reused", reused, reused_cpu);
         }
     }
 }
 
+/// `addr` and `reuse_addr` are served by the host processes `pid` and `reuse_pid` (whose CPU
+/// time is read from `/proc`).
 pub(super) async fn product_read(
     args: &Args,
-    addr: &str,
-    reuse_addr: Option<&str>,
+    (addr, pid): (&str, u32),
+    reuse: Option<(&str, u32)>,
     signer: &Signer,
     tag: &str,
     server: &tokio::runtime::Runtime,
@@ -143,14 +162,23 @@ pub(super) async fn product_read(
     };
 
     let rounds = args.rounds.max(1);
-    let mut sides = vec![("agora", addr)];
-    if let Some(reuse_addr) = reuse_addr {
-        sides.push(("agora reusing instances", reuse_addr));
+    let mut sides = vec![("agora", addr, CpuOf::Process(pid))];
+    if let Some((reuse_addr, reuse_pid)) = reuse {
+        sides.push((
+            "agora reusing instances",
+            reuse_addr,
+            CpuOf::Process(reuse_pid),
+        ));
     }
-    sides.push(("native", native_addr.as_str()));
+    sides.push((
+        "native",
+        native_addr.as_str(),
+        CpuOf::OwnThreads(SERVER_THREADS),
+    ));
     let mut reports: Vec<Vec<Report>> = vec![Vec::new(); sides.len()];
+    let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     for round in 1..=rounds {
-        for (index, (side, target)) in sides.iter().enumerate() {
+        for (index, (side, target, cpu_of)) in sides.iter().enumerate() {
             let expect_hit = *side != "native";
             // A fresh entry (60 s TTL) before each run: the run cannot outlive it. On a new
             // connection: the host closes one idle for its keep-alive timeout (15 s), which a
@@ -164,33 +192,41 @@ pub(super) async fn product_read(
             let warmup = WARMUP_PER_CONNECTION * args.connections as u64;
             let (warmup, measured) = (Amount::Requests(warmup), Amount::Requests(args.requests));
             closed_loop(target, &path, args.connections, warmup, expect_hit).await?;
+            let cpu_before = cpu_of.seconds();
             let report = closed_loop(target, &path, args.connections, measured, expect_hit).await?;
+            let cpu = cpu_before
+                .zip(cpu_of.seconds())
+                .map(|(before, after)| (after - before) * 1e6 / report.ok.max(1) as f64);
             eprintln!(
-                "        {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
+                "        {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}, CPU {} µs/request",
                 report.rps(),
                 report.percentile_ms(0.5),
                 report.percentile_ms(0.99),
-                report.errors
+                report.errors,
+                cpu.map_or_else(|| "—".to_owned(), |us| format!("{us:.1}")),
             );
             reports[index].push(report);
+            cpu_us[index].extend(cpu);
         }
     }
     let rps = |side: usize, round: usize| reports[side][round].rps();
     let native_side = sides.len() - 1;
     let rounds = (0..rounds)
         .map(|round| {
-            let reused = if reuse_addr.is_some() {
-                rps(1, round)
-            } else {
-                0.0
-            };
+            let reused = if reuse.is_some() { rps(1, round) } else { 0.0 };
             (rps(0, round), reused, rps(native_side, round))
         })
         .collect();
     let native = median(reports.pop().unwrap_or_default());
-    let reused = reuse_addr
+    let reused = reuse
         .is_some()
         .then(|| median(reports.pop().unwrap_or_default()));
+    let cpu_median = |side: usize| middle(&cpu_us[side]);
+    let cpu_us = [
+        cpu_median(0),
+        if reuse.is_some() { cpu_median(1) } else { None },
+        cpu_median(native_side),
+    ];
     Ok(ReadResult {
         agora: median(reports.pop().unwrap_or_default()),
         reused,
@@ -198,7 +234,15 @@ pub(super) async fn product_read(
         body_bytes,
         same_body,
         rounds,
+        cpu_us,
     })
+}
+
+/// The median of `values` (the upper one of an even count); `None` when there are none.
+fn middle(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// The native baseline: a hyper server on `server`'s workers answering
@@ -207,8 +251,33 @@ pub(crate) async fn start_native(
     server: &tokio::runtime::Runtime,
     cache: Arc<RedisCache>,
 ) -> anyhow::Result<String> {
+    start_native_on(server, cache, "127.0.0.1:0").await
+}
+
+/// `agora-bench native-read`: [`start_native`] on `listen`, on a runtime like the bench's,
+/// until the process is stopped; prints the address it serves on.
+pub(crate) fn serve_native(listen: &str, backends: &BackendUrls) -> anyhow::Result<()> {
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let cache = Arc::new(RedisCache::new(&backends.redis_url)?);
+    let addr = server.block_on(start_native_on(&server, cache, listen))?;
+    println!(
+        "native read on http://{addr}/api/products/{{id}} (Redis {})",
+        backends.redis_url
+    );
+    server.block_on(tokio::signal::ctrl_c())?;
+    Ok(())
+}
+
+async fn start_native_on(
+    server: &tokio::runtime::Runtime,
+    cache: Arc<RedisCache>,
+    listen: &str,
+) -> anyhow::Result<String> {
+    let listen = listen.to_owned();
     let listener = server
-        .spawn(async { tokio::net::TcpListener::bind("127.0.0.1:0").await })
+        .spawn(async move { tokio::net::TcpListener::bind(listen).await })
         .await??;
     let addr = listener.local_addr()?.to_string();
     server.spawn(async move {
