@@ -734,11 +734,11 @@ fn body_too_large(limit: u64, request_id: &str) -> Response<ResponseBody> {
     )
 }
 
-/// Request ids: a random per-process prefix and a counter — unique across replicas without a
-/// random draw per request.
 /// Length of a request id's random prefix, in hex digits.
 const ID_PREFIX_LEN: usize = 12;
 
+/// Request ids: a random per-process prefix and a counter — unique across replicas without a
+/// random draw per request.
 struct RequestIds {
     prefix: String,
     next: AtomicU64,
