@@ -1,4 +1,4 @@
-//! The arithmetic of the reports: the median run, percentiles of sorted µs, µs since an
+//! The arithmetic of the reports: the median run and value, percentiles of sorted µs, µs since an
 //! instant, and the machine's load average printed beside the figures.
 
 use crate::loadgen::Report;
@@ -8,6 +8,13 @@ use std::time::Instant;
 pub(crate) fn median(mut runs: Vec<Report>) -> Report {
     runs.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
     runs.swap_remove(runs.len() / 2)
+}
+
+/// The median of `values` (the upper one of an even count); `None` when there are none.
+pub(crate) fn median_of(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// The machine a run measures on: its cores, and its load average when the run began.
@@ -57,4 +64,16 @@ pub(crate) fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
 /// The cores this process may run on (1 when unknown).
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_value_is_the_middle_one_or_the_upper_of_two() {
+        assert_eq!(median_of([3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median_of([4.0, 1.0, 3.0, 2.0]), Some(3.0));
+        assert_eq!(median_of([]), None);
+    }
 }

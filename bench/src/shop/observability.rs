@@ -9,6 +9,7 @@ use crate::harness::process::{
     Host, free_port, otlp_sink, scrape_every_second, spawn_and_read_addr,
 };
 use crate::harness::shop_host::{create_product, host_command, shop_manifest, warm};
+use crate::harness::stats::median_of;
 use agora_cache::RedisCache;
 use anyhow::bail;
 use std::path::Path;
@@ -132,9 +133,7 @@ pub(super) fn observability_cost(
         .into_iter()
         .map(|runs| {
             let median = |pick: fn(&(f64, f64, f64)) -> f64| {
-                let mut values: Vec<f64> = runs.iter().map(pick).collect();
-                values.sort_by(f64::total_cmp);
-                values[values.len() / 2]
+                median_of(runs.iter().map(pick)).unwrap_or_default()
             };
             (median(|r| r.0), median(|r| r.1), median(|r| r.2))
         })

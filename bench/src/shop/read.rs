@@ -6,7 +6,7 @@ use crate::harness::backends::{BackendUrls, SERVER_THREADS};
 use crate::harness::client::{Amount, Client, WARMUP_PER_CONNECTION, closed_loop};
 use crate::harness::cpu::CpuOf;
 use crate::harness::shop_host::{Signer, create_product, warm};
-use crate::harness::stats::median;
+use crate::harness::stats::{median, median_of};
 use crate::loadgen::Report;
 use agora_cache::{CacheBackend as _, RedisCache};
 use anyhow::bail;
@@ -93,7 +93,6 @@ impl ReadResult {
             &self.native,
             native_cpu,
         ));
-        let shown = |cpu: Option<f64>| cpu.map_or_else(|| "—".to_owned(), |us| format!("{us:.1}"));
         for (label, work, report, cpu) in rows {
             println!(
                 "| {label} | {work} | {:.0} | {:.3} | {:.3} | {} | {} |",
@@ -101,7 +100,7 @@ impl ReadResult {
                 report.percentile_ms(0.5),
                 report.percentile_ms(0.99),
                 report.errors,
-                shown(cpu),
+                cpu_text(cpu),
             );
         }
         // CPU per request: native ÷ agora, so that above 1 is agora ahead, like the req/s one.
@@ -133,8 +132,8 @@ impl ReadResult {
     }
 }
 
-/// `addr` and `reuse_addr` are served by the host processes `pid` and `reuse_pid` (whose CPU
-/// time is read from `/proc`).
+/// The read on the host at `addr` (process `pid`), on the catalog-only host `reuse` (address and
+/// process) when given, and on the native baseline; each side's CPU time comes from `/proc`.
 pub(super) async fn product_read(
     args: &Args,
     (addr, pid): (&str, u32),
@@ -203,7 +202,7 @@ pub(super) async fn product_read(
                 report.percentile_ms(0.5),
                 report.percentile_ms(0.99),
                 report.errors,
-                cpu.map_or_else(|| "—".to_owned(), |us| format!("{us:.1}")),
+                cpu_text(cpu),
             );
             reports[index].push(report);
             cpu_us[index].extend(cpu);
@@ -221,7 +220,7 @@ pub(super) async fn product_read(
     let reused = reuse
         .is_some()
         .then(|| median(reports.pop().unwrap_or_default()));
-    let cpu_median = |side: usize| middle(&cpu_us[side]);
+    let cpu_median = |side: usize| median_of(cpu_us[side].iter().copied());
     let cpu_us = [
         cpu_median(0),
         if reuse.is_some() { cpu_median(1) } else { None },
@@ -238,11 +237,9 @@ pub(super) async fn product_read(
     })
 }
 
-/// The median of `values` (the upper one of an even count); `None` when there are none.
-fn middle(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied()
+/// A CPU time per request as the tables show it (`—`: unknown).
+fn cpu_text(cpu_us: Option<f64>) -> String {
+    cpu_us.map_or_else(|| "—".to_owned(), |us| format!("{us:.1}"))
 }
 
 /// The native baseline: a hyper server on `server`'s workers answering
