@@ -30,8 +30,38 @@ pub mod bindings {
     });
 }
 
-use bindings::exports::agora::platform::first_look::{Answer, RequestHead};
+use bindings::exports::agora::platform::first_look::Answer;
 use bindings::{HttpFirstLook, HttpFirstLookIndices};
+use wasmtime::component::{ComponentType, Lower};
+
+/// `request-head` lowered from the request's own parts: the guest gets the same record as
+/// bindgen's owned `RequestHead` would give it, without the host copying the method, the path
+/// and every header into strings and vectors of its own first.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct HeadRef<'a> {
+    method: &'a str,
+    #[component(name = "path-with-query")]
+    path_with_query: &'a str,
+    headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// What the first look sees of a request (its head, `request`): the method, the path and
+/// query, and every header.
+pub fn head_of(request: &http::request::Parts) -> HeadRef<'_> {
+    HeadRef {
+        method: request.method.as_str(),
+        path_with_query: request
+            .uri
+            .path_and_query()
+            .map_or("/", |path| path.as_str()),
+        headers: request
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect(),
+    }
+}
 
 /// A component's HTTP exports, pre-linked: instantiating it gives [`HttpExports`].
 #[derive(Clone)]
@@ -83,51 +113,38 @@ pub struct HttpExports {
 }
 
 impl HttpExports {
-    /// Asks the first look about `head`: `Ok(None)` passes the request on to wasi:http.
+    /// Asks the first look about the head of a request [`lookable`] says it may see:
+    /// `Ok(None)` passes the request on to wasi:http.
     pub async fn look(
         &self,
         store: &mut Store<InstanceState>,
-        head: &RequestHead,
+        request: &http::request::Parts,
     ) -> wasmtime::Result<Option<Answer>> {
-        match &self.first_look {
-            Some(first_look) => {
-                first_look
-                    .agora_platform_first_look()
-                    .call_look(store, head)
-                    .await
-            }
-            None => Ok(None),
-        }
+        let Some(first_look) = &self.first_look else {
+            return Ok(None);
+        };
+        let head = head_of(request);
+        // Checked against the export's type on every call, as the generated bindings check
+        // theirs on every instantiation: a typed function cannot outlive the borrow.
+        let look = first_look
+            .agora_platform_first_look()
+            .func_look()
+            .func()
+            .typed::<(HeadRef<'_>,), (Option<Answer>,)>(&*store)?;
+        let (answer,) = look.call_async(&mut *store, (head,)).await?;
+        Ok(answer)
     }
 }
 
-/// What the first look sees of `request`, when it may see it: no body, and an authority (in
-/// the URI or a `host` header) wasi:http would take.
-pub fn head_of<B: hyper::body::Body>(request: &Request<B>) -> Option<RequestHead> {
-    if !request.body().is_end_stream() {
-        return None;
-    }
-    let has_authority = request.uri().authority().is_some()
-        || request
-            .headers()
-            .get(http::header::HOST)
-            .is_some_and(|host| host.to_str().is_ok());
-    if !has_authority {
-        return None;
-    }
-    Some(RequestHead {
-        method: request.method().as_str().to_owned(),
-        path_with_query: request
-            .uri()
-            .path_and_query()
-            .map_or("/", |path| path.as_str())
-            .to_owned(),
-        headers: request
-            .headers()
-            .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-            .collect(),
-    })
+/// Whether the first look may see `request`: no body, and an authority (in the URI or a
+/// `host` header) wasi:http would take.
+pub fn lookable<B: hyper::body::Body>(request: &Request<B>) -> bool {
+    request.body().is_end_stream()
+        && (request.uri().authority().is_some()
+            || request
+                .headers()
+                .get(http::header::HOST)
+                .is_some_and(|host| host.to_str().is_ok()))
 }
 
 /// The response for a first look's `answer`, or the error wasi:http gives a bad response.
@@ -230,28 +247,28 @@ mod tests {
             .header("x-agora-request-id", "r1")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        let head = head_of(&get).unwrap();
+        assert!(lookable(&get));
+        let (get, _) = get.into_parts();
+        let head = head_of(&get);
         assert_eq!(head.method, "GET");
         assert_eq!(head.path_with_query, "/api/products/1?x=1");
-        assert_eq!(
-            head.headers,
-            [("x-agora-request-id".to_owned(), b"r1".to_vec())]
-        );
+        assert_eq!(head.headers, [("x-agora-request-id", &b"r1"[..])]);
 
         let host_only = Request::get("/")
             .header("host", "shop.example")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        assert_eq!(head_of(&host_only).unwrap().path_with_query, "/");
+        assert!(lookable(&host_only));
+        assert_eq!(head_of(&host_only.into_parts().0).path_with_query, "/");
 
         let no_authority = Request::get("/")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        assert!(head_of(&no_authority).is_none());
+        assert!(!lookable(&no_authority));
 
         let with_body = Request::post("http://shop.example/")
             .body(http_body_util::Full::new(Bytes::from_static(b"x")))
             .unwrap();
-        assert!(head_of(&with_body).is_none());
+        assert!(!lookable(&with_body));
     }
 }

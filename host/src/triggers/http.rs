@@ -328,7 +328,7 @@ impl InternalHandler for HttpTrigger {
 }
 
 /// How a request reaches its guest: as wasi:http's resources made before the run, or, for a
-/// first look, as its head, with the request and the answer's sender kept for wasi:http's
+/// first look, as the request itself (the look borrows its head) and the answer's sender, kept for wasi:http's
 /// handler in case the look passes. One per request, moved once into the guest's run: its
 /// size costs nothing a box would not cost more.
 #[allow(clippy::large_enum_variant)]
@@ -338,7 +338,6 @@ enum Handed<B> {
         outparam: Resource<HostResponseOutparam>,
     },
     AfterLook {
-        head: first_look::bindings::exports::agora::platform::first_look::RequestHead,
         request: Request<B>,
         sender: tokio::sync::oneshot::Sender<
             Result<
@@ -429,32 +428,23 @@ async fn invoke(
     let (sender, receiver) = tokio::sync::oneshot::channel();
     // A request the component's first look may answer reaches wasi:http only if it does not:
     // its resources are made after the look, so an answered request leaves none behind.
-    let handed = match proxy
-        .has_first_look()
-        .then(|| first_look::head_of(&request))
-        .flatten()
-    {
-        Some(head) => Handed::AfterLook {
-            head,
-            request,
-            sender,
-        },
-        None => {
-            let resources = store
-                .data_mut()
-                .http()
-                .new_incoming_request(Scheme::Http, request)
-                .and_then(|req| Ok((req, store.data_mut().http().new_response_outparam(sender)?)));
-            match resources {
-                Ok((request, outparam)) => Handed::Now { request, outparam },
-                Err(err) => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        &format!("the request cannot be passed to the component: {err}"),
-                        request_id,
-                    );
-                }
+    let handed = if proxy.has_first_look() && first_look::lookable(&request) {
+        Handed::AfterLook { request, sender }
+    } else {
+        let resources = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|req| Ok((req, store.data_mut().http().new_response_outparam(sender)?)));
+        match resources {
+            Ok((request, outparam)) => Handed::Now { request, outparam },
+            Err(err) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("the request cannot be passed to the component: {err}"),
+                    request_id,
+                );
             }
         }
     };
@@ -484,15 +474,13 @@ async fn invoke(
                 };
                 let (guest_request, outparam) = match handed {
                     Handed::Now { request, outparam } => (request, outparam),
-                    Handed::AfterLook {
-                        head,
-                        request,
-                        sender,
-                    } => {
+                    Handed::AfterLook { request, sender } => {
+                        let (head, body) = request.into_parts();
                         if let Some(answer) = instance.look(&mut store, &head).await? {
                             let _ = sender.send(first_look::response_of(answer));
                             return Ok((instance, served + 1));
                         }
+                        let request = Request::from_parts(head, body);
                         let request = store
                             .data_mut()
                             .http()
