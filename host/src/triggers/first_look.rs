@@ -167,7 +167,8 @@ pub fn response_of(answer: Answer) -> Result<Response<HyperOutgoingBody>, ErrorC
         if forbidden_header(&name) {
             return Err(bad(format!("header {name} may not be set by a component")));
         }
-        let value = HeaderValue::from_bytes(&value)
+        // The lifted vector becomes the value as it is: checked, not copied.
+        let value = HeaderValue::from_maybe_shared(Bytes::from(value))
             .map_err(|_| bad(format!("the value of header {name} is not valid")))?;
         if name == http::header::CONTENT_LENGTH
             && value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) != Some(length)

@@ -392,18 +392,17 @@ async fn invoke(
     };
 
     let deadline = Instant::now() + Duration::from_millis(limits.deadline_ms);
-    let body_exceeded = Arc::new(AtomicBool::new(false));
-    let body_slow = Arc::new(AtomicBool::new(false));
+    let body_flags = Arc::new(BodyFlags::default());
     let request = request.map(|body| {
         // A body already at its end (a GET) cannot make the host wait: no pace to keep.
         let pace = body_rate
             .filter(|_| !body.is_end_stream())
-            .map(|rate| Pace::new(rate, body_slow.clone()));
+            .map(|rate| Pace::new(rate, body_flags.clone()));
         LimitedBody {
             inner: body,
             remaining: limits.body_bytes,
             limit: limits.body_bytes,
-            exceeded: body_exceeded.clone(),
+            flags: body_flags.clone(),
             pace,
         }
     });
@@ -521,10 +520,10 @@ async fn invoke(
     );
 
     let outcome = guest.answer(receiver).await;
-    if body_exceeded.load(Ordering::Relaxed) {
+    if body_flags.exceeded.load(Ordering::Relaxed) {
         return body_too_large(limits.body_bytes, request_id);
     }
-    if body_slow.load(Ordering::Relaxed) {
+    if body_flags.slow.load(Ordering::Relaxed) {
         tracing::warn!("request body arrived too slowly; cut");
         let mut response = error_response(
             StatusCode::REQUEST_TIMEOUT,
@@ -768,8 +767,18 @@ struct LimitedBody {
     inner: WasiBody,
     remaining: u64,
     limit: u64,
-    exceeded: Arc<AtomicBool>,
+    flags: Arc<BodyFlags>,
     pace: Option<Pace>,
+}
+
+/// What a request's body did that the host answers for, set by [`LimitedBody`] as the guest
+/// reads it (one allocation per request for both).
+#[derive(Default)]
+struct BodyFlags {
+    /// More than the limit arrived: 413.
+    exceeded: AtomicBool,
+    /// The client sent it too slowly: 408.
+    slow: AtomicBool,
 }
 
 /// The time a body has made the host wait on its client, against its [`BodyRate`].
@@ -781,18 +790,18 @@ struct Pace {
     /// When the current wait began (the inner body answered `Pending`).
     waiting_since: Option<tokio::time::Instant>,
     timer: Pin<Box<tokio::time::Sleep>>,
-    slow: Arc<AtomicBool>,
+    flags: Arc<BodyFlags>,
 }
 
 impl Pace {
-    fn new(rate: BodyRate, slow: Arc<AtomicBool>) -> Pace {
+    fn new(rate: BodyRate, flags: Arc<BodyFlags>) -> Pace {
         Pace {
             rate,
             received: 0,
             waited: Duration::ZERO,
             waiting_since: None,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            slow,
+            flags,
         }
     }
 
@@ -815,14 +824,14 @@ impl Pace {
             .saturating_sub(self.waited);
         let give_up = since + left;
         if give_up <= now {
-            self.slow.store(true, Ordering::Relaxed);
+            self.flags.slow.store(true, Ordering::Relaxed);
             return true;
         }
         if self.timer.deadline() != give_up {
             self.timer.as_mut().reset(give_up);
         }
         if self.timer.as_mut().poll(cx).is_ready() {
-            self.slow.store(true, Ordering::Relaxed);
+            self.flags.slow.store(true, Ordering::Relaxed);
             return true;
         }
         false
@@ -863,7 +872,7 @@ impl Body for LimitedBody {
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > self.remaining {
-                self.exceeded.store(true, Ordering::Relaxed);
+                self.flags.exceeded.store(true, Ordering::Relaxed);
                 self.remaining = 0;
                 let limit = self.limit;
                 return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
