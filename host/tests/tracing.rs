@@ -228,6 +228,16 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
         .send()
         .unwrap();
     assert_eq!(refused.status(), 401);
+    // Reads of the product in the same trace, which the catalog's first look sees: the first
+    // may pass (nothing cached yet), a later one is answered from the cache.
+    for _ in 0..3 {
+        let read = http
+            .get(format!("{base}/api/products/{product_id}"))
+            .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+            .send()
+            .unwrap();
+        assert_eq!(read.status(), 200);
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let seen: Value = http
@@ -314,6 +324,28 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
         "{instantiation_us}"
     );
     assert!(!placed.attributes.contains_key("agora.edge"), "{placed:?}");
+    // The first look: absent for a request with a body; on the reads, what it did.
+    assert!(
+        !placed.attributes.contains_key("agora.first_look"),
+        "{placed:?}"
+    );
+    let looks: Vec<&str> = trace
+        .iter()
+        .filter(|span| span.name == "GET /api/products/..." && span.parent == client_span)
+        .map(|span| {
+            span.attributes
+                .get("agora.first_look")
+                .map_or("absent", String::as_str)
+        })
+        .collect();
+    assert_eq!(looks.len(), 3, "{}", described.join("\n"));
+    assert!(
+        looks
+            .iter()
+            .all(|look| ["answered", "passed"].contains(look)),
+        "{looks:?}"
+    );
+    assert!(looks.contains(&"answered"), "{looks:?}");
     let refusal = trace
         .iter()
         .find(|span| span.attributes.get("agora.edge").map(String::as_str) == Some("refused"))
@@ -342,11 +374,12 @@ fn one_trace_follows_an_order_from_http_through_nats_to_every_component() {
     let settled = find("process payment.succeeded", "order");
     let told = find("process order.paid", "notification");
 
-    // Every span but the two requests the test sent has its parent in the trace; each step
-    // descends from the one that caused it.
+    // Every span but the requests the test sent (the order, the refused read, the product
+    // reads: each a child of the test's span) has its parent in the trace; each step descends
+    // from the one that caused it.
     let by_id: HashMap<&str, &Span> = trace.iter().map(|span| (span.id.as_str(), *span)).collect();
     for span in &trace {
-        if span.id != placed.id && span.id != refusal.id {
+        if span.parent != client_span {
             assert!(
                 by_id.contains_key(span.parent.as_str()),
                 "span {} ({}) has a parent outside the trace:\n{}",

@@ -235,6 +235,9 @@ impl HttpTrigger {
             "agora.instantiation_us" = tracing::field::Empty,
             // With reuse on, which request of its instance this is (absent: a fresh instance).
             "agora.instance_request" = tracing::field::Empty,
+            // `answered` or `passed` when the component's first look saw the request (absent:
+            // no first look, or a request with a body).
+            "agora.first_look" = tracing::field::Empty,
         );
         crate::telemetry::continue_from(
             &span,
@@ -475,7 +478,16 @@ async fn invoke(
                     Handed::Now { request, outparam } => (request, outparam),
                     Handed::AfterLook { request, sender } => {
                         let (head, body) = request.into_parts();
-                        if let Some(answer) = instance.look(&mut store, &head).await? {
+                        let answer = instance.look(&mut store, &head).await?;
+                        tracing::Span::current().record(
+                            "agora.first_look",
+                            if answer.is_some() {
+                                "answered"
+                            } else {
+                                "passed"
+                            },
+                        );
+                        if let Some(answer) = answer {
                             let _ = sender.send(first_look::response_of(answer));
                             return Ok((instance, served + 1));
                         }
