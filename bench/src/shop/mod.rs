@@ -58,8 +58,10 @@ pub(crate) struct Args {
     /// Product read: requests measured per side and round.
     #[arg(long, default_value_t = 20_000)]
     requests: u64,
-    /// Product read: rounds (agora then native each round); the median round is shown.
-    #[arg(long, default_value_t = 3)]
+    /// Product read: rounds (agora then native each round); the median round is shown. Seven:
+    /// on two shared cores one side's rate moves by a fifth between minutes, and three rounds
+    /// could not tell a ratio of 0.6 from 0.7 (BENCHMARKS.md, eleventh session).
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Product read: also measured on a second host serving only the catalog, whose instances
     /// each serve up to this many requests (`[component.instances] reuse`); 1 leaves it out.
