@@ -331,9 +331,9 @@ impl InternalHandler for HttpTrigger {
 }
 
 /// How a request reaches its guest: as wasi:http's resources made before the run, or, for a
-/// first look, as the request itself (the look borrows its head) and the answer's sender, kept for wasi:http's
-/// handler in case the look passes. One per request, moved once into the guest's run: its
-/// size costs nothing a box would not cost more.
+/// first look, as the request itself (the look borrows its head) and the answer's sender,
+/// kept for wasi:http's handler in case the look passes. One per request, moved once into the
+/// guest's run: its size costs nothing a box would not cost more.
 #[allow(clippy::large_enum_variant)]
 enum Handed<B> {
     Now {
