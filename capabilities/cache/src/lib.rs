@@ -208,12 +208,22 @@ impl CacheCtx {
     }
 }
 
-impl Host for CacheCtx {
-    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+impl CacheCtx {
+    /// `get` as a guest's call makes it — in the component's namespace, under the same key
+    /// checks, with its span, its meter and its hit and miss counts — for the host reading a
+    /// value on the component's behalf (a first look's cached answer, `wit/first-look.wit`).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let started = Instant::now();
         let span = self.span("get");
         let result = self.get_unmetered(key).instrument(span).await;
-        self.report(started, result)
+        self.meter.record(result.is_ok(), started);
+        result
+    }
+}
+
+impl Host for CacheCtx {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        Ok(CacheCtx::get(self, &key).await)
     }
 
     async fn set(
@@ -262,8 +272,8 @@ impl Host for CacheCtx {
 }
 
 impl CacheCtx {
-    async fn get_unmetered(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
-        let (backend, key) = self.namespaced(&key)?;
+    async fn get_unmetered(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let (backend, key) = self.namespaced(key)?;
         let result = backend.get(&key).await.map_err(to_guest);
         let counter = match &result {
             Ok(Some(_)) => &self.stats.hits,

@@ -14,8 +14,16 @@
 //! it is asked (the method, the path, one header), and a [`Quick`] answer is written straight
 //! (nine host calls for a body under 4 KiB), without wstd's reactor. A request the first look
 //! does not answer goes to the component's usual wstd handler, unchanged.
+//!
+//! A [`Quick::cached`] answer names a key of the component's cache instead of a body: under
+//! agora the host reads the value after `peek` has returned and answers with it (no value: the
+//! request goes to the handler), so the component is neither suspended across the cache's
+//! round trip nor handed the value to copy back; elsewhere `peek`'s own `read` function reads
+//! it inside the handler.
 
-use crate::first_look_bindings::exports::agora::platform::first_look::{Answer, RequestHead};
+use crate::first_look_bindings::exports::agora::platform::first_look::{
+    Answer, CachedAnswer, Reply, RequestHead,
+};
 use crate::http::{
     ApiError, Body, Error, Method, REQUEST_ID_HEADER, RETRY_AFTER_SECONDS, Request, Response,
     StatusCode,
@@ -97,11 +105,22 @@ fn path_of(path_with_query: Option<String>) -> String {
     path
 }
 
-/// A whole answer given at the first look: a status, headers and the complete body.
+/// A whole answer given at the first look: a status, headers and the complete body — or, from
+/// [`Quick::cached`], the body the component's cache holds under a key.
 pub struct Quick {
     status: StatusCode,
     headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
+    body: QuickBody,
+}
+
+enum QuickBody {
+    Bytes(Vec<u8>),
+    /// The value under `key` of the component's cache; `read` reads it where the host does
+    /// not (inside wasi:http's handler).
+    Cached {
+        key: String,
+        read: fn(&str) -> Option<Vec<u8>>,
+    },
 }
 
 impl Quick {
@@ -110,7 +129,24 @@ impl Quick {
         Quick {
             status,
             headers: Vec::new(),
-            body,
+            body: QuickBody::Bytes(body),
+        }
+    }
+
+    /// An answer with `status` whose body is the value the component's cache holds under
+    /// `key` (as [`crate::cache::get`] names it), when it holds one; when it does not, the
+    /// request goes to the component's `serve`, as if `peek` had answered `None`.
+    ///
+    /// Under agora's first look the host reads the value itself, after `peek` has returned:
+    /// the component is not resumed across the cache's round trip and never copies the value.
+    /// Inside wasi:http's handler (a request with a body, or another host) `read` reads it
+    /// — typically a function around [`crate::cache::get`] that counts an error as a miss.
+    /// A miss at the first look is not read again by `read`: the request goes to `serve`.
+    pub fn cached(status: StatusCode, key: String, read: fn(&str) -> Option<Vec<u8>>) -> Quick {
+        Quick {
+            status,
+            headers: Vec::new(),
+            body: QuickBody::Cached { key, read },
         }
     }
 
@@ -139,47 +175,75 @@ impl Quick {
     }
 
     /// The answer as agora's first look returns it.
-    fn into_answer(self) -> Answer {
-        Answer {
-            status: self.status.as_u16(),
-            headers: self.headers,
-            body: self.body,
+    fn into_reply(self) -> Reply {
+        let status = self.status.as_u16();
+        match self.body {
+            QuickBody::Bytes(body) => Reply::Answer(Answer {
+                status,
+                headers: self.headers,
+                body,
+            }),
+            QuickBody::Cached { key, .. } => Reply::Cached(CachedAnswer {
+                key,
+                status,
+                headers: self.headers,
+            }),
         }
     }
 
-    /// Writes the answer to `out`. A client gone away fails the write; the request is over
-    /// either way, so that is not an error here.
-    fn send(self, out: ResponseOutparam) {
-        let headers = match Fields::from_list(&self.headers) {
-            Ok(headers) => headers,
-            Err(err) => {
-                let message = format!("the component's answer has a bad header: {err:?}");
-                ResponseOutparam::set(
-                    out,
-                    Err(wasip2::http::types::ErrorCode::InternalError(Some(message))),
-                );
-                return;
+    /// Writes the answer to `out`, reading a cached body first; `Err(out)` when there is no
+    /// cached value (or the host's first look has just found none under its key: [`missed`]),
+    /// for the component's `serve` to answer.
+    fn resolve_and_send(self, out: ResponseOutparam) -> Result<(), ResponseOutparam> {
+        let body = match self.body {
+            QuickBody::Bytes(body) => body,
+            QuickBody::Cached { key, read } => {
+                if missed(&key) {
+                    return Err(out);
+                }
+                match read(&key) {
+                    Some(body) => body,
+                    None => return Err(out),
+                }
             }
         };
-        let response = OutgoingResponse::new(headers);
-        // A StatusCode is 100..=999, which wasi:http takes.
-        let _ = response.set_status_code(self.status.as_u16());
-        let Ok(body) = response.body() else {
-            return;
-        };
-        ResponseOutparam::set(out, Ok(response));
-        let Ok(stream) = body.write() else {
-            return;
-        };
-        // `blocking-write-and-flush` takes at most 4 096 bytes a call.
-        for chunk in self.body.chunks(4096) {
-            if stream.blocking_write_and_flush(chunk).is_err() {
-                return;
-            }
-        }
-        drop(stream);
-        let _ = OutgoingBody::finish(body, None);
+        send(self.status, &self.headers, &body, out);
+        Ok(())
     }
+}
+
+/// Writes an answer to `out`. A client gone away fails the write; the request is over either
+/// way, so that is not an error here.
+fn send(status: StatusCode, headers: &[(String, Vec<u8>)], body: &[u8], out: ResponseOutparam) {
+    let headers = match Fields::from_list(headers) {
+        Ok(headers) => headers,
+        Err(err) => {
+            let message = format!("the component's answer has a bad header: {err:?}");
+            ResponseOutparam::set(
+                out,
+                Err(wasip2::http::types::ErrorCode::InternalError(Some(message))),
+            );
+            return;
+        }
+    };
+    let response = OutgoingResponse::new(headers);
+    // A StatusCode is 100..=999, which wasi:http takes.
+    let _ = response.set_status_code(status.as_u16());
+    let Ok(outgoing) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(response));
+    let Ok(stream) = outgoing.write() else {
+        return;
+    };
+    // `blocking-write-and-flush` takes at most 4 096 bytes a call.
+    for chunk in body.chunks(4096) {
+        if stream.blocking_write_and_flush(chunk).is_err() {
+            return;
+        }
+    }
+    drop(stream);
+    let _ = OutgoingBody::finish(outgoing, None);
 }
 
 /// Serves one request: `peek` looks first and may answer; otherwise wstd reads the request
@@ -194,17 +258,28 @@ pub fn handle<F>(
 ) where
     F: Future<Output = Result<Response<Body>, Error>>,
 {
-    // A request agora's first look has just passed on is not looked at twice.
-    let looked = PASSED_ON.replace(false);
-    if !looked
-        && let Some(quick) = peek(&Peek {
+    // A request agora's first look has just passed on is not looked at twice; one whose cached
+    // answer the host found no value for is looked at, but that key is not read again (here,
+    // nor by `serve` if it asks [`missed`]).
+    let last = LAST_LOOK.take();
+    let passed_on = matches!(last, LastLook::PassedOn);
+    MISSED.set(match last {
+        LastLook::Cached(key) => Some(key),
+        LastLook::Answered | LastLook::PassedOn => None,
+    });
+    let out = if passed_on {
+        out
+    } else {
+        match peek(&Peek {
             request: Looked::Wasi(&request),
-        })
-    {
-        drop(request);
-        quick.send(out);
-        return;
-    }
+        }) {
+            Some(quick) => match quick.resolve_and_send(out) {
+                Ok(()) => return,
+                Err(out) => out,
+            },
+            None => out,
+        }
+    };
     let responder = wstd::http::server::Responder::new(out);
     wstd::runtime::block_on(async move {
         match wstd::http::request::try_from_incoming(request) {
@@ -222,23 +297,53 @@ pub fn handle<F>(
     });
 }
 
+/// What this instance's last first look answered, for [`handle`].
+#[derive(Default)]
+enum LastLook {
+    /// An answer, or no first look since the last handler call: `handle` looks itself.
+    #[default]
+    Answered,
+    /// `None`: the host calls wasi:http's handler for that request next, on the same
+    /// instance, and [`handle`] then skips `peek`.
+    PassedOn,
+    /// A cached answer under this key: when the host finds no value it calls wasi:http's
+    /// handler next, which does not read that key again. (When it found one, the next handler
+    /// call is another request's: `peek` runs, and only a cached answer under the same key
+    /// goes to `serve` without a read — the same answer, found the long way.)
+    Cached(String),
+}
+
 std::thread_local! {
-    /// Set when agora's first look passed a request on: the host calls wasi:http's handler
-    /// for that request next, on the same instance, and [`handle`] then skips `peek`.
-    static PASSED_ON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static LAST_LOOK: std::cell::RefCell<LastLook> = std::cell::RefCell::default();
+    /// The key of the cached answer the host's first look found no value for, while the
+    /// handler serves that request.
+    static MISSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether agora's first look has just found no value under `key` for the request being
+/// served: its [`Quick::cached`] answer under `key` missed, and the request came to `serve`.
+/// A handler can then skip reading `key` itself and go to where the value comes from (it may
+/// have been written in between; reading the source again is never wrong). Always `false`
+/// outside `serve`, and under a host without the first look.
+pub fn missed(key: &str) -> bool {
+    MISSED.with_borrow(|missed| missed.as_deref() == Some(key))
 }
 
 /// agora's first look at a request without a body: `peek` sees its head and may answer it
 /// whole; `None` passes the request on to the wasi:http handler ([`handle`]), where `peek`
 /// does not run again. Used by [`serve_http!`](crate::serve_http).
 #[doc(hidden)]
-pub fn look(request: RequestHead, peek: fn(&Peek<'_>) -> Option<Quick>) -> Option<Answer> {
-    let answer = peek(&Peek {
+pub fn look(request: RequestHead, peek: fn(&Peek<'_>) -> Option<Quick>) -> Option<Reply> {
+    let reply = peek(&Peek {
         request: Looked::Head(&request),
     })
-    .map(Quick::into_answer);
-    PASSED_ON.set(answer.is_none());
-    answer
+    .map(Quick::into_reply);
+    LAST_LOOK.set(match &reply {
+        None => LastLook::PassedOn,
+        Some(Reply::Answer(_)) => LastLook::Answered,
+        Some(Reply::Cached(cached)) => LastLook::Cached(cached.key.clone()),
+    });
+    reply
 }
 
 /// Exports the component's wasi:http handler, in place of `#[wstd::http_server]`, and agora's
@@ -274,7 +379,7 @@ macro_rules! serve_http {
             fn look(
                 request: $crate::first_look_bindings::exports::agora::platform::first_look::RequestHead,
             ) -> ::core::option::Option<
-                $crate::first_look_bindings::exports::agora::platform::first_look::Answer,
+                $crate::first_look_bindings::exports::agora::platform::first_look::Reply,
             > {
                 $crate::serve::look(request, $peek)
             }

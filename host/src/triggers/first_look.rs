@@ -9,6 +9,10 @@
 //!   100–999, header names and values `fields` accepts, none of the headers a component may
 //!   not set, and a `content-length`, if given, that is the body's. Otherwise the request
 //!   fails with the 500 a bad response in wasi:http gets.
+//! - A cached answer is read from the component's own cache, as its `cache.get` would read it
+//!   (namespace, key checks, span, meter, counts), after the call: a hit is answered as above
+//!   with the value as the body; a miss, or a cache that is unavailable, passes the request on
+//!   to wasi:http on the same instance; a key `get` refuses, or no cache grant, is a 500.
 
 use crate::state::{InstanceState, forbidden_header};
 use bytes::Bytes;
@@ -30,7 +34,9 @@ pub mod bindings {
     });
 }
 
-use bindings::exports::agora::platform::first_look::Answer;
+use agora_cache::bindings::agora::platform::cache::Error as CacheError;
+use agora_capability::StoreData as _;
+use bindings::exports::agora::platform::first_look::{Answer, CachedAnswer, Reply};
 use bindings::{HttpFirstLook, HttpFirstLookIndices};
 use wasmtime::component::{ComponentType, Lower};
 
@@ -119,7 +125,7 @@ impl HttpExports {
         &self,
         store: &mut Store<InstanceState>,
         request: &http::request::Parts,
-    ) -> wasmtime::Result<Option<Answer>> {
+    ) -> wasmtime::Result<Option<Reply>> {
         let Some(first_look) = &self.first_look else {
             return Ok(None);
         };
@@ -130,7 +136,7 @@ impl HttpExports {
             .agora_platform_first_look()
             .func_look()
             .func()
-            .typed::<(HeadRef<'_>,), (Option<Answer>,)>(&*store)?;
+            .typed::<(HeadRef<'_>,), (Option<Reply>,)>(&*store)?;
         let (answer,) = look.call_async(&mut *store, (head,)).await?;
         Ok(answer)
     }
@@ -145,6 +151,43 @@ pub fn lookable<B: hyper::body::Body>(request: &Request<B>) -> bool {
                 .headers()
                 .get(http::header::HOST)
                 .is_some_and(|host| host.to_str().is_ok()))
+}
+
+/// A first look's cached answer read from the component's cache: `None` when there is no value
+/// (or the cache is unavailable) and the request goes on to wasi:http; otherwise the response
+/// (or the error) as for an `answer` whose body is the value.
+pub async fn from_cache(
+    store: &mut Store<InstanceState>,
+    cached: CachedAnswer,
+) -> Option<Result<Response<HyperOutgoingBody>, ErrorCode>> {
+    let cache = store.data_mut().slots().get_mut::<agora_cache::CacheCtx>();
+    let found = cache.get(&cached.key).await;
+    cached_response(cached, found)
+}
+
+/// [`from_cache`]'s answer once the cache has answered `found`.
+fn cached_response(
+    cached: CachedAnswer,
+    found: Result<Option<Vec<u8>>, CacheError>,
+) -> Option<Result<Response<HyperOutgoingBody>, ErrorCode>> {
+    let refused = |why: String| {
+        Some(Err(ErrorCode::InternalError(Some(format!(
+            "the first look's cached answer: {why}"
+        )))))
+    };
+    match found {
+        Ok(Some(body)) => Some(response_of(Answer {
+            status: cached.status,
+            headers: cached.headers,
+            body,
+        })),
+        // Logged by the cache; the handler reads (or reports) it itself.
+        Ok(None) | Err(CacheError::Unavailable(_) | CacheError::NotANumber) => None,
+        Err(CacheError::Denied) => refused(
+            "the component has no cache grant (add `cache = true` to its `grants`)".to_owned(),
+        ),
+        Err(CacheError::Invalid(why)) => refused(why),
+    }
 }
 
 /// The response for a first look's `answer`, or the error wasi:http gives a bad response.
@@ -240,6 +283,48 @@ mod tests {
             assert!(!message.is_empty(), "{why}");
         }
         assert!(response_of(answer(200, &[("content-length", "4")], "four")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cached_answer_is_the_value_a_miss_passes_and_a_refused_key_fails() {
+        let cached = || CachedAnswer {
+            key: "k".into(),
+            status: 200,
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+        };
+        let hit = cached_response(cached(), Ok(Some(b"{}".to_vec())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(hit.status(), StatusCode::OK);
+        assert_eq!(hit.headers()["content-type"], "application/json");
+        let body = hit.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{}");
+
+        assert!(cached_response(cached(), Ok(None)).is_none());
+        let down = CacheError::Unavailable("redis: connection refused".into());
+        assert!(cached_response(cached(), Err(down)).is_none());
+
+        for (refused, named) in [
+            (CacheError::Denied, "cache = true"),
+            (
+                CacheError::Invalid("the key is empty".into()),
+                "the key is empty",
+            ),
+        ] {
+            let Some(Err(ErrorCode::InternalError(Some(message)))) =
+                cached_response(cached(), Err(refused))
+            else {
+                panic!("{named}: not refused");
+            };
+            assert!(message.contains(named), "{message}");
+        }
+        // The value is held to what an answer is held to.
+        let mut lying = cached();
+        lying.headers.push(("content-length".into(), b"9".to_vec()));
+        assert!(matches!(
+            cached_response(lying, Ok(Some(b"{}".to_vec()))),
+            Some(Err(ErrorCode::InternalError(_)))
+        ));
     }
 
     #[test]

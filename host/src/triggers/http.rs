@@ -22,6 +22,7 @@ use crate::edge::Edge;
 use crate::response::{REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::router::Router;
 use crate::swap::Slot;
+use crate::triggers::first_look::bindings::exports::agora::platform::first_look::Reply;
 use crate::triggers::first_look::{self, HttpExports};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -478,19 +479,25 @@ async fn invoke(
                     Handed::Now { request, outparam } => (request, outparam),
                     Handed::AfterLook { request, sender } => {
                         let (head, body) = request.into_parts();
-                        let answer = instance.look(&mut store, &head).await?;
-                        tracing::Span::current().record(
-                            "agora.first_look",
-                            if answer.is_some() {
-                                "answered"
-                            } else {
-                                "passed"
-                            },
-                        );
-                        if let Some(answer) = answer {
-                            let _ = sender.send(first_look::response_of(answer));
+                        let reply = instance.look(&mut store, &head).await?;
+                        let answered = match reply {
+                            Some(Reply::Answer(answer)) => {
+                                Some(("answered", first_look::response_of(answer)))
+                            }
+                            Some(Reply::Cached(cached)) => {
+                                first_look::from_cache(&mut store, cached)
+                                    .await
+                                    .map(|response| ("cached", response))
+                            }
+                            None => None,
+                        };
+                        let span = tracing::Span::current();
+                        if let Some((how, response)) = answered {
+                            span.record("agora.first_look", how);
+                            let _ = sender.send(response);
                             return Ok((instance, served + 1));
                         }
+                        span.record("agora.first_look", "passed");
                         let request = Request::from_parts(head, body);
                         let request = store
                             .data_mut()
