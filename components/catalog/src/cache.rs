@@ -60,10 +60,19 @@ pub fn x_cache(mut response: Response<Body>, value: &'static str) -> Response<Bo
 }
 
 /// The cached answer body of product `id`, if any; a cache that fails is logged and counts
-/// as a miss.
+/// as a miss. Not read again when the host's first look has just missed it.
 pub fn read(id: &str) -> Option<Vec<u8>> {
     let key = key(id);
-    match cache::get(&key) {
+    if agora_sdk::serve::missed(&key) {
+        return None;
+    }
+    read_key(&key)
+}
+
+/// The cached answer body under `key` (a product's [`key`]), if any; a cache that fails is
+/// logged and counts as a miss.
+pub fn read_key(key: &str) -> Option<Vec<u8>> {
+    match cache::get(key) {
         Ok(body) => body,
         Err(err) => {
             log::warn("cache", &format!("reading {key}: {err}"));

@@ -80,8 +80,10 @@ use agora_sdk::serve::{Peek, Quick};
 agora_sdk::serve_http!(product_read, serve);
 
 /// `GET /api/products/{id}` for a UUID id, answered at the first look, before wstd reads the
-/// whole request: the product's read (see [`handlers::read`]) needs only the path, and the
-/// request id when it fails. Every other request goes to [`serve`].
+/// whole request: with caching on, as the cached value under the product's key (a miss goes to
+/// [`serve`], which reads the database and fills the cache); with caching off, the product's
+/// read (see [`handlers::read`]), which needs only the path, and the request id when it
+/// fails. Every other request goes to [`serve`].
 fn product_read(request: &Peek<'_>) -> Option<Quick> {
     if request.method()? != Method::GET {
         return None;
@@ -91,6 +93,16 @@ fn product_read(request: &Peek<'_>) -> Option<Quick> {
     let id = path.strip_prefix("/api/products/")?.to_ascii_lowercase();
     if !http::is_uuid(&id) {
         return None;
+    }
+    if cache::ttl().is_some() {
+        // The host reads the cache after this call (agora's first look) and answers with the
+        // cached bytes as they are; with no value the request goes to `serve`, whose read
+        // fills the cache.
+        return Some(
+            Quick::cached(StatusCode::OK, cache::key(&id), cache::read_key)
+                .header("content-type", "application/json")
+                .header("x-cache", "hit"),
+        );
     }
     Some(match handlers::read(&id) {
         Ok(Some((body, cached))) => {
