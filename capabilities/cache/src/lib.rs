@@ -212,7 +212,7 @@ impl CacheCtx {
     /// `get` as a guest's call makes it — in the component's namespace, under the same key
     /// checks, with its span, its meter and its hit and miss counts — for the host reading a
     /// value on the component's behalf (a first look's cached answer, `wit/first-look.wit`).
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn lookup(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let started = Instant::now();
         let span = self.span("get");
         let result = self.get_unmetered(key).instrument(span).await;
@@ -223,7 +223,7 @@ impl CacheCtx {
 
 impl Host for CacheCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(CacheCtx::get(self, &key).await)
+        Ok(self.lookup(&key).await)
     }
 
     async fn set(

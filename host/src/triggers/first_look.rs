@@ -161,7 +161,7 @@ pub async fn from_cache(
     cached: CachedAnswer,
 ) -> Option<Result<Response<HyperOutgoingBody>, ErrorCode>> {
     let cache = store.data_mut().slots().get_mut::<agora_cache::CacheCtx>();
-    let found = cache.get(&cached.key).await;
+    let found = cache.lookup(&cached.key).await;
     cached_response(cached, found)
 }
 
