@@ -137,8 +137,8 @@ impl HttpExports {
             .func_look()
             .func()
             .typed::<(HeadRef<'_>,), (Option<Reply>,)>(&*store)?;
-        let (answer,) = look.call_async(&mut *store, (head,)).await?;
-        Ok(answer)
+        let (reply,) = look.call_async(&mut *store, (head,)).await?;
+        Ok(reply)
     }
 }
 

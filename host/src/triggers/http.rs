@@ -236,8 +236,8 @@ impl HttpTrigger {
             "agora.instantiation_us" = tracing::field::Empty,
             // With reuse on, which request of its instance this is (absent: a fresh instance).
             "agora.instance_request" = tracing::field::Empty,
-            // `answered` or `passed` when the component's first look saw the request (absent:
-            // no first look, or a request with a body).
+            // `answered`, `cached` or `passed` when the component's first look saw the request
+            // (absent: no first look, or a request with a body).
             "agora.first_look" = tracing::field::Empty,
         );
         crate::telemetry::continue_from(
