@@ -107,7 +107,14 @@ fn host_modules_form_no_cycle() {
 #[test]
 fn the_leaves_depend_on_no_other_module() {
     let graph = module_graph();
-    for leaf in ["response", "policy", "router", "compile_cache", "engine"] {
+    for leaf in [
+        "response",
+        "policy",
+        "router",
+        "compile_cache",
+        "engine",
+        "serving",
+    ] {
         assert!(
             graph[leaf].is_empty(),
             "{leaf} should be a leaf but uses {:?}",
