@@ -34,7 +34,6 @@ pub mod replica;
 pub mod response;
 pub mod router;
 pub mod server;
-pub mod serving;
 pub mod state;
 pub mod swap;
 pub mod telemetry;
@@ -93,9 +92,6 @@ pub struct HostConfig {
     pub connections: server::ConnectionLimits,
     /// The lowest rate at which a client's request body must arrive.
     pub body_rate: triggers::http::BodyRate,
-    /// Threads serving the public listener's connections, each with a runtime of its own
-    /// ([`serving`]); `0` serves them on the runtime that runs [`Host::serve`].
-    pub serving_threads: usize,
 }
 
 impl HostConfig {
@@ -115,7 +111,6 @@ impl HostConfig {
             fleet: None,
             connections: server::ConnectionLimits::default(),
             body_rate: triggers::http::BodyRate::default(),
-            serving_threads: serving::default_count(),
         }
     }
 }
@@ -140,14 +135,6 @@ pub enum HostError {
     /// The engine could not be created.
     #[error("cannot start the WebAssembly engine: {0:#}")]
     Engine(anyhow::Error),
-    /// The serving threads could not be started.
-    #[error("cannot start {count} serving threads: {error}")]
-    Threads {
-        /// How many were asked for.
-        count: usize,
-        /// What the OS said.
-        error: std::io::Error,
-    },
 }
 
 /// The cache backend: Redis when a URL is given, the in-memory cache otherwise.
@@ -285,7 +272,6 @@ pub struct Host {
     trigger: Arc<HttpTrigger>,
     drain_timeout: Duration,
     connections: server::ConnectionLimits,
-    serving_threads: usize,
     admin: Option<(TcpListener, admin::AdminToken)>,
     ops: Option<TcpListener>,
     watch: bool,
@@ -448,7 +434,6 @@ impl Host {
             components,
             trigger,
             drain_timeout: config.drain_timeout,
-            serving_threads: config.serving_threads,
             connections,
             admin: None,
             ops: None,
@@ -530,12 +515,6 @@ impl Host {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Drained, HostError> {
-        let threads = serving::ServingThreads::start(self.serving_threads).map_err(|error| {
-            HostError::Threads {
-                count: self.serving_threads,
-                error,
-            }
-        })?;
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ops_stop, ops_stopped) = tokio::sync::watch::channel(false);
@@ -623,7 +602,6 @@ impl Host {
             listener,
             self.trigger.clone(),
             self.connections,
-            &threads,
             shutdown,
             self.drain_timeout,
         )
@@ -668,9 +646,6 @@ impl Host {
         if let Some(ops) = ops {
             let _ = ops.await;
         }
-        // Last: pooled backend connections a serving thread opened live on its runtime, and
-        // the outbox passes above may still have used them.
-        threads.stop().await;
         Ok(drained)
     }
 }

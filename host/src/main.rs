@@ -112,10 +112,6 @@ struct ServeArgs {
     /// Allocate instances on demand instead of from the pooling allocator.
     #[arg(long, env = "AGORA_ON_DEMAND")]
     on_demand: bool,
-    /// Threads serving HTTP connections, each with a runtime of its own so that a request
-    /// stays on one core (default: one per core; 0: on the shared runtime).
-    #[arg(long, env = "AGORA_SERVING_THREADS", value_parser = clap::value_parser!(u16).range(0..=256))]
-    serving_threads: Option<u16>,
     #[command(flatten)]
     clients: ClientArgs,
 }
@@ -214,9 +210,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             min_bytes_per_s: args.clients.body_min_rate,
             grace: Duration::from_millis(args.clients.body_grace_ms),
         },
-        serving_threads: args
-            .serving_threads
-            .map_or_else(agora_host::serving::default_count, usize::from),
     };
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;

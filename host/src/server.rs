@@ -13,7 +13,6 @@
 //! connections are closed at once), and give up after the drain timeout.
 
 use crate::calls::Caller;
-use crate::serving::ServingThreads;
 use crate::triggers::http::HttpTrigger;
 use http::Request;
 use http_body_util::BodyExt as _;
@@ -193,13 +192,11 @@ pub enum Drained {
 }
 
 /// Serves `trigger` on `listener` until `shutdown` resolves, then drains for at most
-/// `drain_timeout`. Each connection runs on one of `threads` (on the caller's runtime when
-/// there is none).
+/// `drain_timeout`.
 pub async fn serve(
     listener: TcpListener,
     trigger: Arc<HttpTrigger>,
     limits: ConnectionLimits,
-    threads: &ServingThreads,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) -> Drained {
@@ -229,36 +226,19 @@ pub async fn serve(
         };
         // Small responses must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        // The socket moves to the serving thread's reactor.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not hand a connection over");
-                continue;
-            }
-        };
         let trigger = trigger.clone();
         let caller = Caller::External { peer: peer.ip() };
-        let builder = builder.clone();
-        // Watched from here, so a shutdown right after the accept still waits for it.
-        let watcher = graceful.watcher();
-        threads.spawn(move || async move {
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let trigger = trigger.clone();
+            let caller = caller.clone();
+            let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+            async move { Ok::<_, Infallible>(trigger.handle(request, caller).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
             let _permit = permit;
-            let stream = match TcpStream::from_std(stream) {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not serve a connection");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let trigger = trigger.clone();
-                let caller = caller.clone();
-                let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
-                async move { Ok::<_, Infallible>(trigger.handle(request, caller).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection).await {
+            if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
         });

@@ -4,7 +4,6 @@
 
 mod common;
 
-use agora_host::Drained;
 use common::{TestHost, component_table, json_error};
 use std::time::Duration;
 
@@ -339,29 +338,6 @@ async fn the_concurrency_cap_answers_503_and_recovers() {
     );
     let after = http.get(host.url("/echo")).send().await.unwrap();
     assert_eq!(after.status(), 200, "the permit is returned");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn any_number_of_serving_threads_serves_and_drains() {
-    let manifest = component_table("hello", "hello", &["/..."], "");
-    for threads in [0, 1, 3] {
-        let host =
-            TestHost::start_with(&manifest, |config| config.serving_threads = threads).await;
-        // More connections than threads, each asking twice (kept alive).
-        let asks = (0..8).map(|_| {
-            let url = host.url("/any/path");
-            async move {
-                let client = client();
-                for _ in 0..2 {
-                    let response = client.get(&url).send().await.unwrap();
-                    assert_eq!(response.status(), 200, "{threads} serving threads");
-                    assert_eq!(response.text().await.unwrap(), "Hello, world!\n");
-                }
-            }
-        });
-        futures::future::join_all(asks).await;
-        assert_eq!(host.stop().await, Drained::Clean, "{threads} serving threads");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,9 +4,7 @@
 //! - The connection is made on the first call, not at construction, so a host starts (and
 //!   serves everything that does not need Redis) while Redis is down.
 //! - redis-rs's `ConnectionManager` reconnects after a failure; one connection is multiplexed
-//!   by every caller on a multi-threaded runtime, and each thread running a single-threaded
-//!   runtime (the host's serving threads) gets one of its own, driven by that runtime, so a
-//!   reply wakes its caller on the caller's own thread.
+//!   by every caller.
 //! - Every call, connecting included, is bounded by the timeout given at construction and
 //!   fails with the caller's own "unavailable" error beyond it: a slow Redis costs a request at
 //!   most that long, never a hang.
@@ -14,21 +12,14 @@
 #![deny(missing_docs)]
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::ThreadId;
 use std::time::Duration;
-use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 /// A Redis client connected on first use; cheap to share behind an `Arc`.
 pub struct LazyRedis {
     client: redis::Client,
-    /// The connection of callers on a multi-threaded runtime.
-    shared: OnceCell<ConnectionManager>,
-    /// The connection of each thread that runs a single-threaded runtime.
-    per_thread: Mutex<HashMap<ThreadId, Arc<OnceCell<ConnectionManager>>>>,
+    connection: Mutex<Option<ConnectionManager>>,
     timeout: Duration,
 }
 
@@ -38,8 +29,7 @@ impl LazyRedis {
     pub fn new(url: &str, timeout: Duration) -> Result<LazyRedis, redis::RedisError> {
         Ok(LazyRedis {
             client: redis::Client::open(url)?,
-            shared: OnceCell::new(),
-            per_thread: Mutex::new(HashMap::new()),
+            connection: Mutex::new(None),
             timeout,
         })
     }
@@ -49,35 +39,18 @@ impl LazyRedis {
         self.timeout
     }
 
-    /// The caller's connection, made now if it has none (a failure is not remembered: the
-    /// next call tries again).
     async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        let single_threaded = Handle::try_current()
-            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::CurrentThread);
-        if !single_threaded {
-            return self
-                .shared
-                .get_or_try_init(|| self.connect())
-                .await
-                .cloned();
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
         }
-        let slot = self
-            .per_thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(std::thread::current().id())
-            .or_default()
-            .clone();
-        slot.get_or_try_init(|| self.connect()).await.cloned()
-    }
-
-    /// A new connection, driven by the caller's runtime.
-    async fn connect(&self) -> Result<ConnectionManager, redis::RedisError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout / 2))
             .set_response_timeout(Some(self.timeout / 2))
             .set_number_of_retries(1);
-        ConnectionManager::new_with_config(self.client.clone(), config).await
+        let connection = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
     }
 
     /// Runs `call` on the connection within the timeout. A failure to connect and the timeout
