@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Upper bounds, in seconds, of the latency histograms' buckets (`+Inf` is implied).
@@ -295,27 +295,100 @@ pub fn capability_meter(component: &str, capability: &'static str) -> agora_capa
 
 /// The status class label of `status`: `2xx`, `4xx`, ….
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_index(status)]
+}
+
+/// The status classes, as labelled.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Where `status`'s class is in [`STATUS_CLASSES`].
+fn status_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
+
+/// The method labels: the standard methods, and `OTHER` for any other.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
+];
 
 /// The method label of `method`: the standard ones as they are, anything else `OTHER` (a
 /// client chooses the method; the label must not let it choose the series).
 pub fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+    MethodLabel::of(method).as_str()
+}
+
+/// A method's label ([`method_label`]), as a series of a [`RouteSeries`] is kept under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodLabel(usize);
+
+impl MethodLabel {
+    /// The label of `method`.
+    pub fn of(method: &http::Method) -> MethodLabel {
+        MethodLabel(match *method {
+            http::Method::GET => 0,
+            http::Method::POST => 1,
+            http::Method::PUT => 2,
+            http::Method::DELETE => 3,
+            http::Method::PATCH => 4,
+            http::Method::HEAD => 5,
+            http::Method::OPTIONS => 6,
+            _ => 7,
+        })
+    }
+
+    /// The label's text.
+    pub fn as_str(self) -> &'static str {
+        METHODS[self.0]
+    }
+}
+
+/// The HTTP series of one route of one component (`agora_http_requests_total` by method and
+/// status class, `agora_http_request_duration_seconds`), each found in its family at the
+/// route's first request of its kind and kept: a request then counts itself with the
+/// series' own atomics, without hashing label values, taking a family's lock or cloning an
+/// `Arc` (two lookups a request before; BENCHMARKS.md). A series still appears only once a
+/// request of its kind was answered.
+pub struct RouteSeries {
+    component: Box<str>,
+    route: Box<str>,
+    duration: OnceLock<Arc<Histogram>>,
+    requests: [[OnceLock<Arc<Counter>>; STATUS_CLASSES.len()]; METHODS.len()],
+}
+
+impl RouteSeries {
+    /// The series of `route` (its pattern) of `component`.
+    pub fn new(component: &str, route: &str) -> RouteSeries {
+        RouteSeries {
+            component: component.into(),
+            route: route.into(),
+            duration: OnceLock::new(),
+            requests: Default::default(),
+        }
+    }
+
+    /// Counts a request with `method` answered with `status` after `elapsed`.
+    pub fn record(&self, method: MethodLabel, status: u16, elapsed: Duration) {
+        let (method, class) = (method.0, status_index(status));
+        let labels = [&*self.component, &*self.route];
+        self.requests[method][class]
+            .get_or_init(|| {
+                metrics().http_requests.with([
+                    labels[0],
+                    labels[1],
+                    METHODS[method],
+                    STATUS_CLASSES[class],
+                ])
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| metrics().http_duration.with(labels))
+            .observe(elapsed);
     }
 }
 
@@ -569,6 +642,38 @@ mod tests {
             out.finish()
                 .contains("t_total{route=\"/a\\\"b\\\\c\\nd\"} 2\n")
         );
+    }
+
+    #[test]
+    fn a_route_counts_into_the_families_series_and_creates_them_at_first_use() {
+        // Labels no other test uses: the registry is process-wide.
+        let (component, route) = ("route-series-test", "/route-series/...");
+        let requests = |method, class| {
+            let key = [component, route, method, class];
+            let series = metrics().http_requests.snapshot();
+            series
+                .iter()
+                .find(|(labels, _)| labels.iter().map(|l| &**l).eq(key))
+                .map(|(_, counter)| counter.get())
+        };
+        let series = RouteSeries::new(component, route);
+        assert_eq!(requests("GET", "2xx"), None, "no series before a request");
+        let get = MethodLabel::of(&http::Method::GET);
+        series.record(get, 200, Duration::from_millis(2));
+        series.record(get, 204, Duration::from_millis(3));
+        let brew = http::Method::from_bytes(b"BREW").expect("a valid method token");
+        series.record(MethodLabel::of(&brew), 503, Duration::from_millis(4));
+        assert_eq!(requests("GET", "2xx"), Some(2));
+        assert_eq!(requests("OTHER", "5xx"), Some(1));
+        assert_eq!(requests("GET", "5xx"), None);
+        let duration = metrics().http_duration.with([component, route]);
+        assert_eq!(duration.count(), 3);
+        // The same series as a lookup in the family gives: counted there too.
+        metrics()
+            .http_requests
+            .with([component, route, "GET", "2xx"])
+            .inc();
+        assert_eq!(requests("GET", "2xx"), Some(3));
     }
 
     #[test]

@@ -50,6 +50,28 @@ impl<T> Router<T> {
         Router { exact, prefixes }
     }
 
+    /// The same table with each target replaced by `f(pattern, target)`.
+    pub fn map<U>(self, mut f: impl FnMut(&str, T) -> U) -> Router<U> {
+        Router {
+            exact: self
+                .exact
+                .into_iter()
+                .map(|(path, (pattern, target))| {
+                    let target = f(&pattern, target);
+                    (path, (pattern, target))
+                })
+                .collect(),
+            prefixes: self
+                .prefixes
+                .into_iter()
+                .map(|(stem, pattern, target)| {
+                    let target = f(&pattern, target);
+                    (stem, pattern, target)
+                })
+                .collect(),
+        }
+    }
+
     /// Finds the most specific route for `path` (the path only, without the query).
     pub fn lookup(&self, path: &str) -> Option<Match<'_, T>> {
         let trimmed = match path.trim_end_matches('/') {
@@ -87,6 +109,27 @@ mod tests {
 
     fn target(router: &Router<&'static str>, path: &str) -> Option<&'static str> {
         router.lookup(path).map(|m| *m.target)
+    }
+
+    #[test]
+    fn a_mapped_table_routes_as_before_to_each_targets_image() {
+        let mapped = router().map(|pattern, target| format!("{target} at {pattern}"));
+        for (path, pattern) in [
+            ("/hello", "/hello"),
+            ("/hello/there", "/hello/..."),
+            ("/api/catalog/special", "/api/catalog/special"),
+            ("/api/catalog/1", "/api/catalog/..."),
+            ("/api/orders", "/api/..."),
+        ] {
+            let before = router()
+                .lookup(path)
+                .map(|m| (m.pattern.to_owned(), *m.target));
+            let after = mapped.lookup(path).expect("still routed");
+            let (old_pattern, old_target) = before.expect("routed before");
+            assert_eq!((after.pattern, old_pattern.as_str()), (pattern, pattern));
+            assert_eq!(*after.target, format!("{old_target} at {pattern}"));
+        }
+        assert!(mapped.lookup("/elsewhere").is_none());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 use crate::calls::{Caller, InternalHandler};
 use crate::component::LoadedComponent;
 use crate::edge::Edge;
+use crate::metrics::RouteSeries;
 use crate::response::{REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::router::Router;
 use crate::swap::Slot;
@@ -83,9 +84,15 @@ impl BodyRate {
     }
 }
 
+/// What a route points at: the component's slot, and the series its requests count into.
+struct Routed {
+    slot: Arc<Slot>,
+    series: RouteSeries,
+}
+
 /// Routes requests to components and runs them.
 pub struct HttpTrigger {
-    router: Router<Arc<Slot>>,
+    router: Router<Routed>,
     ids: RequestIds,
     edge: Edge,
     body_rate: BodyRate,
@@ -96,7 +103,10 @@ impl HttpTrigger {
     /// [`BodyRate`] for clients' bodies.
     pub fn new(router: Router<Arc<Slot>>, edge: Edge) -> HttpTrigger {
         HttpTrigger {
-            router,
+            router: router.map(|pattern, slot| Routed {
+                series: RouteSeries::new(slot.name(), pattern),
+                slot,
+            }),
             ids: RequestIds::new(),
             edge,
             body_rate: BodyRate::default(),
@@ -186,7 +196,7 @@ impl HttpTrigger {
         let route = self
             .router
             .lookup(path)
-            .filter(|route| target.is_none_or(|target| **route.target.name() == *target));
+            .filter(|route| target.is_none_or(|target| **route.target.slot.name() == *target));
         let Some(route) = route else {
             tracing::debug!(%request_id, %path, target, "no route");
             crate::metrics::metrics()
@@ -223,8 +233,8 @@ impl HttpTrigger {
             )));
         }
         // The version serving now answers this request to its end, whatever swaps meanwhile.
-        let component = route.target.current();
-        let method = crate::metrics::method_label(request.method());
+        let component = route.target.slot.current();
+        let method = crate::metrics::MethodLabel::of(request.method());
         // Each field is a log field and an exported attribute, so none is written twice: the
         // route, method and path under their OpenTelemetry names, the status recorded once, and
         // the duration left to the span's own timing (the access log line carries it).
@@ -234,14 +244,14 @@ impl HttpTrigger {
             component = %component.name,
             digest = %&component.digest[..12],
             "http.route" = %route.pattern,
-            "http.request.method" = method,
+            "http.request.method" = method.as_str(),
             "url.path" = %path,
             caller = tracing::field::Empty,
             parent_request_id = tracing::field::Empty,
             subject = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
-            "otel.name" = %format_args!("{method} {}", route.pattern),
+            "otel.name" = %format_args!("{} {}", method.as_str(), route.pattern),
             "otel.kind" = "server",
             "http.response.status_code" = tracing::field::Empty,
             // The steps inside the request, as attributes rather than child spans (one span
@@ -264,7 +274,7 @@ impl HttpTrigger {
                 .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
         );
         let (mut parts, body) = request.into_parts();
-        let pattern = route.pattern;
+        let series = &route.target.series;
         let answer = async move {
             let request_id = &request_id;
             let response = match self
@@ -315,18 +325,7 @@ impl HttpTrigger {
             };
             let status = response.status().as_u16();
             let elapsed = started.elapsed();
-            let metrics = crate::metrics::metrics();
-            let labels = [&*component.name, pattern];
-            metrics
-                .http_requests
-                .with([
-                    labels[0],
-                    labels[1],
-                    method,
-                    crate::metrics::status_class(status),
-                ])
-                .inc();
-            metrics.http_duration.with(labels).observe(elapsed);
+            series.record(method, status, elapsed);
             let duration_ms = elapsed.as_secs_f64() * 1000.0;
             tracing::Span::current().record("http.response.status_code", status);
             tracing::info!(status, duration_ms, "request served");
