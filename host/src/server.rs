@@ -6,26 +6,31 @@
 //! on the spot and the socket closed), and a header timeout that closes a connection whose
 //! request head has not fully arrived in time — counted from the connection's start, and from
 //! the end of the previous response on a kept-alive connection, so it is the idle keep-alive
-//! timeout too. A body that arrives too slowly is cut by the HTTP trigger
+//! timeout too ([`HeadWatch`]). A body that arrives too slowly is cut by the HTTP trigger
 //! ([`crate::triggers::http::BodyRate`]).
 //!
 //! Shutdown order: stop accepting, let every in-flight request finish (idle keep-alive
 //! connections are closed at once), and give up after the drain timeout.
 
 use crate::calls::Caller;
+use crate::response::ResponseBody;
 use crate::triggers::http::HttpTrigger;
-use http::Request;
+use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Default cap on the connections a listener holds open at once.
@@ -172,14 +177,131 @@ pub fn refuse(stream: TcpStream, peer: IpAddr, why: Refused) {
     drop(stream);
 }
 
-/// The HTTP/1.1 settings of every connection of a listener bounded by `limits`.
-pub fn http1_builder(limits: &ConnectionLimits) -> http1::Builder {
+/// The HTTP/1.1 settings of every connection of a listener. hyper's own header timeout is
+/// off: [`HeadWatch`] keeps it.
+pub fn http1_builder() -> http1::Builder {
     let mut builder = http1::Builder::new();
+    builder.keep_alive(true).header_read_timeout(None);
     builder
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    builder
+}
+
+/// The header timeout of one connection: when it began waiting for its next request head (its
+/// start, or the end of its previous response), or that it is answering a request. One timer
+/// per connection ([`HeadWatch::expired`]) reads it, re-armed only when it fires, where
+/// hyper's header timeout boxes a timer and puts it in and out of tokio's timer wheel for
+/// every request (1.5% of a reused cached read's CPU, BENCHMARKS.md).
+#[derive(Debug)]
+pub struct HeadWatch {
+    base: Instant,
+    /// Milliseconds from `base` to when the connection began waiting for a request head, or
+    /// [`HeadWatch::ANSWERING`].
+    waiting_since_ms: AtomicU64,
+}
+
+impl HeadWatch {
+    const ANSWERING: u64 = u64::MAX;
+
+    /// The watch of a connection that starts now, waiting for its first request head.
+    pub fn new() -> Arc<HeadWatch> {
+        Arc::new(HeadWatch {
+            base: Instant::now(),
+            waiting_since_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// A request head arrived: no timeout runs until its response has ended.
+    fn request(&self) {
+        self.waiting_since_ms
+            .store(Self::ANSWERING, Ordering::Relaxed);
+    }
+
+    /// The response ended (or was dropped): the connection waits for a head again.
+    fn answered(&self) {
+        let since = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(Self::ANSWERING - 1);
+        self.waiting_since_ms.store(since, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has waited `timeout` for a request head; never while a
+    /// request is answered.
+    pub async fn expired(&self, timeout: Duration) {
+        let mut at = self.base + timeout;
+        loop {
+            tokio::time::sleep_until(at.into()).await;
+            let now = Instant::now();
+            at = match self.waiting_since_ms.load(Ordering::Relaxed) {
+                Self::ANSWERING => now + timeout,
+                since => {
+                    let due = self.base + Duration::from_millis(since) + timeout;
+                    if due <= now {
+                        return;
+                    }
+                    due
+                }
+            };
+        }
+    }
+
+    /// Marks a request arrived and gives its response a body that marks the connection
+    /// waiting again once hyper has sent it and dropped it.
+    fn watch<F>(self: &Arc<Self>, answer: F) -> impl Future<Output = Response<WatchedBody>> + use<F>
+    where
+        F: Future<Output = Response<ResponseBody>>,
+    {
+        self.request();
+        let watch = self.clone();
+        async move { answer.await.map(|body| WatchedBody { body, watch }) }
+    }
+
+    /// Drives `connection` until it ends, or until it has waited `timeout` for a request head
+    /// (it is then dropped, which closes it). `listener` names it in logs.
+    async fn drive(
+        &self,
+        connection: impl Future<Output = Result<(), hyper::Error>>,
+        timeout: Duration,
+        listener: &'static str,
+    ) {
+        tokio::select! {
+            biased;
+            ended = connection => if let Err(err) = ended {
+                tracing::debug!(listener, error = %err, "connection ended with an error");
+            },
+            () = self.expired(timeout) => {
+                tracing::debug!(listener, "no request head within the header timeout; connection closed");
+            }
+        }
+    }
+}
+
+/// A response's body on a watched connection ([`HeadWatch`]).
+pub struct WatchedBody {
+    body: ResponseBody,
+    watch: Arc<HeadWatch>,
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        self.watch.answered();
+    }
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = <ResponseBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// How a server stopped.
@@ -202,7 +324,7 @@ pub async fn serve(
 ) -> Drained {
     let graceful = GracefulShutdown::new();
     let gate = ConnectionGate::new(limits);
-    let builder = http1_builder(&limits);
+    let builder = http1_builder();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -228,19 +350,23 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let trigger = trigger.clone();
         let caller = Caller::External { peer: peer.ip() };
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let trigger = trigger.clone();
-            let caller = caller.clone();
-            let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
-            async move { Ok::<_, Infallible>(trigger.handle(request, caller).await) }
-        });
+        let watch = HeadWatch::new();
+        let service = {
+            let watch = watch.clone();
+            hyper::service::service_fn(move |request: Request<Incoming>| {
+                let trigger = trigger.clone();
+                let caller = caller.clone();
+                let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+                let answer = watch.watch(async move { trigger.handle(request, caller).await });
+                async move { Ok::<_, Infallible>(answer.await) }
+            })
+        };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
+            watch.drive(connection, header_timeout, "http").await;
         });
     }
     drop(listener);
@@ -274,7 +400,7 @@ pub async fn serve_internal<H, F>(
     F: Future<Output = http::Response<crate::response::ResponseBody>> + Send + 'static,
 {
     let gate = ConnectionGate::new(limits);
-    let builder = http1_builder(&limits);
+    let builder = http1_builder();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = name, %addr, "listening");
     }
@@ -297,16 +423,125 @@ pub async fn serve_internal<H, F>(
             },
         };
         let handle = handle.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let answer = handle(request);
-            async move { Ok::<_, Infallible>(answer.await) }
-        });
+        let watch = HeadWatch::new();
+        let service = {
+            let watch = watch.clone();
+            hyper::service::service_fn(move |request| {
+                let answer = watch.watch(handle(request));
+                async move { Ok::<_, Infallible>(answer.await) }
+            })
+        };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(err) = connection.await {
-                tracing::debug!(listener = name, error = %err, "connection ended with an error");
-            }
+            watch.drive(connection, header_timeout, name).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// An internal listener with a header timeout of [`TIMEOUT`] whose answers take `answer_in`.
+    async fn listener(answer_in: Duration) -> (String, tokio::sync::watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let limits = ConnectionLimits {
+            header_timeout: TIMEOUT,
+            ..ConnectionLimits::default()
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve_internal(
+            listener,
+            "test",
+            limits,
+            stopped,
+            move |_request| async move {
+                tokio::time::sleep(answer_in).await;
+                crate::response::json_response(http::StatusCode::OK, &serde_json::json!({}))
+            },
+        ));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection; `None` if it is still open after 10 s.
+    async fn read_to_close(stream: &mut TcpStream) -> Option<String> {
+        let mut read = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut read))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&read).into_owned())
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_connection_without_a_whole_head_is_closed_after_the_header_timeout() {
+        let (addr, _stop) = listener(Duration::ZERO).await;
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: te")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(read_to_close(&mut stream).await.as_deref(), Some(""));
+        assert!(started.elapsed() >= TIMEOUT - Duration::from_millis(5));
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_idle_for_the_header_timeout_is_closed() {
+        let (addr, _stop) = listener(Duration::ZERO).await;
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        // Requests keep the connection open past several timeouts; then it idles and closes.
+        for _ in 0..4 {
+            stream.write_all(GET).await.unwrap();
+            let mut answer = [0u8; 1024];
+            let read = stream.read(&mut answer).await.unwrap();
+            assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+            tokio::time::sleep(TIMEOUT / 2).await;
+        }
+        let idle = Instant::now();
+        assert_eq!(read_to_close(&mut stream).await.as_deref(), Some(""));
+        // Counted from the end of the last response, not from the connection's start.
+        assert!(idle.elapsed() >= TIMEOUT / 2 - Duration::from_millis(5));
+    }
+
+    #[tokio::test]
+    async fn an_answer_slower_than_the_header_timeout_is_not_cut() {
+        let (addr, _stop) = listener(TIMEOUT * 3).await;
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut stream).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn the_watch_never_expires_while_a_request_is_answered() {
+        let watch = HeadWatch::new();
+        watch.request();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(200),
+            watch.expired(Duration::from_millis(20)),
+        )
+        .await;
+        assert!(waited.is_err(), "expired while answering");
+        watch.answered();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            watch.expired(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
     }
 }
