@@ -13,6 +13,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// The binary's allocator. glibc's malloc takes a lock on the arena a block came from whenever
+/// another thread frees it, and a request's allocations (its store, its instance's state, the
+/// cache's reply) are often freed on the other worker thread: with a fresh instance per
+/// request that was two `futex` calls a request. jemalloc frees without that contention: a
+/// cached read with a fresh instance spent 16% less CPU, a reused one 5% (BENCHMARKS.md,
+/// fifteenth session). The library (and so every in-process test) keeps the system allocator;
+/// the benches' native baselines use jemalloc too.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "agora",
