@@ -15,6 +15,12 @@
 //! `harness/`, and the load generator in `loadgen`. Modules depend in one direction:
 //! main → the benches → the harness → the load generator.
 
+/// The `agora` binary's allocator (host/src/main.rs): the native baselines here are measured
+/// against agora with the same one.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod capabilities;
 mod harness;
 mod hello;
