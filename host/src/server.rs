@@ -16,6 +16,7 @@ use crate::calls::Caller;
 use crate::response::ResponseBody;
 use crate::triggers::http::HttpTrigger;
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -357,8 +358,9 @@ pub async fn serve(
                 let trigger = trigger.clone();
                 let caller = caller.clone();
                 let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
-                let answer = watch.watch(async move { trigger.handle(request, caller).await });
-                async move { Ok::<_, Infallible>(answer.await) }
+                watch
+                    .watch(async move { trigger.handle(request, caller).await })
+                    .map(Ok::<_, Infallible>)
             })
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -427,8 +429,7 @@ pub async fn serve_internal<H, F>(
         let service = {
             let watch = watch.clone();
             hyper::service::service_fn(move |request| {
-                let answer = watch.watch(handle(request));
-                async move { Ok::<_, Infallible>(answer.await) }
+                watch.watch(handle(request)).map(Ok::<_, Infallible>)
             })
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
