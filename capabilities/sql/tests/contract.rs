@@ -1329,6 +1329,97 @@ async fn postgres_the_relay_vacuums_its_outbox() {
     .await;
 }
 
+/// PostgreSQL: the relay publishes what this host's commits wrote to the outbox from memory,
+/// deleting it by key, without claiming the outbox's head first; rows it was not handed (by
+/// hand, another replica's) and the rows of a transaction whose guest ran a statement after
+/// publishing (which could have changed or removed them) are the claim's. Nothing is sent
+/// that the commit did not keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_relay_sends_what_commits_wrote() {
+    on_postgres(|setup: Setup| async move {
+        let namespace = setup.namespace(&setup.a).await;
+        let mut guest = Guest::new(namespace.clone());
+        guest.ok("create table t (v int)").await;
+        let published: Published = Arc::default();
+        let all = recorder(published.clone(), HashSet::new());
+        let payloads = |published: &Published| -> Vec<Vec<u8>> {
+            std::mem::take(&mut *published.lock().unwrap())
+                .into_iter()
+                .map(|m| m.payload)
+                .collect()
+        };
+
+        // A row written by hand waits in the table; the commit's two rows go first, alone.
+        guest
+            .ok("insert into _agora_outbox (id, subject, payload, headers) \
+                 values ('by-hand', 'order.paid', 'h', '[]')")
+            .await;
+        let tx = guest.begin().await;
+        guest
+            .tx_execute(tx, "insert into t values (1)", vec![])
+            .await
+            .unwrap();
+        guest.publish(tx, "order.created", b"1").await.unwrap();
+        guest.publish(tx, "order.created", b"2").await.unwrap();
+        guest.commit(tx).await.unwrap();
+        guest.drop_tx(tx).await;
+        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 2);
+        assert_eq!(payloads(&published), [b"1".to_vec(), b"2".to_vec()]);
+        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 1);
+        assert_eq!(payloads(&published), [b"h".to_vec()]);
+        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 0);
+
+        // The guest deletes its own row, or rolls back to a savepoint taken before it, after
+        // publishing: the commit holds no such row, and no such message is sent.
+        let tx = guest.begin().await;
+        guest
+            .publish(tx, "order.created", b"deleted")
+            .await
+            .unwrap();
+        guest
+            .tx_execute(
+                tx,
+                "delete from _agora_outbox where payload = 'deleted'",
+                vec![],
+            )
+            .await
+            .unwrap();
+        guest.commit(tx).await.unwrap();
+        guest.drop_tx(tx).await;
+        let tx = guest.begin().await;
+        guest.tx_execute(tx, "savepoint s", vec![]).await.unwrap();
+        guest.publish(tx, "order.created", b"undone").await.unwrap();
+        guest
+            .tx_execute(tx, "rollback to savepoint s", vec![])
+            .await
+            .unwrap();
+        guest.commit(tx).await.unwrap();
+        guest.drop_tx(tx).await;
+        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 0);
+        assert!(payloads(&published).is_empty());
+
+        // A statement after publishing that leaves the row alone: the claim relays it, once.
+        let tx = guest.begin().await;
+        guest.publish(tx, "order.created", b"kept").await.unwrap();
+        guest
+            .tx_execute(tx, "insert into t values (2)", vec![])
+            .await
+            .unwrap();
+        guest.commit(tx).await.unwrap();
+        guest.drop_tx(tx).await;
+        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 1);
+        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 0);
+        assert_eq!(payloads(&published), [b"kept".to_vec()]);
+
+        // What a pass sent is gone from the table.
+        let left = guest
+            .rows("select count(*) from _agora_outbox", vec![])
+            .await;
+        assert_eq!(left, [[int(0)]]);
+    })
+    .await;
+}
+
 async fn namespaces_are_reused(setup: Setup) {
     let first = setup.namespace(&setup.a).await;
     let again = setup.namespace(&setup.a).await;
