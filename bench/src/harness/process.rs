@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `agora serve` of the release build on `manifest`, on a free port, its data in `data_dir`,
-/// logging warnings only.
+/// logging warnings only — or what `AGORA_BENCH_HOST_LOG` says (a `RUST_LOG` filter; the
+/// host's log goes to the bench's stderr), to look inside a run.
 pub(crate) fn agora_serve(manifest: &Path, data_dir: &Path) -> Command {
     let mut command = Command::new(target_dir().join("release/agora"));
     command
@@ -18,7 +19,10 @@ pub(crate) fn agora_serve(manifest: &Path, data_dir: &Path) -> Command {
         .arg(manifest)
         .arg("--data-dir")
         .arg(data_dir)
-        .env("RUST_LOG", "warn");
+        .env(
+            "RUST_LOG",
+            std::env::var("AGORA_BENCH_HOST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     command
 }
 
