@@ -424,6 +424,7 @@ impl SqlBackend for PostgresBackend {
             lock_wait: self.lock_wait,
             signal: Arc::new(Notify::new()),
             committed: Arc::default(),
+            claimed_at: std::sync::Mutex::new(None),
             deleted_since_vacuum: AtomicU64::new(0),
         });
         namespaces.insert(component.to_owned(), namespace.clone());
@@ -491,6 +492,8 @@ struct PgNamespace {
     /// What this host's transactions committed to the outbox, for the relay to publish
     /// without reading it back.
     committed: Arc<std::sync::Mutex<Committed>>,
+    /// When the relay last claimed from the table (see [`CLAIM_EVERY`]).
+    claimed_at: std::sync::Mutex<Option<Instant>>,
     /// Outbox rows this host's relay deleted since it last vacuumed the outbox.
     deleted_since_vacuum: AtomicU64,
 }
@@ -511,6 +514,11 @@ struct Committed {
     /// those too, in order).
     missed: bool,
 }
+
+/// The longest the relay goes without claiming from the table while the committed queue keeps
+/// it busy: rows it was never handed (another replica's left behind by a crash, a guest's
+/// insert by hand, a commit whose outcome the host never learnt) wait at most this long.
+const CLAIM_EVERY: Duration = Duration::from_secs(2);
 
 /// The most rows, and payload bytes, the committed queue holds; past either, commits are left
 /// to the claim.
@@ -1334,12 +1342,27 @@ impl Namespace for PgNamespace {
     }
 
     async fn relay_outbox(&self, limit: usize, publish: &PublishFn) -> Result<usize, SqlError> {
-        match self.relay_committed(limit, publish).await {
-            // The refused rows are still at the outbox's head: the claim moves them aside now.
-            Some(Ok((relayed, true))) => Ok(relayed + self.relay_claimed(limit, publish).await?),
-            Some(relayed) => relayed.map(|(relayed, _)| relayed),
-            None => self.relay_claimed(limit, publish).await,
+        // `needed`: the queue had nothing, or may have missed a row, or the broker refused one.
+        let (relayed, needed) = match self.relay_committed(limit, publish).await {
+            Some(relayed) => relayed?,
+            None => (0, true),
+        };
+        // The claim runs when the queue had nothing or may have missed a row, to move aside a
+        // row the broker refused (still at the outbox's head), and every CLAIM_EVERY for the
+        // rows the queue was never handed.
+        let claim = {
+            let mut at = self.claimed_at.lock().unwrap_or_else(|e| e.into_inner());
+            let claim =
+                relayed < limit && (needed || at.is_none_or(|at| at.elapsed() >= CLAIM_EVERY));
+            if claim {
+                *at = Some(Instant::now());
+            }
+            claim
+        };
+        if !claim {
+            return Ok(relayed);
         }
+        Ok(relayed + self.relay_claimed(limit - relayed, publish).await?)
     }
 
     fn outbox_signal(&self) -> Arc<Notify> {

@@ -1349,7 +1349,8 @@ async fn postgres_the_relay_sends_what_commits_wrote() {
                 .collect()
         };
 
-        // A row written by hand waits in the table; the commit's two rows go first, alone.
+        // A row written by hand, older than the commit's two: the claim alone would send it
+        // first; the commit's rows go first (the claim, when it is due, takes the rest).
         guest
             .ok("insert into _agora_outbox (id, subject, payload, headers) \
                  values ('by-hand', 'order.paid', 'h', '[]')")
@@ -1363,11 +1364,36 @@ async fn postgres_the_relay_sends_what_commits_wrote() {
         guest.publish(tx, "order.created", b"2").await.unwrap();
         guest.commit(tx).await.unwrap();
         guest.drop_tx(tx).await;
-        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 2);
-        assert_eq!(payloads(&published), [b"1".to_vec(), b"2".to_vec()]);
-        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 1);
-        assert_eq!(payloads(&published), [b"h".to_vec()]);
-        assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 0);
+        let mut relayed = 0;
+        for _ in 0..3 {
+            relayed += namespace.relay_outbox(100, &all).await.unwrap();
+        }
+        assert_eq!(relayed, 3);
+        assert_eq!(
+            payloads(&published),
+            [b"1".to_vec(), b"2".to_vec(), b"h".to_vec()]
+        );
+
+        // A row by hand is relayed within the claim's interval even while commits keep the
+        // relay busy with their own rows.
+        guest
+            .ok("insert into _agora_outbox (id, subject, payload, headers) \
+                 values ('by-hand-2', 'order.paid', 'h2', '[]')")
+            .await;
+        let started = std::time::Instant::now();
+        let mut seen = false;
+        while !seen && started.elapsed() < Duration::from_secs(20) {
+            let tx = guest.begin().await;
+            guest.publish(tx, "order.created", b"busy").await.unwrap();
+            guest.commit(tx).await.unwrap();
+            guest.drop_tx(tx).await;
+            namespace.relay_outbox(100, &all).await.unwrap();
+            seen = payloads(&published).contains(&b"h2".to_vec());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen, "the row by hand was relayed among the commits'");
+        while namespace.relay_outbox(100, &all).await.unwrap() > 0 {}
+        payloads(&published);
 
         // The guest deletes its own row, or rolls back to a savepoint taken before it, after
         // publishing: the commit holds no such row, and no such message is sent.
