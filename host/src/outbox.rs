@@ -8,9 +8,7 @@
 //! passes start at most every [`GATHER`], each taking what the commits meanwhile wrote), and every
 //! [`SWEEP_INTERVAL`] anyway — which is what relays the rows a crashed host left behind when it
 //! (or another replica) starts again. A relay repeated after a crash between publish and delete
-//! publishes the same message id again, which JetStream deduplicates. On PostgreSQL a pass
-//! first sends what this host's own commits wrote, from memory, and deletes it by key in one
-//! round trip (`agora_sql`'s `relay_outbox`); the claim of the table relays the rest.
+//! publishes the same message id again, which JetStream deduplicates.
 //!
 //! A row the broker refuses for good (its subject, headers or size break the broker's rules —
 //! `transaction.publish` already refuses such a message, so only a row written with plain SQL
@@ -174,7 +172,7 @@ pub async fn relay_all(
     let mut total = 0;
     loop {
         match database.namespace().relay_outbox(BATCH, &publish).await {
-            Ok(relayed) if relayed >= BATCH => total += relayed,
+            Ok(relayed) if relayed == BATCH => total += relayed,
             Ok(relayed) => {
                 if relayed > 0 {
                     tracing::debug!(component = %component.name, relayed, "outbox relayed");

@@ -360,11 +360,6 @@ pub trait Namespace: Send + Sync {
     /// component's other events. Returns how many rows left the outbox (published or
     /// dead-lettered).
     ///
-    /// PostgreSQL first relays, from memory, the rows this host's transactions committed (a
-    /// transaction whose guest ran no statement after its first publish): published the same
-    /// way, then deleted by key in one round trip without a claim. Whenever that queue may
-    /// have missed a row, the next pass claims from the table as above.
-    ///
     /// The outbox table lives in the component's own namespace, so a guest can also insert
     /// into it with plain SQL, bypassing the publish grant that `transaction.publish` checks:
     /// `publish` must check the component's grant for the subject again (and reject a message

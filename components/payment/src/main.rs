@@ -391,9 +391,6 @@ fn charge(event: &Event<OrderCreated>, delivery: u32) -> Result<(), String> {
         }
         Err(err) => return Err(err.to_string()),
     }
-    // Recorded before the event is published: a statement after a publish leaves the
-    // transaction's messages to the relay's slower claim of the outbox.
-    handled(Some(&tx), event, delivery, "charged").map_err(failed)?;
     match reason {
         None => tx.publish_event(&Event::new(
             "payment.succeeded",
@@ -418,6 +415,7 @@ fn charge(event: &Event<OrderCreated>, delivery: u32) -> Result<(), String> {
         )),
     }
     .map_err(failed)?;
+    handled(Some(&tx), event, delivery, "charged").map_err(failed)?;
     tx.commit().map_err(failed)?;
     log::info(
         "payments",
