@@ -192,7 +192,7 @@ pub fn http1_builder() -> http1::Builder {
 /// hyper's header timeout boxes a timer and puts it in and out of tokio's timer wheel for
 /// every request (1.5% of a reused cached read's CPU, BENCHMARKS.md).
 #[derive(Debug)]
-pub struct HeadWatch {
+struct HeadWatch {
     base: Instant,
     /// Milliseconds from `base` to when the connection began waiting for a request head, or
     /// [`HeadWatch::ANSWERING`].
@@ -203,7 +203,7 @@ impl HeadWatch {
     const ANSWERING: u64 = u64::MAX;
 
     /// The watch of a connection that starts now, waiting for its first request head.
-    pub fn new() -> Arc<HeadWatch> {
+    fn new() -> Arc<HeadWatch> {
         Arc::new(HeadWatch {
             base: Instant::now(),
             waiting_since_ms: AtomicU64::new(0),
@@ -224,7 +224,7 @@ impl HeadWatch {
 
     /// Resolves once the connection has waited `timeout` for a request head; never while a
     /// request is answered.
-    pub async fn expired(&self, timeout: Duration) {
+    async fn expired(&self, timeout: Duration) {
         let mut at = self.base + timeout;
         loop {
             tokio::time::sleep_until(at.into()).await;
@@ -274,7 +274,7 @@ impl HeadWatch {
 }
 
 /// A response's body on a watched connection ([`HeadWatch`]).
-pub struct WatchedBody {
+struct WatchedBody {
     body: ResponseBody,
     watch: Arc<HeadWatch>,
 }
