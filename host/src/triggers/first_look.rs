@@ -18,10 +18,12 @@ use crate::state::{InstanceState, forbidden_header};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::Store;
-use wasmtime::component::{Func, InstancePre, TypedFunc};
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
+use wasmtime::component::{ComponentExportIndex, Func, InstancePre, Resource, TypedFunc};
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, IncomingRequest, ResponseOutparam};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Generated bindings of `agora:platform/http-first-look`.
@@ -39,6 +41,12 @@ use agora_capability::StoreData as _;
 use bindings::HttpFirstLookIndices;
 use bindings::exports::agora::platform::first_look::{Answer, CachedAnswer, Reply};
 use wasmtime::component::{ComponentType, Lower};
+
+/// The interface of wasi:http's handler, as wasmtime-wasi-http's bindings name it (an export of
+/// a compatible 0.2 version answers to it).
+const HANDLER_INTERFACE: &str = "wasi:http/incoming-handler@0.2.12";
+/// The first look's interface (`wit/first-look.wit`).
+const FIRST_LOOK_INTERFACE: &str = "agora:platform/first-look@0.1.0";
 
 /// `request-head` lowered from the request's own parts: the guest gets the same record as
 /// bindgen's owned `RequestHead` would give it, without the host copying the method, the path
@@ -69,30 +77,55 @@ pub fn head_of(request: &http::request::Parts) -> HeadRef<'_> {
     }
 }
 
-/// A component's HTTP exports, pre-linked: instantiating it gives [`HttpExports`].
+/// A component's HTTP exports, pre-linked: instantiating it gives [`HttpExports`]. Cloning it
+/// is one reference count (a request takes a clone).
 #[derive(Clone)]
-pub struct HttpPre {
+pub struct HttpPre(Arc<Linked>);
+
+struct Linked {
     pre: InstancePre<InstanceState>,
-    proxy: ProxyIndices,
-    first_look: Option<HttpFirstLookIndices>,
+    /// wasi:http's `handle`.
+    handle: ComponentExportIndex,
+    /// `agora:platform/first-look`'s `look`, when exported.
+    look: Option<ComponentExportIndex>,
+    /// Whether an instance's exports were checked against [`HandleParams`] (and `look`'s
+    /// against [`LookParams`] and [`LookResults`]): they are the component's, the same for
+    /// every instance of `pre`, so the first instance is checked and the others are not.
+    checked: AtomicBool,
 }
+
+/// What `handle` is called with.
+type HandleParams = (Resource<IncomingRequest>, Resource<ResponseOutparam>);
 
 impl HttpPre {
     /// The exports of `pre`: an error when it does not export wasi:http's handler; the first
     /// look when it exports one.
     pub fn new(pre: InstancePre<InstanceState>) -> wasmtime::Result<HttpPre> {
-        let proxy = ProxyIndices::new(&pre)?;
-        let first_look = HttpFirstLookIndices::new(&pre).ok();
-        Ok(HttpPre {
+        // wasi:http's and the first look's own bindings find the interfaces (and refuse an
+        // incompatible version); the functions' indices are taken from the same names.
+        ProxyIndices::new(&pre)?;
+        let component = pre.component();
+        let func = |interface: &str, name: &str| {
+            let instance = component.get_export_index(None, interface)?;
+            component.get_export_index(Some(&instance), name)
+        };
+        let handle = func(HANDLER_INTERFACE, "handle").ok_or_else(|| {
+            wasmtime::format_err!("no `handle` function in `{HANDLER_INTERFACE}`")
+        })?;
+        let look = HttpFirstLookIndices::new(&pre)
+            .ok()
+            .and_then(|_| func(FIRST_LOOK_INTERFACE, "look"));
+        Ok(HttpPre(Arc::new(Linked {
             pre,
-            proxy,
-            first_look,
-        })
+            handle,
+            look,
+            checked: AtomicBool::new(false),
+        })))
     }
 
     /// Whether the component answers at a first look.
     pub fn has_first_look(&self) -> bool {
-        self.first_look.is_some()
+        self.0.look.is_some()
     }
 
     /// A new instance in `store`, and its exports.
@@ -100,28 +133,40 @@ impl HttpPre {
         &self,
         store: &mut Store<InstanceState>,
     ) -> wasmtime::Result<HttpExports> {
-        let instance = self.pre.instantiate_async(&mut *store).await?;
-        let proxy = self.proxy.load(&mut *store, &instance)?;
-        let look = match &self.first_look {
-            Some(indices) => {
-                let first_look = indices.load(&mut *store, &instance)?;
-                let look = *first_look.agora_platform_first_look().func_look().func();
-                // The type check `look` relies on, made once for the instance's life.
-                look.typed::<LookParams<'_>, LookResults>(&*store)?;
-                Some(look)
-            }
+        let linked = &*self.0;
+        let instance = linked.pre.instantiate_async(&mut *store).await?;
+        let missing = |name: &str| wasmtime::format_err!("the instance exports no `{name}`");
+        let handle = instance
+            .get_func(&mut *store, linked.handle)
+            .ok_or_else(|| missing("handle"))?;
+        let look = match linked.look {
+            Some(index) => Some(
+                instance
+                    .get_func(&mut *store, index)
+                    .ok_or_else(|| missing("look"))?,
+            ),
             None => None,
         };
-        Ok(HttpExports { proxy, look })
+        if !linked.checked.load(Ordering::Acquire) {
+            // The type checks the calls rely on, made once for the loaded version's life: as
+            // part of each fresh instance's work they cost ≈ 1.4% of a fresh cached read's CPU
+            // (BENCHMARKS.md).
+            handle.typed::<HandleParams, ()>(&*store)?;
+            if let Some(look) = look {
+                look.typed::<LookParams<'_>, LookResults>(&*store)?;
+            }
+            linked.checked.store(true, Ordering::Release);
+        }
+        Ok(HttpExports { handle, look })
     }
 }
 
-/// The HTTP exports of one instance.
+/// The HTTP exports of one instance, type-checked (as [`HttpPre::instantiate`] says).
 pub struct HttpExports {
-    /// wasi:http's `incoming-handler`.
-    pub proxy: Proxy,
-    /// `agora:platform/first-look`'s `look`, when exported, type-checked as taking
-    /// [`LookParams`] and returning [`LookResults`] when the instance was made.
+    /// wasi:http's `handle`, taking [`HandleParams`].
+    handle: Func,
+    /// `agora:platform/first-look`'s `look`, when exported, taking [`LookParams`] and
+    /// returning [`LookResults`].
     look: Option<Func>,
 }
 
@@ -145,11 +190,25 @@ impl HttpExports {
         // A typed function's parameters carry the head's borrow, so it cannot be kept from one
         // request to the next; checking the export's type again on every call cost 1.6% of a
         // reused cached read's CPU (BENCHMARKS.md).
-        // SAFETY: `instantiate` checked `look` against `LookParams<'_>` and `LookResults`; a
-        // component type check does not depend on lifetimes, so it holds for this borrow too.
+        // SAFETY: `instantiate` checked `look` (this instance's or, the same export of the same
+        // component, another's) against `LookParams<'_>` and `LookResults`; a component type
+        // check does not depend on lifetimes, so it holds for this borrow too.
         let look = unsafe { TypedFunc::<LookParams<'_>, LookResults>::new_unchecked(look) };
         let (reply,) = look.call_async(&mut *store, (head,)).await?;
         Ok(reply)
+    }
+
+    /// Calls wasi:http's `handle` with the request and where its response goes.
+    pub async fn handle(
+        &self,
+        store: &mut Store<InstanceState>,
+        request: Resource<IncomingRequest>,
+        outparam: Resource<ResponseOutparam>,
+    ) -> wasmtime::Result<()> {
+        // SAFETY: `instantiate` checked `handle` (this instance's or, the same export of the
+        // same component, another's) against `HandleParams` and `()`.
+        let handle = unsafe { TypedFunc::<HandleParams, ()>::new_unchecked(self.handle) };
+        handle.call_async(&mut *store, (request, outparam)).await
     }
 }
 

@@ -615,11 +615,7 @@ fn start(
                         (request, outparam)
                     }
                 };
-                instance
-                    .proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, guest_request, outparam)
-                    .await?;
+                instance.handle(&mut store, guest_request, outparam).await?;
                 Ok((instance, served + 1))
             };
             // Epoch interruption stops a guest that computes past its deadline; this timeout
