@@ -18,8 +18,8 @@ use std::time::Duration;
 /// cache's reply) are often freed on the other worker thread: with a fresh instance per
 /// request that was two `futex` calls a request. jemalloc frees without that contention: a
 /// cached read with a fresh instance went from 62–67 to 50–55 µs of CPU; a reused one moved
-/// less than its rounds' spread (BENCHMARKS.md, fifteenth session). The library (and so every in-process test) keeps the system allocator;
-/// the benches' native baselines use jemalloc too.
+/// less than its rounds' spread (BENCHMARKS.md, fifteenth session). The library (and so every
+/// in-process test) keeps the system allocator; the benches' native baselines use jemalloc too.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

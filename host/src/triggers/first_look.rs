@@ -21,8 +21,8 @@ use http_body_util::BodyExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::Store;
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{ComponentExportIndex, Func, InstancePre, Resource, TypedFunc};
-use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, IncomingRequest, ResponseOutparam};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -38,7 +38,6 @@ pub mod bindings {
 
 use agora_cache::bindings::agora::platform::cache::Error as CacheError;
 use agora_capability::StoreData as _;
-use bindings::HttpFirstLookIndices;
 use bindings::exports::agora::platform::first_look::{Answer, CachedAnswer, Reply};
 use wasmtime::component::{ComponentType, Lower};
 
@@ -101,20 +100,20 @@ impl HttpPre {
     /// The exports of `pre`: an error when it does not export wasi:http's handler; the first
     /// look when it exports one.
     pub fn new(pre: InstancePre<InstanceState>) -> wasmtime::Result<HttpPre> {
-        // wasi:http's and the first look's own bindings find the interfaces (and refuse an
-        // incompatible version); the functions' indices are taken from the same names.
-        ProxyIndices::new(&pre)?;
+        // Looked up as the generated bindings look them up: an export of a semver-compatible
+        // version of the interface answers to its name.
         let component = pre.component();
         let func = |interface: &str, name: &str| {
             let instance = component.get_export_index(None, interface)?;
-            component.get_export_index(Some(&instance), name)
+            match component.get_export(Some(&instance), name)? {
+                (ComponentItem::ComponentFunc(_), index) => Some(index),
+                _ => None,
+            }
         };
         let handle = func(HANDLER_INTERFACE, "handle").ok_or_else(|| {
             wasmtime::format_err!("no `handle` function in `{HANDLER_INTERFACE}`")
         })?;
-        let look = HttpFirstLookIndices::new(&pre)
-            .ok()
-            .and_then(|_| func(FIRST_LOOK_INTERFACE, "look"));
+        let look = func(FIRST_LOOK_INTERFACE, "look");
         Ok(HttpPre(Arc::new(Linked {
             pre,
             handle,
