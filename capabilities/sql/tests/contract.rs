@@ -1056,7 +1056,15 @@ async fn outbox_relays_committed_messages_in_order(setup: Setup) {
     guest.commit(tx).await.unwrap();
     guest.drop_tx(tx).await;
     let failing = recorder(published.clone(), HashSet::from([b"b".to_vec()]));
+    let queued = "select seq, id, cast(created_at as text) from _agora_outbox order by seq";
+    let before = guest.rows(queued, vec![]).await;
     assert_eq!(namespace.relay_outbox(100, &failing).await.unwrap(), 1);
+    // What stays is what was there: the same keys, ids and times, in the same order.
+    assert_eq!(
+        guest.rows(queued, vec![]).await,
+        before[1..],
+        "b and c stay as they were"
+    );
     assert_eq!(namespace.relay_outbox(100, &failing).await.unwrap(), 0);
     let before_last = published.lock().unwrap().len();
     assert_eq!(namespace.relay_outbox(100, &all).await.unwrap(), 2);
@@ -1089,6 +1097,8 @@ async fn outbox_relays_committed_messages_in_order(setup: Setup) {
         .ok("insert into _agora_outbox (id, subject, payload, headers) \
              values ('by-hand', 'order.paid', 'g', 'not json')")
         .await;
+    let created = "select id, cast(created_at as text) from _agora_outbox where id = 'by-hand'";
+    let created_by_hand = guest.rows(created, vec![]).await;
     let bouncing = rejecting(
         published.clone(),
         HashSet::new(),
@@ -1120,6 +1130,13 @@ async fn outbox_relays_committed_messages_in_order(setup: Setup) {
     assert!(
         matches!(&dead[1][3], Value::Text(reason) if reason.contains("cannot be read")),
         "{dead:?}"
+    );
+    let dead_created =
+        "select id, cast(created_at as text) from _agora_outbox_dead where id = 'by-hand'";
+    assert_eq!(
+        guest.rows(dead_created, vec![]).await,
+        created_by_hand,
+        "a dead row keeps the time it was written"
     );
 
     // Publishing needs the grant and a valid message; neither failure ends the transaction.
