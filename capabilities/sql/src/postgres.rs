@@ -434,7 +434,7 @@ impl SqlBackend for PostgresBackend {
 /// table of the same name must not shadow them).
 struct HostSql {
     outbox_claim: String,
-    outbox_restore: String,
+    outbox_delete: String,
     outbox_vacuum: String,
     outbox_dead: String,
     outbox_insert: String,
@@ -447,20 +447,11 @@ impl HostSql {
         let outbox = format!(r#""{schema}"._agora_outbox"#);
         let migrations = format!(r#""{schema}"._agora_migrations"#);
         HostSql {
-            // The claim takes the queue's head out of the table in the same statement: a row
-            // is deleted as it is read, and the pass's commit makes that final (a pass that
-            // publishes only part of it puts the rest back, `outbox_restore`). The timestamp
-            // travels as text, which PostgreSQL reads back to the microsecond.
             outbox_claim: format!(
-                "delete from {outbox} where seq in \
-                 (select seq from {outbox} order by seq limit $1 for update skip locked) \
-                 returning seq, id, subject, payload, headers, created_at::text"
+                "select seq, id, subject, payload, headers from {outbox} \
+                 order by seq limit $1 for update skip locked"
             ),
-            // A claimed row put back as it was: same key, so in the same place in the queue.
-            outbox_restore: format!(
-                "insert into {outbox} (seq, id, subject, payload, headers, created_at) \
-                 overriding system value values ($1, $2, $3, $4, $5, $6::timestamptz)"
-            ),
+            outbox_delete: format!("delete from {outbox} where seq = any($1)"),
             // SKIP_LOCKED: another replica's relay vacuuming it is as good. TRUNCATE false: giving
             // the emptied pages back to the file system takes an exclusive lock, which waits on
             // (up to 5 s) and then blocks every transaction writing to the outbox. PARALLEL 0:
@@ -469,7 +460,8 @@ impl HostSql {
             outbox_dead: format!(
                 r#"insert into "{schema}"._agora_outbox_dead
                    (id, subject, payload, headers, created_at, reason)
-                   values ($1, $2, $3, $4, $5::timestamptz, $6)"#
+                   select id, subject, payload, headers, created_at, $2 from {outbox}
+                   where seq = $1"#
             ),
             outbox_insert: format!(
                 "insert into {outbox} (id, subject, payload, headers) values ($1, $2, $3, $4)"
@@ -907,52 +899,16 @@ async fn execute(conn: &mut PgConnection, sql: &str, params: Vec<Value>) -> Resu
     Ok(done.rows_affected())
 }
 
-/// A statement with its parameters, as `sqlx::query` makes it.
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-/// An outbox row as the relay's claim took it out of the table, column by column: what it
-/// publishes, or moves to the dead-letter table, or puts back.
-struct ClaimedRow {
-    seq: i64,
-    id: String,
-    subject: String,
-    payload: Vec<u8>,
-    headers: String,
-    /// `created_at` as PostgreSQL wrote it as text.
-    created_at: String,
-}
-
-impl ClaimedRow {
-    fn of(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
-        Ok(ClaimedRow {
-            seq: row.try_get(0)?,
-            id: row.try_get(1)?,
-            subject: row.try_get(2)?,
-            payload: row.try_get(3)?,
-            headers: row.try_get(4)?,
-            created_at: row.try_get(5)?,
-        })
-    }
-
-    /// `query` with the row's columns but `seq` bound as its next parameters.
-    fn bind_to<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
-        query
-            .bind(&self.id)
-            .bind(&self.subject)
-            .bind(&self.payload)
-            .bind(&self.headers)
-            .bind(&self.created_at)
-    }
-
-    /// The row as a message, or why it cannot be relayed (a row written with plain SQL).
-    fn message(&self) -> Result<OutboxMessage, String> {
-        Ok(OutboxMessage {
-            id: self.id.clone(),
-            subject: self.subject.clone(),
-            payload: self.payload.clone(),
-            headers: serde_json::from_str(&self.headers).map_err(|e| format!("headers: {e}"))?,
-        })
-    }
+/// One outbox row, or why it cannot be relayed (a row written with plain SQL).
+fn outbox_message(row: &PgRow) -> Result<OutboxMessage, String> {
+    let text = |i: usize| row.try_get::<String, _>(i).map_err(|e| e.to_string());
+    let headers = text(4)?;
+    Ok(OutboxMessage {
+        id: text(1)?,
+        subject: text(2)?,
+        payload: row.try_get::<Vec<u8>, _>(3).map_err(|e| e.to_string())?,
+        headers: serde_json::from_str(&headers).map_err(|e| format!("headers: {e}"))?,
+    })
 }
 
 impl PgNamespace {
@@ -1125,28 +1081,29 @@ impl Namespace for PgNamespace {
                  SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off"
             )))
             .await?;
-        let mut claimed = sqlx::query(AssertSqlSafe(self.sql.outbox_claim.as_str()))
+        let rows = sqlx::query(AssertSqlSafe(self.sql.outbox_claim.as_str()))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
-            .await?
+            .await?;
+        let rows = rows
             .iter()
-            .map(ClaimedRow::of)
+            .map(|row| Ok((row.try_get::<i64, _>(0)?, outbox_message(row))))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        // `RETURNING` keeps no order; the queue's is the key's.
-        claimed.sort_unstable_by_key(|row| row.seq);
-        let rows = claimed.iter().map(|row| (row.seq, row.message())).collect();
         let plan = relay_rows(rows, publish, &self.schema).await;
-        // `done` is a prefix of the claimed rows: the rows after it go back for the next pass.
-        for (i, row) in claimed.iter().enumerate() {
-            if i >= plan.done.len() {
-                let restore = sqlx::query(AssertSqlSafe(self.sql.outbox_restore.as_str()));
-                row.bind_to(restore.bind(row.seq)).execute(&mut *tx).await?;
-            } else if let Some((_, reason)) = plan.dead.iter().find(|(seq, _)| *seq == row.seq) {
-                let dead = sqlx::query(AssertSqlSafe(self.sql.outbox_dead.as_str()));
-                row.bind_to(dead).bind(reason).execute(&mut *tx).await?;
-            }
+        for (seq, reason) in &plan.dead {
+            sqlx::query(AssertSqlSafe(self.sql.outbox_dead.as_str()))
+                .bind(seq)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
         }
         let relayed = plan.done.len();
+        if !plan.done.is_empty() {
+            sqlx::query(AssertSqlSafe(self.sql.outbox_delete.as_str()))
+                .bind(&plan.done)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         // `done` holds every row deleted, the refused ones moved aside included.
         let deleted = u64::try_from(relayed).unwrap_or(u64::MAX);
